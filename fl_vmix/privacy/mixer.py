@@ -71,29 +71,41 @@ class MixResult:
 
 
 class _Layout:
-    """Key-independent geometry of an ``H x W`` image cut into regions, on one device."""
+    """Geometry of an ``H x W`` image cut into regions, and the key's permutation table for it.
+
+    Index arithmetic runs in int32: CPUs without AVX-512 have no vector multiply for int64.
+    """
 
     def __init__(self, height: int, width: int, region: int, device: torch.device) -> None:
-        self.height, self.width = height, width
+        self.height, self.width, self.region = height, width, region
         self.grid = (-(-height // region), -(-width // region))
         self.num_regions = self.grid[0] * self.grid[1]
+        self.pixels = height * width
+        self.uniform = height % region == 0 and width % region == 0
         y = torch.arange(height).view(-1, 1).expand(height, width)
         x = torch.arange(width).view(1, -1).expand(height, width)
         ry, rx = y // region, x // region
         region_h = torch.clamp(height - ry * region, max=region)
         region_w = torch.clamp(width - rx * region, max=region)
         # Regions of the same shape share a bank; shapes are few (full, right, bottom, corner).
-        shapes = sorted({(int(h), int(w)) for h, w in zip(region_h.flatten().tolist(), region_w.flatten().tolist())})
-        self.shapes = shapes
+        self.shapes = sorted({(int(h), int(w)) for h, w in zip(region_h.flatten().tolist(), region_w.flatten().tolist())})
         shape_id = torch.zeros(height, width, dtype=torch.long)
-        for index, (h, w) in enumerate(shapes):
+        for index, (h, w) in enumerate(self.shapes):
             shape_id[(region_h == h) & (region_w == w)] = index
-        local = (y - ry * region) * region_w + (x - rx * region)
+        self.shape_of_pixel = shape_id.flatten()
+        self.local_of_pixel = ((y - ry * region) * region_w + (x - rx * region)).flatten()
         self.region_of_pixel = (ry * self.grid[1] + rx).flatten().to(device)
-        self.origin_of_pixel = (ry * region * width + rx * region).flatten().to(device)
-        self.shape_of_pixel = shape_id.flatten().to(device)
-        self.local_of_pixel = local.flatten().to(device)
-        self.pixels_of_region_shape = torch.tensor([h * w for h, w in shapes], device=device)
+        self.origin_of_pixel = (ry * region * width + rx * region).flatten().to(device=device, dtype=torch.int32)
+        self.pixels_of_shape = torch.tensor([h * w for h, w in self.shapes])
+        self.device = device
+
+    def per_pixel(self, per_region: torch.Tensor) -> torch.Tensor:
+        """Broadcast ``[..., R]`` values to ``[..., H * W]`` (each pixel takes its region's value)."""
+        if self.uniform:
+            (ny, nx), r = self.grid, self.region
+            lead = per_region.shape[:-1]
+            return per_region.view(*lead, ny, 1, nx, 1).expand(*lead, ny, r, nx, r).reshape(*lead, self.pixels)
+        return per_region.index_select(-1, self.region_of_pixel)
 
 
 class VisualMixer(nn.Module):
@@ -174,7 +186,6 @@ class VisualMixer(nn.Module):
         self.last_params: MixParams | None = None
         self.last_report: MixReport | None = None
         self._layouts: dict[tuple[int, int, str], _Layout] = {}
-        self._tables: dict[tuple[int, int, str], torch.Tensor] = {}
 
     def extra_repr(self) -> str:
         target = (
@@ -215,7 +226,8 @@ class VisualMixer(nn.Module):
                 f"image {height}x{width} is smaller than one region ({self.region_size} px): "
                 f"use region_size <= {min(height, width)}"
             )
-        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+        # A sum is finite iff every value is (barring overflow, rechecked exactly): one cheap pass.
+        if images.is_floating_point() and not bool(torch.isfinite(images.sum(dtype=torch.float64))) and not bool(torch.isfinite(images).all()):
             raise ValueError("images contain NaN or inf: clean or clamp the input before mixing")
 
     @staticmethod
@@ -247,61 +259,72 @@ class VisualMixer(nn.Module):
 
     # ------------------------------------------------------------------------------ keyed indices
     def _layout(self, height: int, width: int, device: torch.device) -> _Layout:
+        """Geometry plus this key's table: entry ``[level, shape_base + member * pixels + local]`` is
+        the source offset (in image-width pixel units, from the region's origin) of a region pixel."""
         cache_key = (height, width, str(device))
         if cache_key not in self._layouts:
-            self._layouts[cache_key] = _Layout(height, width, self.region_size, device)
-        return self._layouts[cache_key]
-
-    def _table(self, layout: _Layout, device: torch.device) -> torch.Tensor:
-        """Flat table of every level's bank, as source offsets in image-width pixel units:
-        entry ``level * level_span + shape_base + member * pixels + local``."""
-        cache_key = (layout.height, layout.width, str(device))
-        if cache_key not in self._tables:
-            parts = []
+            layout = _Layout(height, width, self.region_size, device)
+            rows = []
             for block in self.block_sizes:
+                parts = []
                 for h, w in layout.shapes:
                     bank = region_permutation_bank(self._seed, h, w, block, self.bank_size, _STREAM_BANK)
-                    parts.append((bank[:, 0] * layout.width + bank[:, 1]).flatten())
-            self._tables[cache_key] = torch.cat(parts).to(device)
-        return self._tables[cache_key]
+                    parts.append((bank[:, 0] * width + bank[:, 1]).flatten())
+                rows.append(torch.cat(parts))
+            table = torch.stack(rows)
+            if table.numel() >= 2**31 or height * width * 8 >= 2**31:
+                raise ValueError(f"image {height}x{width} with bank_size={self.bank_size} is too large for int32 indices: lower bank_size")
+            counts = layout.pixels_of_shape * self.bank_size
+            shape_base = torch.cumsum(counts, 0) - counts
+            layout.table = table.to(device=device, dtype=torch.int32)
+            layout.pixels_of_pixel = layout.pixels_of_shape[layout.shape_of_pixel].to(device=device, dtype=torch.int32)
+            layout.base_of_pixel = (shape_base[layout.shape_of_pixel] + layout.local_of_pixel).to(device=device, dtype=torch.int32)
+            self._layouts[cache_key] = layout
+        return self._layouts[cache_key]
 
-    def _pixel_index_parts(self, layout: _Layout, ids: torch.Tensor, epoch: int, channels: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Per (image, channel, pixel): the table slot of level 0, the offset every source index
-        shares (region origin plus channel plane), and the table span of one level."""
+    def _sources(self, layout: _Layout, ids: torch.Tensor, epoch: int, channels: int, levels: slice = slice(None)) -> torch.Tensor:
+        """Source of every output value as an int32 offset into the whole flattened batch, per level:
+        ``[L, B, C, H * W]`` (``index_select`` takes int32 indices; ``gather`` would need int64)."""
         device = ids.device
-        counts = layout.pixels_of_region_shape * self.bank_size
-        shape_base = torch.cumsum(counts, 0) - counts
-        level_span = int(counts.sum())
+        batch = ids.numel()
         channel = torch.arange(channels, device=device).view(1, -1, 1)
         region = torch.arange(layout.num_regions, device=device).view(1, 1, -1)
         picks = uniform_below(
             hash_fields(self._seed, _STREAM_PICK, ids.view(-1, 1, 1), epoch, channel, region, device=device),
             self.bank_size,
-        )  # [B, C, R]
-        member = picks[:, :, layout.region_of_pixel]
-        pixels = layout.pixels_of_region_shape[layout.shape_of_pixel]
-        slot = member * pixels + (shape_base[layout.shape_of_pixel] + layout.local_of_pixel)
-        plane = layout.height * layout.width
+        ).to(torch.int32)  # [B, C, R]: which bank member each region of each channel uses
+        slot = torch.addcmul(layout.base_of_pixel, layout.per_pixel(picks), layout.pixels_of_pixel)
+        table = layout.table[levels]
+        source = table.index_select(1, slot.view(-1)).view(table.shape[0], batch, channels, layout.pixels)
+        image_start = (torch.arange(batch, device=device, dtype=torch.int32) * (channels * layout.pixels)).view(-1, 1, 1)
         if self.permute_channels and channels > 1:
             noise = hash_fields(self._seed, _STREAM_CHANNELS, ids.view(-1, 1, 1), epoch, region.view(1, -1, 1), channel.view(1, 1, -1), device=device)
-            source_channel = torch.argsort(noise, dim=2, stable=True)  # [B, R, C]
-            channel_of_pixel = source_channel.transpose(1, 2)[:, :, layout.region_of_pixel]
+            source_channel = torch.argsort(noise, dim=2, stable=True).transpose(1, 2).to(torch.int32)  # [B, C, R]
+            plane = layout.per_pixel(source_channel) * layout.pixels
         else:
-            channel_of_pixel = channel.expand(ids.numel(), channels, 1)
-        shared = layout.origin_of_pixel + channel_of_pixel * plane
-        return slot, shared, level_span
+            plane = (channel * layout.pixels).to(torch.int32)
+        source += (layout.origin_of_pixel + plane) + image_start
+        return source
 
-    def _source_index(self, table: torch.Tensor, slot: torch.Tensor, shared: torch.Tensor, level_span: int, level: torch.Tensor | int) -> torch.Tensor:
-        """Flat source index into ``[C * H * W]`` for every output value ``[B, C, H * W]``."""
-        index = slot + level * level_span
-        return table.index_select(0, index.reshape(-1)).view(index.shape) + shared
+    @staticmethod
+    def _take(values: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``values.flatten()[source]`` shaped like ``source``."""
+        return values.reshape(-1).index_select(0, source.reshape(-1)).view(source.shape)
+
+    @staticmethod
+    def _select_levels(per_level: torch.Tensor, level_of_pixel: torch.Tensor) -> torch.Tensor:
+        """From ``[L, B, C, P]`` pick each pixel's level (``[B, 1, P]``): a few cheap passes, L is small."""
+        out = per_level[0]
+        for level in range(1, per_level.shape[0]):
+            out = torch.where(level_of_pixel == level, per_level[level], out)
+        return out
 
     # --------------------------------------------------------------------------------- selection
     def _float(self, images: torch.Tensor) -> torch.Tensor:
         return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
     def _region_energy(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-region VFE ``[B, R]`` of float images (window = region size)."""
+        """Per-region VFE ``[N, R]`` of float images (window = region size)."""
         energy = window_sums(pixel_energy(images, self.region_size, self.vfe_method), self.region_size)
         return energy.mean(dim=1).flatten(1)
 
@@ -314,11 +337,9 @@ class VisualMixer(nn.Module):
     def _levels_from_state(self, state: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         """Region levels for refinement state ``t = rank * L + level`` (regions ranked by importance)."""
         num_levels = len(self.block_sizes)
-        rank_now, level_now = state // num_levels, state % num_levels
+        rank_now, level_now = (state // num_levels).view(-1, 1), (state % num_levels).view(-1, 1)
         ranks = torch.arange(order.shape[1], device=order.device).view(1, -1)
-        by_rank = torch.where(
-            ranks < rank_now.view(-1, 1), num_levels - 1, torch.where(ranks == rank_now.view(-1, 1), level_now.view(-1, 1), 0)
-        )
+        by_rank = torch.where(ranks < rank_now, num_levels - 1, torch.where(ranks == rank_now, level_now, 0))
         return torch.empty_like(by_rank).scatter_(1, order, by_rank)
 
     # ---------------------------------------------------------------------------------- public API
@@ -333,9 +354,6 @@ class VisualMixer(nn.Module):
         ids = self._check_ids(sample_ids, batch, images.device)
         epoch = self._epoch(epoch)
         layout = self._layout(height, width, images.device)
-        table = self._table(layout, images.device)
-        slot, shared, span = self._pixel_index_parts(layout, ids, epoch, channels)
-        flat = images.reshape(batch, channels * height * width)
         clear = self._float(images)
         clear_region = self._region_energy(clear)
         clear_vfe = clear_region.mean(1)
@@ -343,43 +361,47 @@ class VisualMixer(nn.Module):
 
         if not self.targeted:
             levels = torch.full((batch, layout.num_regions), num_levels - 1, device=images.device)
-            mixed = self._apply_levels(flat, table, slot, shared, span, levels, layout).view_as(images)
+            mixed = self._take(images, self._sources(layout, ids, epoch, channels, slice(-1, None))[0]).view_as(images)
             achieved = self._region_energy(self._float(mixed)).mean(1)
             report = MixReport(clear_vfe, None, achieved, torch.ones(batch, dtype=torch.bool, device=images.device))
             return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
         target = clear_vfe * self.target_ratio if self.target_ratio is not None else torch.full_like(clear_vfe, self.target_vfe)
-        float_flat = clear.reshape(batch, -1)
-        shuffled = [
-            float_flat.gather(1, self._source_index(table, slot, shared, span, level).view(batch, -1)).view_as(clear)
-            for level in range(num_levels)
-        ]
-        energy = torch.stack([self._region_energy(x) for x in shuffled], dim=1)  # [B, L, R]
+        sources = self._sources(layout, ids, epoch, channels)  # [L, B, C, P]
+        shuffled = self._take(clear, sources)  # the batch with every region at each level
+        energy = self._region_energy(shuffled.view(num_levels * batch, channels, height, width))
+        energy = energy.view(num_levels, batch, -1).transpose(0, 1)  # [B, L, R]
         scores = self.attention(clear).flatten(1) if self.attention is not None else clear_region
         order = torch.argsort(scores.detach(), dim=1, descending=True, stable=True)
         ranked = energy.gather(2, order.unsqueeze(1).expand_as(energy))
         finest, coarsest = ranked[:, -1], ranked[:, 0]
         before = torch.cumsum(finest, 1) - finest
         after = coarsest.sum(1, keepdim=True) - torch.cumsum(coarsest, 1)
+        # VFE of state (rank i at level j, higher ranks finest, lower ranks coarsest), exact when
+        # regions do not interact ('reference' with window = region).
         predicted = ((before + after).unsqueeze(2) + ranked.transpose(1, 2)).flatten(1) / layout.num_regions
         last_state = predicted.shape[1] - 1
         state = self._first_state_reaching(predicted, target)
         for _ in range(self.max_refinements + 1):
             levels = self._levels_from_state(state, order)
-            float_mixed = self._apply_levels(float_flat, table, slot, shared, span, levels, layout).view_as(clear)
-            achieved = self._region_energy(float_mixed).mean(1)
+            level_of_pixel = layout.per_pixel(levels).unsqueeze(1)
+            float_mixed = self._select_levels(shuffled, level_of_pixel)
+            achieved = self._region_energy(float_mixed.view_as(clear)).mean(1)
             short = (achieved < target) & (state < last_state)
             if not bool(short.any()):
                 break
-            # Regions interact only through shared borders ('corrected'): shift the exact per-region
-            # prediction by the observed error and move at least one step further.
+            # 'corrected' regions interact through shared borders: shift the per-region prediction by
+            # the observed error and move at least one step further.
             error = achieved - predicted.gather(1, state.view(-1, 1)).squeeze(1)
-            corrected = torch.maximum(self._first_state_reaching(predicted + error.unsqueeze(1), target), state + 1)
-            state = torch.where(short, corrected.clamp(max=last_state), state)
+            shifted = torch.maximum(self._first_state_reaching(predicted + error.unsqueeze(1), target), state + 1)
+            state = torch.where(short, shifted.clamp(max=last_state), state)
 
-        mixed = float_mixed if images.dtype != torch.uint8 else self._apply_levels(flat, table, slot, shared, span, levels, layout).view_as(images)
+        if images.dtype == torch.uint8:
+            mixed = self._take(images, self._select_levels(sources, level_of_pixel)).view_as(images)
+        else:
+            mixed = float_mixed.view_as(images)
         if self.attention is not None and torch.is_grad_enabled():
-            mixed = self._straight_through(mixed, shuffled[0], shuffled[-1], scores, order, state, layout)
+            mixed = self._straight_through(mixed, shuffled[0].view_as(clear), shuffled[-1].view_as(clear), scores, order, state, layout)
         report = MixReport(clear_vfe, target, achieved, achieved >= target * (1 - 1e-6))
         if report.num_unreached:
             logger.warning(
@@ -389,18 +411,13 @@ class VisualMixer(nn.Module):
             )
         return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
-    def _apply_levels(self, flat, table, slot, shared, span, levels, layout) -> torch.Tensor:
-        level_of_pixel = levels[:, layout.region_of_pixel].unsqueeze(1)
-        source = self._source_index(table, slot, shared, span, level_of_pixel)
-        return flat.gather(1, source.view(flat.shape[0], -1))
-
     def _straight_through(self, mixed, coarse, fine, scores, order, state, layout) -> torch.Tensor:
         """Forward value stays the hard shuffle; gradient reaches the scorer through a soft
         refinement probability per region, sigmoid((score - score at the refinement frontier) / T)."""
         frontier_rank = (state // len(self.block_sizes)).clamp(max=order.shape[1] - 1)
         frontier = scores.detach().gather(1, order.gather(1, frontier_rank.view(-1, 1)))
         refine = torch.sigmoid((scores - frontier) / self.attention_temperature)  # [B, R]
-        weight = refine[:, layout.region_of_pixel].view(scores.shape[0], 1, layout.height, layout.width)
+        weight = layout.per_pixel(refine).view(scores.shape[0], 1, layout.height, layout.width)
         soft = coarse + weight * (fine - coarse)
         return mixed + (soft - soft.detach()).to(mixed.dtype)
 
@@ -426,7 +443,8 @@ class VisualMixer(nn.Module):
         ids = self._check_ids(sample_ids, obfuscated.shape[0], obfuscated.device)
         if params is None:
             if not self.targeted:
-                levels = torch.full((ids.numel(), self._layout(*obfuscated.shape[-2:], obfuscated.device).num_regions), len(self.block_sizes) - 1, device=obfuscated.device)
+                regions = self._layout(*obfuscated.shape[-2:], obfuscated.device).num_regions
+                levels = torch.full((ids.numel(), regions), len(self.block_sizes) - 1, device=obfuscated.device)
                 params = MixParams(ids, self._epoch(epoch), levels)
             elif self.last_params is not None and torch.equal(self.last_params.sample_ids, ids) and (epoch is None or self._epoch(epoch) == self.last_params.epoch):
                 params = self.last_params
@@ -448,14 +466,12 @@ class VisualMixer(nn.Module):
                 f"params hold levels for {tuple(params.levels.shape)} (images x regions) but the images need "
                 f"{(batch, layout.num_regions)}: replay params only on the batch they were planned for"
             )
-        ids = params.sample_ids.to(images.device)
-        table = self._table(layout, images.device)
-        slot, shared, span = self._pixel_index_parts(layout, ids, params.epoch, channels)
-        level_of_pixel = params.levels.to(images.device)[:, layout.region_of_pixel].unsqueeze(1)
-        source = self._source_index(table, slot, shared, span, level_of_pixel).view(batch, -1)
-        flat = images.reshape(batch, -1)
-        out = torch.empty_like(flat).scatter_(1, source, flat) if invert else flat.gather(1, source)
-        return out.view_as(images)
+        sources = self._sources(layout, params.sample_ids.to(images.device), params.epoch, channels)
+        source = self._select_levels(sources, layout.per_pixel(params.levels.to(images.device)).unsqueeze(1))
+        if invert:
+            out = torch.empty_like(images).view(-1).index_copy_(0, source.reshape(-1).long(), images.reshape(-1))
+            return out.view_as(images)
+        return self._take(images, source).view_as(images)
 
     def as_transform(self) -> "VisualMixerTransform":
         """A single-image transform for ``torchvision.transforms.v2`` pipelines."""

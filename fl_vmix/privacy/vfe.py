@@ -57,34 +57,46 @@ def _as_float(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def _window_boundary_masks(height: int, width: int, window: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """1.0 where a pixel's right (resp. lower) neighbour lies inside the same window, else 0.0."""
-    cols = torch.arange(width, device=device)
-    rows = torch.arange(height, device=device)
-    right_inside = ((cols + 1) % window != 0) & (cols + 1 < width)
-    below_inside = ((rows + 1) % window != 0) & (rows + 1 < height)
-    return right_inside.float().view(1, 1, 1, width), below_inside.float().view(1, 1, height, 1)
+def _window_last(size: int, window: int, device: torch.device) -> torch.Tensor:
+    """Indices of the last row/column of every window except the image's own last one."""
+    if size - 1 <= window - 1:
+        return torch.empty(0, dtype=torch.long, device=device)
+    return torch.arange(window - 1, size - 1, window, device=device)
+
+
+def _forward_difference(x: torch.Tensor, dim: int, window: int, method: VFEMethod) -> torch.Tensor:
+    """``neighbour - x`` along ``dim`` (-1: right, -2: below) under the definition's border rule.
+
+    The subtraction runs on the flattened tensor (one contiguous pass; the neighbour is ``step``
+    values further on), then the few rows or columns where that crosses a border are fixed up.
+    """
+    size = x.shape[dim]
+    step = 1 if dim == -1 else x.shape[-1]
+    flat = x.reshape(-1)
+    diff = torch.empty_like(flat)
+    torch.sub(flat[step:], flat[:-step], out=diff[:-step])
+    diff[-step:] = 0  # no neighbour past the end (uninitialised memory could hold NaN)
+    diff = diff.view_as(x)
+    if method == "reference":
+        # The prototype pads every window with zeros: its last row/column is compared with 0, i.e.
+        # there the difference is -x. A 0/1 mask over that dimension keeps both passes contiguous.
+        inside = torch.ones(size, dtype=x.dtype, device=x.device)
+        inside[_window_last(size, window, x.device)] = 0
+        inside[-1] = 0
+        shape = (size, 1) if dim == -2 else (size,)
+        inside = inside.view(shape)
+        diff.add_(x).mul_(inside).sub_(x)  # (neighbour * inside) - x
+    else:
+        diff.narrow(dim, size - 1, 1).zero_()
+    return diff
 
 
 def pixel_energy(images: torch.Tensor, window: int, method: VFEMethod = "reference") -> torch.Tensor:
     """Per-pixel gradient energy ``[B, C, H, W]`` whose window sums are the window energies of ``method``."""
     _check_method(method)
     x = _as_float(images)
-    height, width = x.shape[-2:]
-    # Forward neighbours with a zero beyond the image: exactly the prototype's padding at the border.
-    right = F.pad(x[..., :, 1:], (0, 1))
-    below = F.pad(x[..., 1:, :], (0, 0, 0, 1))
-    if method == "reference":
-        right_mask, below_mask = _window_boundary_masks(height, width, window, x.device)
-        # Inside a window the neighbour is real; on a window's last column/row it is the zero pad.
-        dx = right * right_mask - x
-        dy = below * below_mask - x
-    else:
-        # Real neighbours everywhere; the image's own last column/row has no forward difference.
-        dx = right - x
-        dy = below - x
-        dx[..., :, -1] = 0
-        dy[..., -1, :] = 0
+    dx = _forward_difference(x, -1, window, method)
+    dy = _forward_difference(x, -2, window, method)
     return dx.square_().add_(dy.square_())
 
 

@@ -1,0 +1,94 @@
+"""Throughput of VFE and VisualMixer next to the floor of one precomputed torch.gather, same tensors.
+
+    python scripts/bench_vmix.py [--device cpu|cuda] [--repeats 10]
+
+Prints a table and, as its last line, one JSON object with the figures (recorded in the README).
+Images are synthetic but photograph-like (smooth shapes plus texture), so the VFE targeting does
+the same work as on real data; fresh sample ids every repeat, so no shuffle is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from fl_vmix.privacy import VisualMixer, vfe
+
+
+def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shapes = F.interpolate(torch.rand(batch, 3, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False)
+    texture = 0.05 * torch.randn(batch, 3, size, size, generator=g)
+    return (shapes + texture).clamp(0, 1)
+
+
+def timed(fn, repeats: int, device: torch.device) -> float:
+    """Median seconds per call after one warm-up call."""
+    fn(0)
+    times = []
+    for i in range(1, repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    results: dict[str, float | str] = {"device": str(device), "threads": torch.get_num_threads()}
+
+    small = photo_like(512, 32).to(device)
+    flat = small.view(512, -1)
+    index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]).to(device)
+    gather_s = timed(lambda i: flat.gather(1, index), args.repeats, device)
+    mixer32 = VisualMixer("bench-key", region_size=8, block_sizes=(4, 2, 1), target_ratio=3.0)
+    ids = torch.arange(512, device=device)
+    mix_s = timed(lambda i: mixer32(small, ids + 512 * i), args.repeats, device)
+    fixed32 = VisualMixer("bench-key", region_size=8, block_sizes=(1,), target_ratio=None)
+    fixed_s = timed(lambda i: fixed32(small, ids + 512 * i), args.repeats, device)
+    vfe_s = timed(lambda i: vfe(small, 8, "corrected"), args.repeats, device)
+    results.update(
+        gather_32_img_per_s=512 / gather_s,
+        vmix_32_img_per_s=512 / mix_s,
+        vmix_fixed_32_img_per_s=512 / fixed_s,
+        vfe_32_img_per_s=512 / vfe_s,
+        vmix_32_over_gather=mix_s / gather_s,
+    )
+    del small, flat, index
+
+    large = photo_like(128, 224, seed=1).to(device)
+    flat = large.view(128, -1)
+    index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(128)]).to(device)
+    gather224 = timed(lambda i: flat.gather(1, index), max(3, args.repeats // 2), device)
+    mixer224 = VisualMixer("bench-key", region_size=16, block_sizes=(8, 4, 2), target_ratio=2.0)
+    ids = torch.arange(128, device=device)
+    mix224 = timed(lambda i: mixer224(large, ids + 128 * i), max(3, args.repeats // 2), device)
+    vfe224 = timed(lambda i: vfe(large, 14, "reference"), max(3, args.repeats // 2), device)
+    results.update(gather_224_s_per_batch=gather224, vmix_224_s_per_batch=mix224, vfe_224_s_per_batch=vfe224, vmix_224_over_gather=mix224 / gather224)
+
+    table = Table(title=f"VisualMixer benchmark on {device} ({results['threads']} threads)")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in results.items():
+        table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+    print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}))
+
+
+if __name__ == "__main__":
+    main()
