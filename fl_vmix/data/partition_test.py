@@ -1,0 +1,166 @@
+"""Partitioning across clients: coverage, determinism, the shape of non-IID skew, and bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fl_vmix.data.errors import DataError
+from fl_vmix.data.partition import cached_partitions, client_split, label_counts, partition_dataset
+
+LABELS = np.repeat(np.arange(10), 60)  # 600 samples, 10 balanced classes, class-sorted like the JPEG tree
+
+
+def _assert_exact_cover(parts: list[np.ndarray], n: int) -> None:
+    joined = np.concatenate(parts)
+    assert len(joined) == n and np.array_equal(np.sort(joined), np.arange(n)), "every sample in exactly one client"
+    assert all(len(p) > 0 and np.all(np.diff(p) > 0) and p.dtype == np.int64 for p in parts)
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "pathological"])
+def test_cover_and_determinism(scheme: str) -> None:
+    kwargs = {"seed": 3, "alpha": 0.5, "classes_per_partition": 2}
+    parts = partition_dataset(LABELS, 10, scheme, **kwargs)
+    _assert_exact_cover(parts, len(LABELS))
+    again = partition_dataset(LABELS, 10, scheme, **kwargs)
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    other = partition_dataset(LABELS, 10, scheme, **{**kwargs, "seed": 4})
+    assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
+
+
+def test_iid_is_balanced_in_size_and_labels() -> None:
+    parts = partition_dataset(LABELS, 6, "iid", seed=0)
+    assert [len(p) for p in parts] == [100] * 6
+    counts = label_counts(LABELS, parts, 10)
+    assert (counts > 0).all()  # shuffled before sharding: no client is one class
+
+
+def test_dirichlet_alpha_controls_skew() -> None:
+    skewed = label_counts(LABELS, partition_dataset(LABELS, 5, "dirichlet", seed=0, alpha=0.05), 10)
+    flat = label_counts(LABELS, partition_dataset(LABELS, 5, "dirichlet", seed=0, alpha=1000.0), 10)
+    assert (skewed > 0).sum(axis=1).mean() < (flat > 0).sum(axis=1).mean()
+    assert (flat > 0).all()
+    shares = flat / flat.sum(axis=1, keepdims=True)
+    assert np.abs(shares - 0.1).max() < 0.06
+
+
+def test_dirichlet_min_partition_size() -> None:
+    parts = partition_dataset(LABELS, 10, "dirichlet", seed=1, alpha=0.3, min_partition_size=30)
+    assert min(len(p) for p in parts) >= 30
+
+
+def test_pathological_exact_classes_per_client() -> None:
+    parts = partition_dataset(LABELS, 10, "pathological", seed=0, classes_per_partition=3)
+    counts = label_counts(LABELS, parts, 10)
+    assert ((counts > 0).sum(axis=1) == 3).all()
+    assert all(counts[pid, pid % 10] > 0 for pid in range(10))  # first-deterministic: client i holds class i
+
+
+def test_pathological_unused_classes_warn() -> None:
+    with pytest.warns(UserWarning, match=r"leaves classes .* in no client"):
+        parts = partition_dataset(LABELS, 2, "pathological", seed=0, classes_per_partition=2)
+    assert len(np.concatenate(parts)) < len(LABELS)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"scheme": "dirichlet", "alpha": 0}, r"alpha must be > 0 \(got 0\).*use e\.g\. alpha=0\.5"),
+        ({"scheme": "dirichlet", "alpha": -1.0}, r"alpha must be > 0"),
+        ({"scheme": "dirichlet", "alpha": float("nan")}, r"alpha must be > 0"),
+        ({"num_partitions": 601}, r"num_partitions=601 exceeds the 600 samples of toy: use at most 600 clients"),
+        ({"num_partitions": 0}, r"num_partitions must be an integer >= 1"),
+        ({"scheme": "shards"}, r"unknown partition scheme 'shards': use one of"),
+        ({"seed": -1}, r"seed must be an integer >= 0"),
+        ({"scheme": "pathological", "classes_per_partition": 11}, r"classes_per_partition=11 exceeds the 10 classes"),
+        ({"scheme": "pathological", "class_assignment": "greedy"}, r"unknown class_assignment"),
+        ({"scheme": "dirichlet", "min_partition_size": 0}, r"min_partition_size must be an integer >= 1"),
+        (
+            {"scheme": "dirichlet", "num_partitions": 100, "min_partition_size": 7},
+            r"exceeds the 600 samples of toy: lower min_partition_size or use at most 85 clients",
+        ),
+        (
+            {"scheme": "dirichlet", "num_partitions": 50, "alpha": 0.01, "min_partition_size": 11},
+            r"in 11 draws: raise alpha",
+        ),
+    ],
+)
+def test_bad_input_names_the_fix(kwargs: dict, message: str) -> None:
+    args = {"num_partitions": 5, "scheme": "iid", "seed": 0, **kwargs}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=message):
+            partition_dataset(LABELS, args.pop("num_partitions"), args.pop("scheme"), dataset_name="toy", **args)
+
+
+def test_pathological_class_too_small_for_its_clients() -> None:
+    labels = np.array([0] * 50 + [1] * 2)
+    with pytest.raises(DataError, match=r"more clients than it has samples.*class_assignment='deterministic'"):
+        partition_dataset(labels, 6, "pathological", seed=0, classes_per_partition=2)
+
+
+def test_bad_labels() -> None:
+    with pytest.raises(DataError, match="non-empty 1-D integer array"):
+        partition_dataset(np.zeros((3, 2), int), 2, seed=0)
+    with pytest.raises(DataError, match="non-empty 1-D integer array"):
+        partition_dataset(np.array([0.5, 1.5]), 2, seed=0)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    n=st.integers(20, 300),
+    num_classes=st.integers(2, 6),
+    clients=st.integers(1, 8),
+    scheme=st.sampled_from(["iid", "dirichlet"]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_exact_cover(n: int, num_classes: int, clients: int, scheme: str, seed: int) -> None:
+    labels = np.random.default_rng(seed).integers(0, num_classes, n)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        parts = partition_dataset(labels, clients, scheme, seed=seed, alpha=1.0)
+    _assert_exact_cover(parts, n)
+
+
+def test_client_split() -> None:
+    indices = np.arange(100, 200)
+    train, test = client_split(indices, 0.2, seed=(0, 3))
+    assert len(train) == 80 and len(test) == 20
+    assert np.array_equal(np.sort(np.concatenate([train, test])), indices)
+    again = client_split(indices, 0.2, seed=(0, 3))
+    assert np.array_equal(train, again[0]) and np.array_equal(test, again[1])
+    assert not np.array_equal(test, client_split(indices, 0.2, seed=(0, 4))[1])
+    assert [len(x) for x in client_split(np.arange(2), 0.01, seed=0)] == [1, 1]  # at least one each side
+    assert [len(x) for x in client_split(np.arange(5), 0.0, seed=0)] == [5, 0]
+    assert [len(x) for x in client_split(np.arange(1), 0.5, seed=0)] == [1, 0]
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 2])
+def test_client_split_bad_fraction(fraction: float) -> None:
+    with pytest.raises(DataError, match=r"test_fraction must be in \[0, 1\)"):
+        client_split(np.arange(10), fraction, seed=0)
+
+
+def test_client_split_empty() -> None:
+    with pytest.raises(DataError, match="empty partition"):
+        client_split(np.array([], np.int64), 0.2, seed=0)
+
+
+def test_cached_partitions_match_and_are_reused(tmp_path: Path) -> None:
+    direct = partition_dataset(LABELS, 7, "dirichlet", seed=5, alpha=0.3)
+    cached = cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
+    assert all(np.array_equal(a, b) for a, b in zip(direct, cached))
+    entries = list((tmp_path / "partitions").glob("*/meta.json"))
+    assert len(entries) == 1
+    again = cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
+    assert all(np.array_equal(a, b) for a, b in zip(direct, again))
+    cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.4, cache_dir=tmp_path, dataset_name="toy/train")
+    cached_partitions(LABELS[::-1].copy(), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
+    assert len(list((tmp_path / "partitions").glob("*/meta.json"))) == 3  # parameters and labels are in the key
+    with pytest.raises(DataError, match="alpha must be > 0"):  # validated even when something is cached
+        cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.0, cache_dir=tmp_path)
