@@ -21,6 +21,23 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
+    """Keep Hugging Face `datasets` (used by the partitioners), Flower and client keys away from the
+    user's folders, offline."""
+    names = ("HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "FL_VMIX_KEY_DIR")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["FL_VMIX_KEY_DIR"] = str(tmp_path_factory.mktemp("client_keys"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared("")

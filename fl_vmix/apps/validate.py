@@ -41,8 +41,14 @@ def dataset_shape(cfg: dict[str, Any]) -> tuple[int, int, int]:
     return len(data.classes), int(data.images.shape[1]), int(data.images.shape[-1])
 
 
-def validate_experiment(cfg: dict[str, Any], check_data: bool = True) -> None:
-    """Raise ConfigError naming the setting and the fix; with ``check_data`` the data must be present."""
+def validate_experiment(cfg: dict[str, Any], check_data: bool | None = None) -> None:
+    """Raise ConfigError naming the setting and the fix; with ``check_data`` the data must be present.
+
+    ``check_data=None`` checks data only in the simulation engine: on the Deployment Engine the
+    ServerApp runs on the SuperLink host, which holds no client data (each SuperNode has its own).
+    """
+    if check_data is None:
+        check_data = cfg.get("engine", {}).get("name", "simulation") == "simulation"
     from fl_vmix.apps.server_app import STRATEGIES
     from fl_vmix.apps.task import OPTIMIZERS, build_image_privacy, model_from_config
 

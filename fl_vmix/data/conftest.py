@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 import random
 import tarfile
@@ -19,20 +18,6 @@ import pytest
 from PIL import Image
 
 from fl_vmix.data.sources import CIFAR10_CLASSES
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _isolated_hf_cache(tmp_path_factory: pytest.TempPathFactory):
-    """Keep Hugging Face `datasets` (used by the partitioners) away from the user's cache."""
-    saved = {k: os.environ.get(k) for k in ("HF_DATASETS_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
-    os.environ["HF_DATASETS_CACHE"] = str(tmp_path_factory.mktemp("hf_datasets_cache"))
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def class_colour(label: int) -> tuple[int, int, int]:

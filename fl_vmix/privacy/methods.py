@@ -168,7 +168,7 @@ class VisualMixerMethod(PrivacyMethod):
         self,
         key: bytes | str | int = 0,
         region_size: int = 8,
-        block_sizes: Sequence[int] = (4, 2, 1),
+        block_sizes: Sequence[int] = (2, 1),
         target_ratio: float | None = 3.0,
         target_vfe: float | None = None,
         vfe_method: str = "corrected",

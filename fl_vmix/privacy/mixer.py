@@ -133,7 +133,7 @@ class VisualMixer(nn.Module):
         self,
         key: str | bytes | int,
         region_size: int = 8,
-        block_sizes: Sequence[int] = (4, 2, 1),
+        block_sizes: Sequence[int] = (2, 1),
         target_vfe: float | None = None,
         target_ratio: float | None = 4.0,
         vfe_method: VFEMethod = "corrected",

@@ -1,0 +1,149 @@
+"""The ClientApp called directly (no Ray, no SuperLink), on an image-folder dataset made in code."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
+from PIL import Image
+
+from fl_vmix.apps import client_app
+from fl_vmix.apps.config import compose_config, experiment_from_run_config, experiment_to_run_config
+from fl_vmix.apps.keys import node_key
+from fl_vmix.apps.server_app import initial_model
+from fl_vmix.apps.task import build_image_privacy, model_from_config, obfuscate, optimizer_from_config, seed_for, train_epochs
+from fl_vmix.apps.validate import client_data_for
+
+
+@pytest.fixture()
+def experiment(tmp_path: Path) -> dict:
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("test", 6)):
+        for label, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
+            folder = tmp_path / "images" / split / f"class{label}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return compose_config(
+        [
+            "dataset=imagefolder",
+            f"dataset.root={tmp_path / 'images'}",
+            f"dataset.cache_dir={tmp_path / 'cache'}",
+            "num_clients=2",
+            "batch_size=8",
+        ]
+    )
+
+
+def message(content: RecordDict, message_type: str, node_id: int = 7) -> Message:
+    metadata = Metadata(
+        run_id=1, message_id="m", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
+        group_id="1", created_at=time.time(), ttl=600, message_type=message_type,
+    )
+    return Message(content=content, metadata=metadata)
+
+
+def context(cfg: dict, partition_id: int = 0, node_config: dict | None = None) -> Context:
+    config = node_config if node_config is not None else {"partition-id": partition_id, "num-partitions": cfg["num_clients"]}
+    return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config=experiment_to_run_config(cfg))
+
+
+def train_message(cfg: dict) -> tuple[Message, torch.nn.Module]:
+    model = initial_model(cfg)
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "local-epochs": 1})})
+    return message(content, "train"), model
+
+
+def test_reply_holds_only_model_arrays_and_metrics(experiment):
+    msg, model = train_message(experiment)
+    ctx = context(experiment)
+    reply = client_app.app(msg, ctx)
+    assert not reply.has_error(), reply.error
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    assert isinstance(reply.content["arrays"], ArrayRecord) and isinstance(reply.content["metrics"], MetricRecord)
+    state = reply.content["arrays"].to_torch_state_dict()
+    expected = model.state_dict()
+    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in expected.items()}
+    assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
+    # No tensor in the reply equals or embeds an image, clear or obfuscated, in any layout.
+    data = client_data_for(experiment, dict(ctx.node_config))
+    key = node_key(dict(ctx.node_config))
+    obfuscated = obfuscate(build_image_privacy(experiment["privacy"], key), data.train_images, data.train_labels, data.train_ids, 0).images
+    image_vectors = [torch.from_numpy(data.train_images).float().flatten(1), torch.from_numpy(data.train_images).float().flatten(1) / 255, obfuscated.flatten(1)]
+    size = image_vectors[0].shape[1]
+    for name, tensor in state.items():
+        flat = tensor.float().flatten()
+        if flat.numel() < size:
+            continue
+        windows = flat.unfold(0, size, 1)  # every contiguous run of one image's length
+        for images in image_vectors:
+            assert not torch.cdist(windows, images).min() < 1e-6, f"{name} embeds an image"
+
+
+def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
+    msg, _ = train_message(experiment)
+    ctx = context(experiment)
+    reply = client_app.app(msg, ctx)
+    got = reply.content["arrays"].to_torch_state_dict()
+
+    def expected_with(key: bytes) -> dict:
+        data = client_data_for(experiment, dict(ctx.node_config))
+        split = obfuscate(build_image_privacy(experiment["privacy"], key), data.train_images, data.train_labels, data.train_ids, 0)
+        model = model_from_config(experiment, 3, 3, 32)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        torch.manual_seed(seed_for(experiment["seed"], 0, 1))
+        train_epochs(model, split, optimizer_from_config(model.parameters(), experiment["optimizer"]),
+                     epochs=1, batch_size=experiment["batch_size"], seed=seed_for(experiment["seed"], 0, 1, 1))
+        return model.state_dict()
+
+    own = expected_with(node_key(dict(ctx.node_config)))
+    assert all(torch.equal(got[k], own[k]) for k in own), "the update must come from images mixed with this client's key"
+    other = expected_with(b"another client's key, 32 bytes..")
+    assert not all(torch.equal(got[k], other[k]) for k in other)
+
+
+def test_clients_have_distinct_keys_that_the_server_never_sends(experiment):
+    first, second = node_key({"partition-id": 0}), node_key({"partition-id": 1})
+    assert first != second and len(first) == 32
+    assert first == node_key({"partition-id": 0})  # stable across rounds and runs
+    run_config = experiment_to_run_config(experiment)
+    assert first.hex() not in str(run_config) and "key" not in experiment_from_run_config(run_config)["privacy"]
+
+
+def test_deployment_node_reads_key_file_and_exported_data(experiment, tmp_path):
+    from fl_vmix.apps.keys import create_key_file
+    from fl_vmix.data.export import export_client
+
+    data = client_data_for(experiment, {"partition-id": 1, "num-partitions": 2})
+    folder = export_client(data, tmp_path / "client-1")
+    key = create_key_file(folder / "client.key")
+    node_config = {"data-path": str(folder), "key-file": str(folder / "client.key")}
+    msg, _ = train_message(experiment)
+    reply = client_app.app(msg, context(experiment, node_config=node_config))
+    assert not reply.has_error(), reply.error
+    assert reply.content["metrics"]["partition-id"] == 1
+    assert node_key(node_config) == key
+
+
+def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
+    from fl_vmix.apps.keys import NodeKeyError
+
+    msg, _ = train_message(experiment)
+    # Called directly the exception propagates; under a SuperNode Flower turns it into the error reply
+    # the server logs and records (see the fault-tolerance simulation test).
+    with pytest.raises(NodeKeyError, match="absent.key does not exist.*keygen"):
+        client_app.app(msg, context(experiment, node_config={"key-file": str(tmp_path / "absent.key"), "partition-id": 0, "num-partitions": 2}))
+
+
+def test_evaluate_reports_loss_accuracy_and_examples(experiment):
+    model = initial_model(experiment)
+    msg = message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate")
+    reply = client_app.app(msg, context(experiment))
+    metrics = reply.content["metrics"]
+    assert set(metrics) == {"loss", "accuracy", "num-examples", "partition-id"}
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["num-examples"] > 0
