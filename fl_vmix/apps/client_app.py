@@ -25,12 +25,14 @@ from fl_vmix.apps.task import (
     build_image_privacy,
     evaluate_model,
     model_from_config,
+    normalise,
     obfuscate,
     optimizer_from_config,
     seed_for,
     train_epochs,
 )
 from fl_vmix.apps.validate import client_data_for
+from fl_vmix.evaluation.training_dp import DPSGD, UNIFORM_WEIGHT_KEY, optional_fixedclipping_mod, train_dp_sgd
 
 
 @dataclass
@@ -67,7 +69,7 @@ def client_state(cfg: dict[str, Any], context: Context) -> ClientState:
             test=obfuscate(transform, data.test_images, data.test_labels, data.test_ids, epoch=0, region_size=region),
             raw=data,
             num_classes=len(data.classes),
-            dynamic=cfg["privacy"].get("mode") == "dynamic",
+            dynamic=cfg["privacy"].get("mode", cfg["privacy"].get("noise_mode")) == "dynamic",
         )
     return _STATES[cache_key]
 
@@ -85,7 +87,7 @@ def _maybe_fail(cfg: dict[str, Any], partition_id: int, server_round: int) -> No
         raise RuntimeError(f"injected failure on partition {partition_id} in round {server_round} (config faults.fail_partitions)")
 
 
-app = ClientApp()
+app = ClientApp(mods=[optional_fixedclipping_mod])
 
 
 @app.train()
@@ -105,27 +107,34 @@ def train(msg: Message, context: Context) -> Message:
     optimizer = optimizer_from_config(model.parameters(), cfg["optimizer"])
     torch.manual_seed(seed_for(int(cfg["seed"]), state.partition_id, server_round))
     start = time.perf_counter()
-    metrics = train_epochs(
-        model,
-        train_split,
-        optimizer,
-        epochs=int(config.get("local-epochs", cfg["local_epochs"])),
-        batch_size=int(cfg["batch_size"]),
-        seed=seed_for(int(cfg["seed"]), state.partition_id, server_round, 1),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-    )
+    epochs = int(config.get("local-epochs", cfg["local_epochs"]))
+    batch_seed = seed_for(int(cfg["seed"]), state.partition_id, server_round, 1)
+    if isinstance(state.transform, DPSGD):
+        metrics = train_dp_sgd(model, normalise(train_split.images), train_split.labels, optimizer, state.transform, context,
+                               epochs=epochs, batch_size=int(cfg["batch_size"]), seed=batch_seed)
+    else:
+        metrics = train_epochs(model, train_split, optimizer, epochs=epochs, batch_size=int(cfg["batch_size"]), seed=batch_seed,
+                               proximal_mu=float(config.get("proximal-mu", 0.0)))
+        epsilon = state.transform.total_epsilon(server_round) if state.dynamic else state.transform.epsilon
+        if epsilon is not None:
+            metrics["epsilon"] = float(epsilon)  # local DP on images: per image, composed over re-releases
     metrics.update(
         {
             "num-examples": len(train_split.labels),
+            UNIFORM_WEIGHT_KEY: 1,  # central DP's accountant needs uniform aggregation weights
             "partition-id": state.partition_id,
             "vfe_corrected": train_split.vfe_corrected,
             "vfe_reference": train_split.vfe_reference,
+            "ssim": train_split.ssim,
+            "psnr": train_split.psnr,
             "obfuscation_s": train_split.seconds,
             "vfe_unreached_fraction": train_split.unreached / max(len(train_split.labels), 1),
             "train_time_s": time.perf_counter() - start,
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)})
+    # Opacus wraps the model; the reply carries the plain model's arrays.
+    trained = getattr(model, "_module", model)
+    content = RecordDict({"arrays": ArrayRecord(trained.state_dict()), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
 
 
@@ -136,5 +145,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     state = client_state(cfg, context)
     model = _model(cfg, state, msg)
     result = evaluate_model(model, state.test.images, state.test.labels)
-    metrics = {**result, "num-examples": len(state.test.labels), "partition-id": state.partition_id}
+    metrics = {**result, "num-examples": len(state.test.labels), UNIFORM_WEIGHT_KEY: 1, "partition-id": state.partition_id}
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

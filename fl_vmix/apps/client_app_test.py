@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
-from PIL import Image
 
 from fl_vmix.apps import client_app
-from fl_vmix.apps.config import compose_config, experiment_from_run_config, experiment_to_run_config
+from fl_vmix.apps.config import experiment_from_run_config, experiment_to_run_config
 from fl_vmix.apps.keys import node_key
 from fl_vmix.apps.server_app import initial_model
 from fl_vmix.apps.task import build_image_privacy, model_from_config, obfuscate, optimizer_from_config, seed_for, train_epochs
@@ -20,24 +17,8 @@ from fl_vmix.apps.validate import client_data_for
 
 
 @pytest.fixture()
-def experiment(tmp_path: Path) -> dict:
-    rng = np.random.default_rng(0)
-    for split, count in (("train", 24), ("test", 6)):
-        for label, colour in enumerate([(200, 40, 40), (40, 200, 40), (40, 40, 200)]):
-            folder = tmp_path / "images" / split / f"class{label}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = np.clip(np.array(colour) + rng.normal(0, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return compose_config(
-        [
-            "dataset=imagefolder",
-            f"dataset.root={tmp_path / 'images'}",
-            f"dataset.cache_dir={tmp_path / 'cache'}",
-            "num_clients=2",
-            "batch_size=8",
-        ]
-    )
+def experiment(tiny_experiment) -> dict:
+    return tiny_experiment()
 
 
 def message(content: RecordDict, message_type: str, node_id: int = 7) -> Message:
@@ -145,5 +126,5 @@ def test_evaluate_reports_loss_accuracy_and_examples(experiment):
     msg = message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate")
     reply = client_app.app(msg, context(experiment))
     metrics = reply.content["metrics"]
-    assert set(metrics) == {"loss", "accuracy", "num-examples", "partition-id"}
+    assert set(metrics) == {"loss", "accuracy", "num-examples", "uniform-weight", "partition-id"}
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num-examples"] > 0

@@ -126,6 +126,33 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def _finish_remote_run(engine: dict[str, Any], output_dir: Path, log_file: Path, env: dict[str, str]) -> bool:
+    """No summary.json here after a deployment run: True if the run completed on the SuperLink.
+
+    The ServerApp writes its outputs on the SuperLink host; on another machine they are not here.
+    A run that did not complete (failed, timed out, interrupted) is stopped on the SuperLink, where it
+    would otherwise keep its ServerApp waiting.
+    """
+    from fl_vmix.deploy.federation import run_id_in, run_status, stop_run
+
+    run_id = run_id_in(log_file.read_text(errors="replace"))
+    if run_id is None:
+        return False
+    flwr, connection = flwr_executable(), str(engine["connection"])
+    status = run_status(flwr, run_id, connection, env)
+    if status == "finished:completed":
+        message = f"run {run_id} completed on the SuperLink; its outputs are in {output_dir} on the SuperLink host"
+    elif status is not None and status.startswith("finished"):
+        message = f"run {run_id} ended as {status!r} on the SuperLink (the ServerApp's log is above)"
+    else:
+        stopped = stop_run(flwr, run_id, connection, env)
+        message = f"run {run_id} ended as {status!r}; {'stopped it' if stopped else 'could not stop it'} on the SuperLink"
+    with log_file.open("a") as log:
+        log.write(f"fl_vmix launcher: {message}\n")
+    print(f"fl_vmix: {message}", file=sys.stderr)
+    return status == "finished:completed"
+
+
 def launch(
     cfg: dict[str, Any],
     output_dir: Path,
@@ -156,9 +183,21 @@ def launch(
         command.insert(3, str(engine["connection"]))
     command += ["--run-config", str(run_config_file), "--stream"]
     log_file = output_dir / "flwr.log"
+    log_file.write_text("")
+    remote_completed = False
+    if engine["name"] != "simulation":
+        # A SuperLink that is down, untrusted or short of SuperNodes makes `flwr run` retry or the
+        # ServerApp wait forever: check first and fail within seconds, with the fix in the log.
+        from fl_vmix.deploy.federation import preflight
+
+        try:
+            log_file.write_text(preflight(flwr_executable(), engine, int(cfg["num_clients"]), env) + "\n")
+        except ValueError as err:
+            log_file.write_text(f"deployment preflight failed: {err}\n")
+            return LaunchResult(1, output_dir, None, log_file, False)
     timed_out = False
     deadline = time.monotonic() + float(engine.get("timeout_s", 3600))
-    with log_file.open("w") as log:
+    with log_file.open("a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PROJECT_DIR), start_new_session=True)
         try:
             while process.poll() is None:
@@ -180,8 +219,10 @@ def launch(
                 stop_processes([process.pid, *_descendants(process.pid)])
             if control_port is not None:
                 stop_local_superlink(control_port)
+            elif not (output_dir / "summary.json").exists():
+                remote_completed = _finish_remote_run(engine, output_dir, log_file, env)
     if on_progress is not None:
         on_progress(read_json(output_dir / "metrics.json") or [])
     summary = read_json(output_dir / "summary.json")
-    ok = summary is not None and summary.get("status") == "completed" and not timed_out
+    ok = ((summary is not None and summary.get("status") == "completed") or remote_completed) and not timed_out
     return LaunchResult(0 if ok else 1, output_dir, summary, log_file, timed_out)

@@ -17,8 +17,17 @@ from typing import Any
 
 ROUND_COLUMNS = [
     "round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "central_accuracy",
-    "vfe_corrected", "vfe_reference", "clients_ok", "clients_failed", "round_time_s",
+    "vfe_corrected", "vfe_reference", "ssim", "psnr", "epsilon", "clients_ok", "clients_failed", "round_time_s",
 ]
+
+
+def round_epsilon(record: dict[str, Any]) -> float | None:
+    """The run's cumulative epsilon after a round: the server accountant's (central DP), else the
+    largest client's (DP-SGD, local DP on images); None where no method is DP."""
+    if "server_dp" in record:
+        return float(record["server_dp"]["epsilon"])
+    values = [c["epsilon"] for c in record.get("clients", {}).values() if "epsilon" in c]
+    return max(values) if values else None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -81,6 +90,9 @@ class RunRecorder:
                 "central_accuracy": r.get("central", {}).get("accuracy"),
                 "vfe_corrected": train.get("vfe_corrected"),
                 "vfe_reference": train.get("vfe_reference"),
+                "ssim": train.get("ssim"),
+                "psnr": train.get("psnr"),
+                "epsilon": round_epsilon(r),
                 "clients_ok": r.get("train_ok", 0),
                 "clients_failed": r.get("train_failed", 0) + r.get("eval_failed", 0),
                 "round_time_s": r.get("round_time_s"),
@@ -99,7 +111,7 @@ class RunRecorder:
         columns = ["round", "partition_id"] + sorted({k for row in client_rows for k in row} - {"round", "partition_id"})
         atomic_write_text(self.output_dir / "clients.csv", _csv(columns, client_rows))
 
-    def finish(self, state_dict: dict[str, Any], status: str = "completed") -> dict[str, Any]:
+    def finish(self, state_dict: dict[str, Any], status: str = "completed", error: str | None = None) -> dict[str, Any]:
         import torch
 
         self.flush()
@@ -109,6 +121,7 @@ class RunRecorder:
         accuracies = [r["eval_accuracy"] for r in rows if r["eval_accuracy"] is not None]
         summary = {
             "status": status,
+            "error": error,
             "experiment": self.cfg.get("experiment"),
             "final_accuracy": last.get("eval_accuracy"),
             "final_loss": last.get("eval_loss"),
@@ -119,6 +132,10 @@ class RunRecorder:
             "mean_round_time_s": _mean([r["round_time_s"] for r in rows]),
             "vfe_corrected": last.get("vfe_corrected"),
             "vfe_reference": last.get("vfe_reference"),
+            "ssim": last.get("ssim"),
+            "psnr": last.get("psnr"),
+            "epsilon": last.get("epsilon"),
+            "delta": self.cfg.get("privacy", {}).get("delta"),
             "client_failures": sum(r["clients_failed"] for r in rows),
             "config": self.cfg,
         }

@@ -108,8 +108,16 @@ def build_strategy(cfg: dict[str, Any], recorder: RunRecorder) -> Strategy:
     )
     kwargs.update({k: float(v) for k, v in strategy_cfg.items()})
     base = STRATEGIES[name]
-    cls = type(f"Recording{base.__name__}", (RecordingStrategy, base), {})
-    strategy = cls(**kwargs)
+    if cfg["privacy"].get("method") == "central_dp":
+        from fl_vmix.evaluation.training_dp import UNIFORM_WEIGHT_KEY, CentralDP, wrap_central_dp
+
+        params = {k: v for k, v in cfg["privacy"].items() if k != "method"}
+        # Flower's accountant needs FedAvg's own aggregation with equal client weights.
+        inner = base(**{**kwargs, "weighted_by_key": UNIFORM_WEIGHT_KEY})
+        strategy = wrap_central_dp(inner, CentralDP(**params), num_clients, RecordingStrategy)
+    else:
+        cls = type(f"Recording{base.__name__}", (RecordingStrategy, base), {})
+        strategy = cls(**kwargs)
     strategy.recorder = recorder
     strategy.min_success_fraction = float(cfg.get("min_success_fraction", 0.5))
     return strategy
@@ -149,8 +157,14 @@ def main(grid: Grid, context: Context) -> None:
 
         central = CentralEvaluator(cfg, model)
 
+    latest = {"arrays": ArrayRecord(model.state_dict())}
+
     def end_of_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        latest["arrays"] = arrays
         metrics = central(arrays) if central is not None else None
+        spent = strategy.privacy_spent() if hasattr(strategy, "privacy_spent") else None
+        if spent is not None and server_round > 0:
+            recorder.round(server_round)["server_dp"] = {"epsilon": spent.epsilon, "delta": spent.delta, "releases": spent.num_releases}
         recorder.end_round(server_round, metrics)
         return MetricRecord(metrics) if metrics else None
 
@@ -164,7 +178,10 @@ def main(grid: Grid, context: Context) -> None:
             evaluate_fn=end_of_round,
             timeout=float(cfg["engine"].get("timeout_s", 3600)),
         )
-    except BaseException:
-        recorder.finish(model.state_dict(), status="failed")
+    except BaseException as err:
+        import traceback
+
+        (out / "error.txt").write_text("".join(traceback.format_exception(err)))
+        recorder.finish(latest["arrays"].to_torch_state_dict(), status="failed", error=f"{type(err).__name__}: {err}")
         raise
     recorder.finish(result.arrays.to_torch_state_dict(), status="completed")

@@ -26,6 +26,7 @@ from fl_vmix.privacy.keyed import derive_seed, hash_fields
 # Images reach the model as (x - 0.5) / 0.5 for x in [0, 1]: the same for clear and obfuscated data.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
 OBFUSCATION_CHUNK = 4096
+PSNR_CAP = 100.0  # dB reported for identical images (PSNR is infinite there; JSON has no inf)
 
 ImageTransform = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
@@ -69,6 +70,8 @@ class ObfuscatedSplit:
     vfe_reference: float
     seconds: float
     unreached: int = 0  # images whose VFE target was out of reach (VisualMixer used its finest setting)
+    ssim: float = 1.0  # mean SSIM / PSNR of the obfuscated images against the clear ones
+    psnr: float = PSNR_CAP
 
 
 def obfuscate(transform: ImageTransform, images: np.ndarray, labels: np.ndarray, ids: np.ndarray, epoch: int, region_size: int = 8) -> ObfuscatedSplit:
@@ -85,6 +88,7 @@ def obfuscate(transform: ImageTransform, images: np.ndarray, labels: np.ndarray,
     out = torch.cat(chunks) if chunks else torch.empty(0, *clear.shape[1:])
     seconds = time.perf_counter() - start
     window = min(region_size, *out.shape[-2:]) if len(out) else region_size
+    ssim_value, psnr_value = similarity(out, clear)
     return ObfuscatedSplit(
         images=out,
         labels=torch.from_numpy(np.asarray(labels, dtype=np.int64)),
@@ -93,7 +97,23 @@ def obfuscate(transform: ImageTransform, images: np.ndarray, labels: np.ndarray,
         vfe_reference=float(vfe(out, window, "reference").mean()) if len(out) else 0.0,
         seconds=seconds,
         unreached=unreached,
+        ssim=ssim_value,
+        psnr=psnr_value,
     )
+
+
+def similarity(obfuscated: torch.Tensor, clear_uint8: torch.Tensor, chunk: int = 2048) -> tuple[float, float]:
+    """Mean SSIM and PSNR (capped at PSNR_CAP) of obfuscated images against their clear versions."""
+    from fl_vmix.evaluation.metrics import psnr, ssim
+
+    if len(obfuscated) == 0 or min(obfuscated.shape[-2:]) < 11:
+        return float("nan"), float("nan")
+    ssims, psnrs = [], []
+    for i in range(0, len(obfuscated), chunk):
+        clear = clear_uint8[i : i + chunk].float() / 255
+        ssims.append(ssim(obfuscated[i : i + chunk], clear))
+        psnrs.append(psnr(obfuscated[i : i + chunk], clear).clamp(max=PSNR_CAP))
+    return float(torch.cat(ssims).mean()), float(torch.cat(psnrs).mean())
 
 
 # --------------------------------------------------------------------------------- model, optimiser
@@ -102,7 +122,12 @@ def model_from_config(cfg: dict[str, Any], num_classes: int, in_channels: int, i
     if model_cfg["name"] not in MODELS:
         raise ConfigError(f"unknown model {model_cfg['name']!r}: choose one of {', '.join(sorted(MODELS))}")
     invariant = cfg["privacy"].get("region_size", 8) if model_cfg.get("invariant") else None
-    return build_model(model_cfg["name"], num_classes=num_classes, in_channels=in_channels, image_size=image_size, invariant_region=invariant)
+    model = build_model(model_cfg["name"], num_classes=num_classes, in_channels=in_channels, image_size=image_size, invariant_region=invariant)
+    if cfg["privacy"].get("method") == "dp_sgd":
+        from fl_vmix.evaluation.training_dp import make_opacus_compatible
+
+        model = make_opacus_compatible(model)  # the same replacement on server and clients
+    return model
 
 
 OPTIMIZERS = ("sgd", "adam", "st_adam")

@@ -21,7 +21,7 @@ from torch import Tensor
 from fl_vmix.privacy.mixer import VisualMixer
 
 # Modules that register further methods; imported on first lookup so the registry is complete.
-_PROVIDERS = ("fl_vmix.evaluation.baselines",)
+_PROVIDERS = ("fl_vmix.evaluation.baselines", "fl_vmix.evaluation.training_dp")
 
 
 
