@@ -36,24 +36,9 @@ neighbours; seeding one per sample needs a Python loop.)
 * Epsilons here are for one image under local DP (per-client, before training); they are not comparable to a
   DP-SGD epsilon over a whole data set without saying so.
 
-Extension point for methods that live elsewhere (VisualMixer, block shuffle, DP-SGD, central DP)::
-
-    from fl_vmix.evaluation.baselines import PrivacyMethod, TrainingLevelMethod, register_privacy_method
-
-    @register_privacy_method("visualmixer")
-    class VisualMixerMethod(PrivacyMethod):
-        def __init__(self, key: int = 0, ...):
-            self.params = {"key": key, ...}
-            self.epsilon = None            # not DP
-            self._mixer = VisualMixer(...)
-        def _apply(self, images, sample_ids, epoch):
-            return self._mixer(images, sample_ids, epoch)
-
-    @register_privacy_method("dp_sgd")
-    class DPSGDMethod(TrainingLevelMethod):  # identity on images; set .epsilon/.delta from the accountant
-        def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5):
-            super().__init__(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta)
-            self.delta = delta
+The registry itself lives in :mod:`fl_vmix.privacy.methods` (with VisualMixer and the plain block shuffle);
+the training-level methods (DP-SGD, central DP) are in :mod:`fl_vmix.evaluation.training_dp`.  A new method is a
+:class:`PrivacyMethod` subclass decorated with ``@register_privacy_method("name")``.
 """
 
 from __future__ import annotations
