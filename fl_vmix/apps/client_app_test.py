@@ -128,3 +128,24 @@ def test_evaluate_reports_loss_accuracy_and_examples(experiment):
     metrics = reply.content["metrics"]
     assert set(metrics) == {"loss", "accuracy", "num-examples", "uniform-weight", "partition-id"}
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num-examples"] > 0
+
+
+def test_flwr_run_without_overrides_uses_the_conf_defaults():
+    from fl_vmix.apps.config import compose_config
+
+    assert experiment_from_run_config({"experiment": ""}) == compose_config()
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, "conf/ must stay the one source of defaults"
+
+
+def test_central_evaluation_uses_a_server_key_on_the_test_split(experiment):
+    from fl_vmix.apps.central import CentralEvaluator
+
+    model = initial_model(experiment)
+    evaluator = CentralEvaluator(experiment, model)
+    metrics = evaluator(ArrayRecord(model.state_dict()))
+    assert set(metrics) == {"loss", "accuracy"} and len(evaluator.split.labels) == 18
+    assert evaluator.split.vfe_corrected > 0
