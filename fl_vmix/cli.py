@@ -87,6 +87,8 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         console.print(summary_table(result.summary))
     if result.returncode != 0:
         reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
+        if result.summary and result.summary.get("error"):
+            console.print(f"[bold red]server error:[/] {result.summary['error']} (traceback: {output_dir / 'error.txt'})")
         tail = result.log_file.read_text(errors="replace").splitlines()[-25:] if result.log_file.exists() else []
         console.print(f"[bold red]run {reason}[/]; last lines of {result.log_file}:")
         console.print("\n".join(tail), markup=False, highlight=False)
