@@ -97,7 +97,7 @@ def pixel_energy(images: torch.Tensor, window: int, method: VFEMethod = "referen
     x = _as_float(images)
     dx = _forward_difference(x, -1, window, method)
     dy = _forward_difference(x, -2, window, method)
-    return dx.square_().add_(dy.square_())
+    return dx.square_().addcmul_(dy, dy)
 
 
 def window_sums(energy: torch.Tensor, window: int) -> torch.Tensor:
