@@ -22,8 +22,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,14 +133,19 @@ def _connection(args: argparse.Namespace) -> None:
 
 
 def _check_node(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import probe_superlink
+    from fl_vmix.deploy.connection import SuperLinkUnreachable, probe_superlink
     from fl_vmix.deploy.preflight import check_node, node_config_string
 
     key_file = args.key_file or args.data_path / "client.key"
     report = check_node(args.data_path, key_file, auth_key=args.auth_key, ca_cert=args.ca_cert)
-    latency = probe_superlink(args.superlink, args.ca_cert, args.insecure) if args.superlink else None
+    latency = None
+    if args.superlink:
+        try:
+            latency = probe_superlink(args.superlink, args.ca_cert, args.insecure)
+        except SuperLinkUnreachable as err:  # start order is free: flower-supernode keeps retrying
+            err_console.print(f"[yellow]warning:[/] {err}; the SuperNode will keep trying to connect", highlight=False)
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if args.print_node_config:
         print(node_config_string(args.data_path, key_file))
         return
@@ -153,7 +158,11 @@ def _check_node(args: argparse.Namespace) -> None:
 
 
 def _check_superlink(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import ConnectionSetupError, probe_superlink, read_connection
+    from fl_vmix.deploy.connection import (
+        ConnectionSetupError,
+        probe_superlink,
+        read_connection,
+    )
 
     if args.connection:
         entry = read_connection(args.connection)

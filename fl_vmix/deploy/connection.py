@@ -35,6 +35,14 @@ class ConnectionSetupError(ValueError):
     """A SuperLink connection that cannot work (missing, unreachable, untrusted); says how to fix it."""
 
 
+class SuperLinkUnreachable(ConnectionSetupError):
+    """Nothing answers at the address (yet): a SuperNode may wait for it, a launcher should not."""
+
+
+class SuperLinkUntrusted(ConnectionSetupError):
+    """The TLS handshake fails: retrying cannot help until certificates or the connection change."""
+
+
 def flwr_home() -> Path:
     """Flower's home folder, as the flwr CLI resolves it (``$FLWR_HOME``, else ``~/.flwr``)."""
     value = os.environ.get("FLWR_HOME")
@@ -45,7 +53,7 @@ def split_address(address: str) -> tuple[str, int]:
     """``host:port`` (or ``[v6]:port``) into its parts; ValueError names the expected form."""
     host, sep, port = address.strip().rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if "/" in host or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConnectionSetupError(f"SuperLink address {address!r} is not HOST:PORT (e.g. 10.0.0.5:8000): fix the address")
     return host, int(port)
 
@@ -133,25 +141,32 @@ def probe_superlink(address: str, root_cert: Path | str | None = None, insecure:
             fix = f"its certificate does not name {host!r}: regenerate it with `python -m fl_vmix.deploy certs --hosts {host}` and restart the SuperLink"
         else:
             fix = "its certificate is not signed by the root certificate of this connection: use the ca.pem created with the SuperLink's server.pem"
-        raise ConnectionSetupError(f"TLS verification of the {where} failed ({reason}): {fix}") from err
+        raise SuperLinkUntrusted(f"TLS verification of the {where} failed ({reason}): {fix}") from err
     except ssl.SSLError as err:
-        raise ConnectionSetupError(
+        raise SuperLinkUntrusted(
             f"TLS handshake with the {where} failed ({err.reason or err}): is it running with --ssl-certfile/--ssl-keyfile "
             "(scripts/deploy/start_superlink.sh)? Plain-HTTP SuperLinks need `insecure = true` in the connection"
         ) from err
+    except ConnectionResetError as err:  # http.client.RemoteDisconnected included
+        if not insecure:
+            raise SuperLinkUnreachable(f"the {where} reset the connection ({err}): check that it runs and the address is right") from err
+        raise SuperLinkUntrusted(
+            f"the {where} closed the plain-HTTP connection: it probably serves HTTPS; set root-certificates (the SuperLink's "
+            "ca.pem) instead of insecure = true in the connection"
+        ) from err
     except ConnectionRefusedError as err:
-        raise ConnectionSetupError(
+        raise SuperLinkUnreachable(
             f"nothing listens at the {where} (connection refused): start it with scripts/deploy/start_superlink.sh "
             "or fix the address in $FLWR_HOME/config.toml"
         ) from err
-    except (socket.timeout, TimeoutError) as err:
-        raise ConnectionSetupError(
+    except TimeoutError as err:
+        raise SuperLinkUnreachable(
             f"the {where} did not answer within {timeout_s:.0f} s: check the host, the port and firewalls between here and there"
         ) from err
     except socket.gaierror as err:
-        raise ConnectionSetupError(f"cannot resolve host {host!r} of the {where} ({err}): fix the address in $FLWR_HOME/config.toml") from err
+        raise SuperLinkUnreachable(f"cannot resolve host {host!r} of the {where} ({err}): fix the address in $FLWR_HOME/config.toml") from err
     except OSError as err:
-        raise ConnectionSetupError(f"cannot reach the {where} ({err}): check the address, the network and that the SuperLink runs") from err
+        raise SuperLinkUnreachable(f"cannot reach the {where} ({err}): check the address, the network and that the SuperLink runs") from err
     finally:
         connection.close()
     if response.status != 200:

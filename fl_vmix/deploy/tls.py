@@ -88,7 +88,7 @@ def write_certificates(
         raise CertificateError(f"days={days} is invalid: certificates need a validity of at least 1 day")
     names = _unique_hosts(hosts)
     out.mkdir(parents=True, exist_ok=True)
-    start = valid_from or dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+    start = valid_from or dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     end = start + dt.timedelta(days=days)
 
     ca_key = _new_key()
@@ -177,7 +177,7 @@ def check_certificates(
     Checks: files exist and parse, neither certificate is expired or not yet valid, the server
     certificate is signed by the CA, the key belongs to the certificate, and ``host`` is in its SAN.
     """
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     ca = _load_cert(ca_cert, "CA certificate")
     _check_dates(ca, ca_cert, "CA certificate", now)
     if server_cert is None:
