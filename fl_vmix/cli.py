@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fl_vmix.apps.config import ConfigError, conf_dir
-from fl_vmix.apps.launcher import launch
+from fl_vmix.apps.launcher import launch, read_json
 from fl_vmix.apps.validate import validate_experiment
 
 console = Console(stderr=True)
@@ -85,6 +85,9 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         result = launch(cfg, output_dir, on_progress=on_progress)
     if result.summary is not None:
         console.print(summary_table(result.summary))
+        failures = [f for r in (read_json(output_dir / "metrics.json") or []) for f in r.get("failures", [])]
+        if failures:
+            console.print(f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False)
     if result.returncode != 0:
         reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
         if result.summary and result.summary.get("error"):
