@@ -99,7 +99,9 @@ def test_suite_end_to_end_on_two_tiny_runs(runs, tmp_path):
     assert by[("gaussian_blur", "jigsaw", "")]["applicable"] == "False"
     assert all(r["success"] in ("True", "False") for r in rows if r["applicable"] == "True")
     sweep = _read(out / "jigsaw_sweep.csv")
+    assert jig["note"].split(";")[0] in ("leaks", "partial", "holds")
     assert len(sweep) == 2 and set(suite.SWEEP_COLUMNS) == set(sweep[0])
+    assert all(r["verdict"] in ("leaks", "partial", "holds") and (r["verdict"] == "leaks") == (r["success"] == "True") for r in sweep)
     assert (out / "attacks_grid.png").stat().st_size > 0
     md = (out / "attacks.md").read_text()
     assert "## Gradient inversion" in md and "## Findings" in md and "Attack check" in md and "gaussian_blur" in md
