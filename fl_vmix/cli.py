@@ -88,6 +88,9 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         failures = [f for r in (read_json(output_dir / "metrics.json") or []) for f in r.get("failures", [])]
         if failures:
             console.print(f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False)
+    if result.interrupted:
+        console.print(f"[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in {output_dir}")
+        return result.returncode
     if result.returncode != 0:
         reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
         if result.summary and result.summary.get("error"):

@@ -148,7 +148,7 @@ def test_run_survives_a_supernode_killed_and_restarted(federation, tmp_path):
 def test_fewer_supernodes_than_clients_fails_fast(federation, tmp_path):
     out = tmp_path / "run"
     start = time.perf_counter()
-    with Launch(["engine=deployment", f"engine.connection={federation.connection}", "num_clients=4", "+engine.wait_nodes_s=2"], launcher_env(federation), out) as run:
+    with Launch(["engine=deployment", f"engine.connection={federation.connection}", "num_clients=4", "engine.wait_nodes_s=2"], launcher_env(federation), out) as run:
         code = run.wait(90)
     assert code != 0
     assert re.search(r"only \d of the 4 SuperNodes", run.output()) and "register_supernodes.sh" in run.output(), run.output()[-3000:]

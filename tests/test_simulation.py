@@ -99,7 +99,7 @@ def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
             time.sleep(1)
         assert (tmp_path / "metrics.csv").exists(), "no round finished"
         os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=60)
+        assert process.wait(timeout=180) == 130, "Ctrl-C ends the launcher with status 130"
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

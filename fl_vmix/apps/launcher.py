@@ -42,6 +42,7 @@ class LaunchResult:
     summary: dict[str, Any] | None
     log_file: Path
     timed_out: bool
+    interrupted: bool = False
 
 
 def free_port() -> int:
@@ -195,7 +196,7 @@ def launch(
         except ValueError as err:
             log_file.write_text(f"deployment preflight failed: {err}\n")
             return LaunchResult(1, output_dir, None, log_file, False)
-    timed_out = False
+    timed_out = interrupted = False
     deadline = time.monotonic() + float(engine.get("timeout_s", 3600))
     with log_file.open("a") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(PROJECT_DIR), start_new_session=True)
@@ -214,6 +215,8 @@ def launch(
                     timed_out = True
                     break
                 time.sleep(poll_s)
+        except KeyboardInterrupt:
+            interrupted = True  # Ctrl-C: stop the run's processes below, keep what was recorded
         finally:
             if process.poll() is None:
                 stop_processes([process.pid, *_descendants(process.pid)])
@@ -225,4 +228,6 @@ def launch(
         on_progress(read_json(output_dir / "metrics.json") or [])
     summary = read_json(output_dir / "summary.json")
     ok = ((summary is not None and summary.get("status") == "completed") or remote_completed) and not timed_out
+    if interrupted:
+        return LaunchResult(130, output_dir, summary, log_file, timed_out, interrupted=True)
     return LaunchResult(0 if ok else 1, output_dir, summary, log_file, timed_out)
