@@ -33,7 +33,7 @@ fi
 if [[ $which == c || $which == all ]]; then
   # (c) the same comparison on RetinaMNIST (28 px RGB fundus images, 5 classes, 1,080 training images).
   E=retinamnist
-  report run --experiment $E --part methods -- dataset=retinamnist num_rounds=10 privacy=none,visualmixer,block_shuffle,gaussian_blur
-  report run --experiment $E --part targets -- dataset=retinamnist num_rounds=10 privacy=visualmixer privacy.target_ratio=5.0
-  report run --experiment $E --part dp -- dataset=retinamnist num_rounds=10 privacy=pixel_dp_gaussian,dp_sgd
+  report run --experiment $E --part methods -- dataset=retinamnist num_rounds=15 local_epochs=3 privacy=none,visualmixer,block_shuffle,gaussian_blur
+  report run --experiment $E --part targets -- dataset=retinamnist num_rounds=15 local_epochs=3 privacy=visualmixer privacy.target_ratio=5.0
+  report run --experiment $E --part dp -- dataset=retinamnist num_rounds=15 local_epochs=3 privacy=pixel_dp_gaussian,dp_sgd
 fi
