@@ -11,6 +11,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,19 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run and its Flower processes, even where the shell started us with
+    SIGINT ignored (background jobs of non-interactive shells inherit SIG_IGN)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
+    _stop_on_signals()
     cfg = _absolute_paths(cfg)
     try:
         validate_experiment(cfg, check_data=cfg["engine"]["name"] == "simulation")
