@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,23 +26,12 @@ from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from torch import nn
 
+from fl_vmix.evaluation.baselines import _check_delta, _check_positive
 from fl_vmix.privacy.methods import TrainingLevelMethod, register_privacy_method
 
 logger = logging.getLogger("fl_vmix.dp")
 ACCOUNTANT_STATE_KEY = "fl_vmix.dp_sgd"
 UNIFORM_WEIGHT_KEY = "uniform-weight"
-
-
-def _check_positive(name: str, value: Any, fix: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}: {fix}")
-    return float(value)
-
-
-def _check_delta(delta: Any) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}: use e.g. 1e-5 (below 1 / number of examples)")
-    return float(delta)
 
 
 @register_privacy_method("dp_sgd")
@@ -52,9 +40,10 @@ class DPSGD(TrainingLevelMethod):
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5) -> None:
         super().__init__(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta)
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, "DP-SGD needs noise; use e.g. 1.0")
-        self.max_grad_norm = _check_positive("max_grad_norm", max_grad_norm, "per-sample clipping bound; use e.g. 1.0")
-        self.delta = _check_delta(delta)
+        _check_positive("noise_multiplier", noise_multiplier, "DP-SGD needs noise; use e.g. 1.0")
+        _check_positive("max_grad_norm", max_grad_norm, "per-sample clipping bound; use e.g. 1.0")
+        _check_delta(delta)
+        self.noise_multiplier, self.max_grad_norm, self.delta = float(noise_multiplier), float(max_grad_norm), float(delta)
 
 
 @register_privacy_method("central_dp")
@@ -63,9 +52,10 @@ class CentralDP(TrainingLevelMethod):
 
     def __init__(self, noise_multiplier: float = 1.0, clipping_norm: float = 1.0, delta: float = 1e-5) -> None:
         super().__init__(noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, delta=delta)
-        self.noise_multiplier = _check_positive("noise_multiplier", noise_multiplier, "central DP needs noise; use e.g. 1.0")
-        self.clipping_norm = _check_positive("clipping_norm", clipping_norm, "update clipping bound; use e.g. 1.0")
-        self.delta = _check_delta(delta)
+        _check_positive("noise_multiplier", noise_multiplier, "central DP needs noise; use e.g. 1.0")
+        _check_positive("clipping_norm", clipping_norm, "update clipping bound; use e.g. 1.0")
+        _check_delta(delta)
+        self.noise_multiplier, self.clipping_norm, self.delta = float(noise_multiplier), float(clipping_norm), float(delta)
 
 
 # ---------------------------------------------------------------------------------------------- DP-SGD

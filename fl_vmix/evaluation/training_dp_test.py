@@ -72,9 +72,9 @@ def test_central_dp_clipping_mod_only_acts_when_asked(tiny_experiment):
 @pytest.mark.parametrize(
     "name, params, message",
     [
-        ("dp_sgd", dict(noise_multiplier=0.0), "noise_multiplier must be > 0"),
-        ("dp_sgd", dict(max_grad_norm=-1.0), "max_grad_norm must be > 0"),
-        ("central_dp", dict(clipping_norm=0), "clipping_norm must be > 0"),
+        ("dp_sgd", dict(noise_multiplier=0.0), "noise_multiplier must be .*> 0"),
+        ("dp_sgd", dict(max_grad_norm=-1.0), "max_grad_norm must be .*> 0"),
+        ("central_dp", dict(clipping_norm=0), "clipping_norm must be .*> 0"),
         ("central_dp", dict(delta=1.5), "delta must be in"),
     ],
 )
