@@ -5,8 +5,8 @@ must be identical on CPU and CUDA. Both needs are met by hashing integer counter
 (Steele et al. 2014) written in plain int64 tensor arithmetic: multiplication wraps modulo 2^64 and
 right shifts are made logical with a mask, so every device computes the same bits.
 
-Drawing a fresh permutation per (image, channel, region) by sorting random keys costs ~10x more than
-applying it. Instead each key owns a *bank*: for every region shape and block size, ``bank_size``
+Drawing a fresh permutation per (image, channel, region) by sorting random keys cost ~9x applying it
+(one measurement on 2 cores: 22 ms vs 2.4 ms per 1.5M values). Instead each key owns a *bank*: for every region shape and block size, ``bank_size``
 random permutations built once by sorting hashed keys; an (image, channel, region) then picks a
 member with one hash. Without the key the bank is unknown, and the inverse is a scatter with the same
 indices, so the key holder recovers images exactly.
