@@ -21,6 +21,8 @@ from rich.table import Table
 
 from fl_vmix.privacy import VisualMixer, vfe
 
+BENCH_KEY = bytes(range(32))  # a fixed benchmark key (never a default anywhere else)
+
 
 def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -56,10 +58,10 @@ def main() -> None:
     flat = small.view(512, -1)
     index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]).to(device)
     gather_s = timed(lambda i: flat.gather(1, index), args.repeats, device)
-    mixer32 = VisualMixer("bench-key", region_size=8, block_sizes=(2, 1), target_ratio=3.0)  # the default
+    mixer32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(2, 1), target_ratio=3.0)  # the default
     ids = torch.arange(512, device=device)
     mix_s = timed(lambda i: mixer32(small, ids + 512 * i), args.repeats, device)
-    fixed32 = VisualMixer("bench-key", region_size=8, block_sizes=(1,), target_ratio=None)
+    fixed32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(1,), target_ratio=None)
     fixed_s = timed(lambda i: fixed32(small, ids + 512 * i), args.repeats, device)
     vfe_s = timed(lambda i: vfe(small, 8, "corrected"), args.repeats, device)
     results.update(
@@ -75,7 +77,7 @@ def main() -> None:
     flat = large.view(128, -1)
     index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(128)]).to(device)
     gather224 = timed(lambda i: flat.gather(1, index), max(3, args.repeats // 2), device)
-    mixer224 = VisualMixer("bench-key", region_size=16, block_sizes=(8, 4, 2), target_ratio=2.0)
+    mixer224 = VisualMixer(BENCH_KEY, region_size=16, block_sizes=(8, 4, 2), target_ratio=2.0)
     ids = torch.arange(128, device=device)
     mix224 = timed(lambda i: mixer224(large, ids + 128 * i), max(3, args.repeats // 2), device)
     vfe224 = timed(lambda i: vfe(large, 14, "reference"), max(3, args.repeats // 2), device)

@@ -9,6 +9,7 @@ target ratio, each titled with its corrected VFE (window = region size) and the 
 from __future__ import annotations
 
 import argparse
+import secrets
 from pathlib import Path
 
 import matplotlib
@@ -37,16 +38,17 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--region-size", type=int, default=8)
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[2, 1])
-    parser.add_argument("--key", default="grid-demo-key")
+    parser.add_argument("--key-hex", help="a 16-64 byte key in hex (default: a fresh random key each run)")
     args = parser.parse_args()
 
+    key = bytes.fromhex(args.key_hex) if args.key_hex else secrets.token_bytes(32)
     data = load_dataset(args.dataset, args.root, "test", cache_dir=args.cache_dir)
     index = one_per_class(np.asarray(data.labels), args.count)
     images = torch.from_numpy(np.asarray(data.images[index])).float() / 255
     ids = torch.from_numpy(index.astype(np.int64))
     columns = [("clear", images, vfe(images, args.region_size, "corrected"))]
     for ratio in args.ratios:
-        mixer = VisualMixer(args.key, region_size=args.region_size, block_sizes=tuple(args.block_sizes), target_ratio=ratio)
+        mixer = VisualMixer(key, region_size=args.region_size, block_sizes=tuple(args.block_sizes), target_ratio=ratio)
         result = mixer.mix(images, ids)
         columns.append((f"target {ratio:g}x", result.images, result.report.achieved_vfe))
 

@@ -58,7 +58,7 @@ def test_target_vfe_reached_on_real_cifar10(cifar_test_images, method, ratio):
     images, ids = cifar_test_images
     if method == "reference":
         ratio = 1 + (ratio - 1) / 10  # the prototype's padded borders dominate: ratios stay close to 1
-    result = VisualMixer("k", target_ratio=ratio, vfe_method=method).mix(images, ids)
+    result = VisualMixer(bytes(range(32)), target_ratio=ratio, vfe_method=method).mix(images, ids)
     reached = result.report.reached
     assert reached.float().mean() >= 0.9, "nearly every real image must reach the target"
     assert torch.all(result.report.achieved_vfe[reached] >= result.report.target_vfe[reached] * (1 - 1e-6))

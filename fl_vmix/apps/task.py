@@ -7,6 +7,7 @@ benchmarks, attacks and tests.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from fl_vmix.models import MODELS, build_model
 from fl_vmix.optim import STAdam
 from fl_vmix.privacy import vfe
 from fl_vmix.privacy.keyed import derive_seed, hash_fields
+
+logger = logging.getLogger("fl_vmix.privacy")
 
 # Images reach the model as (x - 0.5) / 0.5 for x in [0, 1]: the same for clear and obfuscated data.
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5
@@ -88,6 +91,11 @@ def obfuscate(transform: ImageTransform, images: np.ndarray, labels: np.ndarray,
             unreached += mixer.last_report.num_unreached
     out = torch.cat(chunks) if chunks else torch.empty(0, *clear.shape[1:])
     seconds = time.perf_counter() - start
+    if unreached:  # one line per call (a client's split, once per round), not one per batch
+        logger.warning(
+            "VisualMixer: %d of %d images stay below the target VFE with the finest setting: raise it with "
+            "smaller block_sizes or a lower target", unreached, len(clear),
+        )
     window = min(region_size, *out.shape[-2:]) if len(out) else region_size
     ssim_value, psnr_value = similarity(out[:SIMILARITY_SAMPLE], clear[:SIMILARITY_SAMPLE])
     return ObfuscatedSplit(

@@ -1,24 +1,119 @@
-"""Keyed, counter-based randomness for VisualMixer: the same numbers on every run and every device.
+"""Keyed randomness: a cryptographic PRF of full key strength, evaluated at arbitrary counters.
 
-Permutations must come from a secret key and a sample's id (and epoch), never from a global RNG, and
-must be identical on CPU and CUDA. Both needs are met by hashing integer counters with SplitMix64
-(Steele et al. 2014) written in plain int64 tensor arithmetic: multiplication wraps modulo 2^64 and
-right shifts are made logical with a mask, so every device computes the same bits.
+VisualMixer's only secret is the client's key; everything else is public (Kerckhoffs). So every
+random choice that hides an image must come from a pseudorandom function of that key, and no value
+derived from the key may be reused for two images, channels or regions: a reused permutation lets
+anyone who knows a few of a client's images undo the others (see ``docs/threat_model.md``).
 
-Drawing a fresh permutation per (image, channel, region) by sorting random keys cost ~9x applying it
-(one measurement on 2 cores: 22 ms vs 2.4 ms per 1.5M values). Instead each key owns a *bank*: for every region shape and block size, ``bank_size``
-random permutations built once by sorting hashed keys; an (image, channel, region) then picks a
-member with one hash. Without the key the bank is unknown, and the inverse is a scatter with the same
-indices, so the key holder recovers images exactly.
+Construction (:class:`KeyedPRF`):
+
+* **Key.** ``bytes`` of 16 to 64 bytes (128 to 512 bits), checked by :func:`check_key`. No default
+  key exists anywhere; clients read theirs from a key file (``fl_vmix.apps.keys``).
+* **Domain separation.** A subkey per use, ``K_ctx = BLAKE2b-256(key=K, person="fl_vmix.prf.v2",
+  data=context)``. Keyed BLAKE2b is a PRF (its designers' claim, the MAC mode of RFC 7693), so
+  subkeys of different contexts (settings, image shape, purpose) are independent 256-bit keys.
+* **Stream.** ``F(id, epoch, i) = AES-256_{K_ctx}(id || epoch || i)`` with ``id`` a little-endian
+  int64, ``epoch`` and the block index ``i`` little-endian uint32: one 16-byte counter block per
+  128 bits of output. AES is a pseudorandom permutation; on distinct counters (all counters here are
+  distinct) it is a PRF up to the PRP/PRF switching bound q^2 / 2^129. Each block is evaluated on its
+  own (ECB over counter blocks, OpenSSL through ``cryptography``), so a sample's numbers depend only on
+  (key, context, id, epoch) and never on the batch it arrives in, on the device, or on call order.
+
+:class:`KeyedPRF` returns the words as NumPy ``uint32``; the permutation code turns them into
+uniform permutations (:mod:`fl_vmix.privacy.permutations`). :func:`hash_fields` below is not keyed
+and not cryptographic: it makes *public* seeds from public integers (run seed, round) only.
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+import struct
 
+import numpy as np
 import torch
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+MIN_KEY_BYTES = 16
+MAX_KEY_BYTES = 64  # BLAKE2b's key limit
+_PERSON = b"fl_vmix.prf.v2"  # BLAKE2b personalisations: at most 16 bytes
+_SEED_PERSON = b"fl_vmix.seed.v2"
+_UINT32 = 1 << 32
+
+
+def check_key(key: object) -> bytes:
+    """The key as ``bytes`` after checking its type and length (16-64 bytes); never stored elsewhere."""
+    if key is None:
+        raise ValueError(
+            "no key given: there are no default keys. Pass the client's secret key, 16-64 random bytes: "
+            "a SuperNode reads it from its key file (node config key-file, made by `python -m fl_vmix.deploy "
+            "export` or `keygen`), a simulated client from the simulation key folder (fl_vmix.apps.keys."
+            "node_key); for your own use, secrets.token_bytes(32)"
+        )
+    if isinstance(key, bytearray):
+        key = bytes(key)
+    if not isinstance(key, bytes):
+        raise ValueError(
+            f"a key must be bytes (16-64 random bytes), got {type(key).__name__}: generate one with "
+            "secrets.token_bytes(32); federated clients read theirs from their key file "
+            "(`python -m fl_vmix.deploy keygen`, or the simulation key folder)"
+        )
+    if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
+        raise ValueError(
+            f"a key needs {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes (128-512 bits), got {len(key)}: "
+            "use secrets.token_bytes(32)"
+        )
+    return key
+
+
+def derive_subkey(key: bytes, context: bytes) -> bytes:
+    """A 256-bit subkey for one use of ``key`` (keyed BLAKE2b over the context)."""
+    return hashlib.blake2b(context, key=check_key(key), digest_size=32, person=_PERSON).digest()
+
+
+def context_bytes(*fields: object) -> bytes:
+    """An unambiguous encoding of public settings (a length-prefixed repr per field) for subkeys."""
+    parts = [repr(field).encode() for field in fields]
+    return b"".join(struct.pack("<I", len(part)) + part for part in parts)
+
+
+def _check_epoch(epoch: int) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < _UINT32:
+        raise ValueError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
+    return int(epoch)
+
+
+class KeyedPRF:
+    """Pseudorandom 32-bit words ``F_K(context; id, epoch, i)`` (see the module docstring)."""
+
+    def __init__(self, key: bytes, context: bytes) -> None:
+        self._subkey = derive_subkey(key, context)
+        self._cipher = Cipher(algorithms.AES(self._subkey), modes.ECB())
+
+    def words(self, sample_ids: np.ndarray | torch.Tensor, epoch: int, count: int) -> np.ndarray:
+        """``[len(sample_ids), count]`` uint32 words; row ``b`` depends only on ``sample_ids[b]`` and ``epoch``."""
+        ids = sample_ids.detach().cpu().numpy() if isinstance(sample_ids, torch.Tensor) else np.asarray(sample_ids)
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"sample_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+        blocks = -(-int(count) // 4)
+        if blocks >= _UINT32:
+            raise ValueError(f"{count} words per sample exceed the counter space (2**34): use smaller images")
+        counters = np.empty((len(ids), blocks, 2), dtype="<u8")
+        counters[:, :, 0] = ids.astype(np.int64).view(np.uint64)[:, None]
+        counters[:, :, 1] = np.uint64(_check_epoch(epoch)) | (np.arange(blocks, dtype=np.uint64) << np.uint64(32))
+        stream = self._cipher.encryptor().update(counters.tobytes())
+        return np.frombuffer(stream, dtype="<u4").reshape(len(ids), blocks * 4)[:, :count]
+
+    def seed(self, *fields: int) -> int:
+        """A secret 63-bit seed for a seeded generator (e.g. noise), one per tuple of public fields:
+        keyed BLAKE2b under this context's subkey, separate from the AES stream by its personalisation."""
+        if not fields or any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) for f in fields):
+            raise ValueError(f"seed fields must be integers, got {fields!r}")
+        digest = hashlib.blake2b(context_bytes(*(int(f) for f in fields)), key=self._subkey, digest_size=8, person=_SEED_PERSON)
+        return int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Public (unkeyed) counter hashing, for seeds made of public values only.
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
 _MUL1 = 0xBF58476D1CE4E5B9
@@ -56,7 +151,9 @@ def mix64_reference(value: int) -> int:
 
 
 def hash_fields(seed: int, *fields: torch.Tensor | int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Hash a seed and integer fields (broadcast together) into one int64 tensor on ``device``."""
+    """Hash a *public* seed and integer fields (broadcast together) into one int64 tensor on ``device``.
+
+    Not keyed and not a PRF: use it for reproducible public seeds, never for anything secret."""
     h = torch.tensor(seed, dtype=torch.int64, device=device)
     for field in fields:
         field = torch.as_tensor(field, dtype=torch.int64, device=device)
@@ -65,7 +162,10 @@ def hash_fields(seed: int, *fields: torch.Tensor | int, device: torch.device | s
 
 
 def derive_seed(key: str | bytes | int) -> int:
-    """A signed 64-bit seed from a secret key of any common type (stable across Python runs)."""
+    """A signed 64-bit value from a key (BLAKE2b truncated to 8 bytes).
+
+    Kept only for the image-noise baselines until they draw from :class:`KeyedPRF`; VisualMixer does
+    not use it (a 64-bit squeeze of the key is not full key strength)."""
     if isinstance(key, bool) or not isinstance(key, (str, bytes, int)):
         raise ValueError(f"key must be a str, bytes or int secret, got {type(key).__name__}")
     if isinstance(key, int):
@@ -76,46 +176,3 @@ def derive_seed(key: str | bytes | int) -> int:
         raw = key
     digest = hashlib.blake2b(raw, digest_size=8, person=b"fl_vmix.key").digest()
     return _signed(int.from_bytes(digest, "little"))
-
-
-def uniform_below(hashes: torch.Tensor, bound: int) -> torch.Tensor:
-    """Map hashes to integers in ``[0, bound)`` (bias < bound / 2^62, negligible)."""
-    return (hashes & ((1 << 62) - 1)) % bound
-
-
-def _block_layout(height: int, width: int, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Blocks tiling a ``height x width`` region from its top-left: origins, shape group per block,
-    and for each pixel (row-major) its block and offset inside the block."""
-    ys = torch.arange(0, height, block)
-    xs = torch.arange(0, width, block)
-    block_y = ys.repeat_interleave(len(xs))
-    block_x = xs.repeat(len(ys))
-    full_h = (height - block_y) >= block
-    full_w = (width - block_x) >= block
-    # Blocks trade places only with blocks of the same shape: full, right-edge, bottom-edge, corner.
-    group = full_h.long() * 2 + full_w.long()
-    py = torch.arange(height).repeat_interleave(width)
-    px = torch.arange(width).repeat(height)
-    pixel_block = (py // block) * len(xs) + (px // block)
-    return torch.stack([block_y, block_x]), group, pixel_block, torch.stack([py - block_y[pixel_block], px - block_x[pixel_block]])
-
-
-@lru_cache(maxsize=256)
-def region_permutation_bank(seed: int, height: int, width: int, block: int, bank_size: int, tag: int) -> torch.Tensor:
-    """``bank_size`` keyed block permutations of a ``height x width`` region, as source coordinates.
-
-    Returns int64 ``[bank_size, 2, height * width]``: for member ``k`` and output pixel ``p``
-    (row-major), the (row, col) inside the region that the pixel is read from. Built on the CPU so
-    every device gets the same bank.
-    """
-    origins, group, pixel_block, offsets = _block_layout(height, width, block)
-    n_blocks = group.numel()
-    members = torch.arange(bank_size).view(-1, 1)
-    noise = hash_fields(seed, tag, height, width, block, members, torch.arange(n_blocks).view(1, -1))
-    sort_key = (group.view(1, -1) << 56) | (noise & ((1 << 56) - 1))
-    shuffled = torch.sort(sort_key, dim=1, stable=True).indices  # blocks grouped by shape, random inside
-    canonical = torch.sort(group, stable=True).indices  # blocks grouped by shape, in natural order
-    source_block = torch.empty_like(shuffled)
-    source_block[:, canonical] = shuffled
-    src = source_block[:, pixel_block]  # [K, P]: block each output pixel reads from
-    return origins[:, src].permute(1, 0, 2) + offsets.unsqueeze(0)

@@ -166,7 +166,7 @@ class VisualMixerMethod(PrivacyMethod):
 
     def __init__(
         self,
-        key: bytes | str | int = 0,
+        key: bytes | None = None,
         region_size: int = 8,
         block_sizes: Sequence[int] = (2, 1),
         target_ratio: float | None = 3.0,
@@ -193,6 +193,6 @@ class VisualMixerMethod(PrivacyMethod):
 class BlockShuffleMethod(VisualMixerMethod):
     """Plain obfuscation baseline: one block size everywhere, no VFE target (the authors' prototype in practice)."""
 
-    def __init__(self, key: bytes | str | int = 0, region_size: int = 8, block_size: int = 1, mode: str = "static", permute_channels: bool = True) -> None:
+    def __init__(self, key: bytes | None = None, region_size: int = 8, block_size: int = 1, mode: str = "static", permute_channels: bool = True) -> None:
         super().__init__(key, region_size=region_size, block_sizes=(block_size,), target_ratio=None, target_vfe=None, mode=mode, permute_channels=permute_channels)
         self.params = {"region_size": region_size, "block_size": block_size, "mode": mode, "permute_channels": permute_channels}

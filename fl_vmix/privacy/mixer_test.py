@@ -1,18 +1,35 @@
-import logging
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 from torch import nn
 from torchvision.transforms import v2
 
-from fl_vmix.privacy import VisualMixer
-from fl_vmix.privacy.keyed import hash_fields, mix64, mix64_reference
+from fl_vmix.privacy import MixParams, VisualMixer, vfe, vfe_map
+
+KEY = bytes(range(32))
+ALICE = hashlib.sha256(b"alice").digest()
+BOB = hashlib.sha256(b"bob").digest()
+REPO = Path(__file__).resolve().parents[2]
+
+
+POSITION_SCALE = 2.0**-14  # positions as exact float64 values in [0, 1): 0-1 images, decodable
 
 
 def position_image(batch: int, channels: int, height: int, width: int) -> torch.Tensor:
-    """Each value is its own flat position inside the image, so an output tells where it came from."""
-    return torch.arange(channels * height * width, dtype=torch.float64).view(1, channels, height, width).repeat(batch, 1, 1, 1)
+    """Each value encodes its own flat position inside the image, so an output tells where it came from."""
+    positions = torch.arange(channels * height * width, dtype=torch.float64) * POSITION_SCALE
+    return positions.view(1, channels, height, width).repeat(batch, 1, 1, 1)
+
+
+def positions(images: torch.Tensor) -> torch.Tensor:
+    """The flat source position of every value of a (shuffled) position image."""
+    return (images / POSITION_SCALE).round().long()
 
 
 def smooth_images(batch: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -20,6 +37,14 @@ def smooth_images(batch: int, channels: int, height: int, width: int, seed: int 
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(batch, channels, 4, 4, generator=g)
     return torch.nn.functional.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True).clamp(0, 1)
+
+
+def textured_images(batch: int, seed: int = 9) -> torch.Tensor:
+    """Smooth content with mild texture and a busy top-left region, like a photograph with one detailed spot."""
+    g = torch.Generator().manual_seed(seed)
+    images = (smooth_images(batch, 3, 32, 32) + 0.03 * torch.randn(batch, 3, 32, 32, generator=g)).clamp(0, 1)
+    images[:, :, :8, :8] = (images[:, :, :8, :8] + 0.3 * torch.randn(batch, 3, 8, 8, generator=g)).clamp(0, 1)
+    return images
 
 
 def region_of(positions: torch.Tensor, height: int, width: int, region: int) -> torch.Tensor:
@@ -35,21 +60,21 @@ SHAPES = [(1, 32, 32), (3, 32, 32), (3, 30, 29), (1, 28, 28), (3, 9, 17)]
 @pytest.mark.parametrize("target_ratio", [None, 1.5])
 def test_pixels_stay_in_region_and_nothing_is_lost(channels, height, width, permute_channels, target_ratio):
     region = 8
-    mixer = VisualMixer("key", region_size=region, block_sizes=(4, 3, 1), target_ratio=target_ratio, permute_channels=permute_channels)
+    mixer = VisualMixer(KEY, region_size=region, block_sizes=(4, 3, 1), target_ratio=target_ratio, permute_channels=permute_channels)
     images = position_image(2, channels, height, width)
-    out = mixer(images, [3, 4]).long()
-    expected_region = region_of(images.long(), height, width, region)
+    out = positions(mixer(images, [3, 4]))
+    expected_region = region_of(positions(images), height, width, region)
     assert torch.equal(region_of(out, height, width, region), expected_region)
     if not permute_channels:
-        assert torch.equal(out // (height * width), images.long() // (height * width))
+        assert torch.equal(out // (height * width), positions(images) // (height * width))
     # A permutation: every source position used exactly once per image.
-    assert torch.equal(out.flatten(1).sort(1).values, images.long().flatten(1))
+    assert torch.equal(out.flatten(1).sort(1).values, positions(images).flatten(1))
 
 
 @pytest.mark.parametrize("permute_channels", [False, True])
 def test_multiset_preserved_per_region_and_channel(permute_channels):
     images = torch.rand(3, 3, 32, 32)
-    out = VisualMixer("k", permute_channels=permute_channels)(images, [0, 1, 2])
+    out = VisualMixer(KEY, permute_channels=permute_channels)(images, [0, 1, 2])
 
     def regions(x):  # [B, C, 4, 4, 64]
         return x.unfold(2, 8, 8).unfold(3, 8, 8).reshape(3, 3, 4, 4, 64)
@@ -65,7 +90,7 @@ def test_multiset_preserved_per_region_and_channel(permute_channels):
 
 def test_channels_get_their_own_permutation():
     images = position_image(1, 3, 32, 32)
-    out = VisualMixer("k", target_ratio=None)(images, [0]).long()
+    out = positions(VisualMixer(KEY, target_ratio=None)(images, [0]))
     within_plane = out % (32 * 32)
     assert not torch.equal(within_plane[0, 0], within_plane[0, 1])
     assert not torch.equal(within_plane[0, 1], within_plane[0, 2])
@@ -77,7 +102,7 @@ def test_channels_get_their_own_permutation():
 def test_exact_inversion(dtype, channels, height, width, options):
     images = smooth_images(4, channels, height, width)
     images = (images * 255).round().to(torch.uint8) if dtype == torch.uint8 else images.to(dtype)
-    mixer = VisualMixer("secret", region_size=8, block_sizes=(4, 2, 1), **options)
+    mixer = VisualMixer(KEY, region_size=8, block_sizes=(4, 2, 1), **options)
     ids = torch.tensor([10, 11, 12, 13])
     result = mixer.mix(images, ids, epoch=3)
     assert result.images.dtype == dtype and result.images.shape == images.shape
@@ -88,7 +113,7 @@ def test_exact_inversion(dtype, channels, height, width, options):
 
 def test_invert_without_params_in_targeted_mode_needs_the_last_call():
     images = smooth_images(2, 3, 32, 32)
-    mixer = VisualMixer("k", target_ratio=2.0)
+    mixer = VisualMixer(KEY, target_ratio=2.0)
     mixed = mixer(images, [0, 1])
     assert torch.equal(mixer.invert(mixed, [0, 1]), images)
     mixer(images, [5, 6])
@@ -98,20 +123,20 @@ def test_invert_without_params_in_targeted_mode_needs_the_last_call():
 
 def test_fixed_mode_inverts_from_key_and_ids_alone():
     images = smooth_images(2, 3, 32, 32)
-    mixed = VisualMixer("k", target_ratio=None)(images, [7, 8])
-    assert torch.equal(VisualMixer("k", target_ratio=None).invert(mixed, [7, 8]), images)
+    mixed = VisualMixer(KEY, target_ratio=None)(images, [7, 8])
+    assert torch.equal(VisualMixer(KEY, target_ratio=None).invert(mixed, [7, 8]), images)
 
 
 def test_deterministic_and_key_id_epoch_sensitive():
     images = smooth_images(2, 3, 32, 32)
     ids = [1, 2]
-    first = VisualMixer("alice", mode="dynamic")(images, ids, epoch=0)
-    again = VisualMixer("alice", mode="dynamic")(images, ids, epoch=0)
+    first = VisualMixer(ALICE, mode="dynamic")(images, ids, epoch=0)
+    again = VisualMixer(ALICE, mode="dynamic")(images, ids, epoch=0)
     assert torch.equal(first, again)
-    assert not torch.equal(first[0], VisualMixer("bob", mode="dynamic")(images, ids, epoch=0)[0])
-    assert not torch.equal(first[0], VisualMixer("alice", mode="dynamic")(images, [3, 2], epoch=0)[0])
-    assert not torch.equal(first[0], VisualMixer("alice", mode="dynamic")(images, ids, epoch=1)[0])
-    static = VisualMixer("alice", mode="static")
+    assert not torch.equal(first[0], VisualMixer(BOB, mode="dynamic")(images, ids, epoch=0)[0])
+    assert not torch.equal(first[0], VisualMixer(ALICE, mode="dynamic")(images, [3, 2], epoch=0)[0])
+    assert not torch.equal(first[0], VisualMixer(ALICE, mode="dynamic")(images, ids, epoch=1)[0])
+    static = VisualMixer(ALICE, mode="static")
     assert torch.equal(static(images, ids, epoch=0), static(images, ids, epoch=5))
 
 
@@ -120,69 +145,106 @@ def test_does_not_touch_or_depend_on_global_rng():
     torch.manual_seed(0)
     state = torch.get_rng_state()
     np_state = np.random.get_state()[1].copy()
-    a = VisualMixer("k")(images, [0, 1])
+    a = VisualMixer(KEY)(images, [0, 1])
     assert torch.equal(torch.get_rng_state(), state)
     assert np.array_equal(np.random.get_state()[1], np_state)
     torch.manual_seed(123)
-    assert torch.equal(VisualMixer("k")(images, [0, 1]), a)
-
-
-def test_hash_matches_unsigned_splitmix64():
-    values = [0, 1, 2**31, 2**62 + 12345, -1, -(2**63)]
-    got = mix64(torch.tensor(values, dtype=torch.int64)).tolist()
-    assert got == [mix64_reference(v) for v in values]
-    # Golden values pin the stream: a change here changes every key's shuffles.
-    assert hash_fields(42, 7, 3).item() == hash_fields(42, torch.tensor([7]), torch.tensor([3])).item()
+    assert torch.equal(VisualMixer(KEY)(images, [0, 1]), a)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cpu_and_cuda_agree():
     images = smooth_images(8, 3, 32, 32)
-    mixer = VisualMixer("k", permute_channels=True)
+    mixer = VisualMixer(KEY, permute_channels=True)
     cpu = mixer(images, list(range(8)))
     cuda = mixer.to("cuda")(images.cuda(), list(range(8)))
     assert torch.equal(cpu, cuda.cpu())
 
 
-def test_most_important_regions_refined_first():
-    images = smooth_images(4, 3, 32, 32)
-    images[:, :, :8, :8] = torch.rand(4, 3, 8, 8)  # a busy corner: highest local VFE
-    mixer = VisualMixer("k", target_ratio=1.3)
-    result = mixer.mix(images, [0, 1, 2, 3])
-    from fl_vmix.privacy.vfe import vfe_map
+def order_by_importance(images: torch.Tensor, method: str) -> torch.Tensor:
+    return torch.argsort(vfe_map(images, 8, method).flatten(1), dim=1, descending=True, stable=True)
 
-    rank = torch.argsort(vfe_map(images, 8, "corrected").flatten(1), dim=1, descending=True, stable=True)
-    by_rank = result.params.levels.gather(1, rank)
+
+def first_state_reaching_target(mixer: VisualMixer, image: torch.Tensor, sample_id: int, target: float) -> torch.Tensor:
+    """Brute force: walk the refinement states in order (most important region first, each to the finest
+    level before the next moves), apply each, measure its VFE, return the levels of the first that reaches."""
+    levels_count = len(mixer.block_sizes)
+    order = order_by_importance(image.unsqueeze(0), mixer.vfe_method)[0]
+    regions = order.numel()
+    for state in range(regions * levels_count):
+        rank, level = divmod(state, levels_count)
+        by_rank = torch.tensor([levels_count - 1 if r < rank else level if r == rank else 0 for r in range(regions)])
+        levels = torch.empty_like(by_rank).scatter_(0, order, by_rank).view(1, -1)
+        mixed = mixer.apply(image.unsqueeze(0), MixParams(torch.tensor([sample_id]), 0, levels))
+        if float(vfe(mixed, 8, mixer.vfe_method)) >= target * (1 - 1e-6):
+            return levels[0]
+    return torch.full((regions,), levels_count - 1)
+
+
+@pytest.mark.parametrize("ratio", [1.1, 1.4])
+def test_levels_are_the_first_refinement_state_that_reaches_the_target(ratio):
+    # 'reference' VFE with window = region: regions do not interact, so the choice must be exact.
+    images = smooth_images(6, 3, 32, 32, seed=3)
+    mixer = VisualMixer(KEY, target_ratio=ratio, vfe_method="reference", block_sizes=(4, 2, 1))
+    result = mixer.mix(images, list(range(6)))
+    partial = 0
+    for i in range(6):
+        target = float(result.report.target_vfe[i])
+        expected = first_state_reaching_target(mixer, images[i], i, target)
+        assert torch.equal(result.params.levels[i], expected), f"image {i}"
+        partial += int(expected.min() == 0 and expected.max() == 2)
+    assert partial >= 2, "the targets must leave some regions coarse and refine others for this test to bite"
+
+
+@pytest.mark.parametrize("method, ratio", [("reference", 1.1), ("corrected", 2.0)])
+def test_most_important_regions_refined_first(method, ratio):
+    images = textured_images(4)
+    result = VisualMixer(KEY, target_ratio=ratio, vfe_method=method, block_sizes=(8, 2, 1)).mix(images, [0, 1, 2, 3])
+    order = order_by_importance(images, method)
+    assert torch.all(order[:, 0] == 0), "the busy top-left region is the most important"
+    by_rank = result.params.levels.gather(1, order)
     assert torch.all(by_rank[:, 1:] <= by_rank[:, :-1]), "levels must not increase as importance falls"
-    assert torch.all(result.report.reached)
-    assert torch.all(result.report.achieved_vfe >= result.report.target_vfe)
-
-
-@pytest.mark.parametrize("method", ["reference", "corrected"])
-@pytest.mark.parametrize("target", [dict(target_ratio=2.0), dict(target_vfe=None, target_ratio=3.0)])
-def test_target_reached_on_smooth_images(method, target):
-    images = smooth_images(16, 3, 32, 32)
-    kwargs = dict(target) if method == "corrected" else dict(target_ratio=1.05)
-    result = VisualMixer("k", vfe_method=method, **kwargs).mix(images, list(range(16)))
+    assert torch.all(by_rank[:, 0] == 2) and torch.all(by_rank[:, -1] == 0), "busiest region finest, calmest untouched"
     assert torch.all(result.report.reached)
     assert torch.all(result.report.achieved_vfe >= result.report.target_vfe * (1 - 1e-6))
 
 
-def test_unreachable_target_uses_finest_and_is_reported(caplog):
+@pytest.mark.parametrize("method", ["reference", "corrected"])
+def test_report_measures_with_the_configured_vfe_definition(method):
+    images = smooth_images(3, 3, 32, 32)
+    result = VisualMixer(KEY, target_ratio=2.0, vfe_method=method).mix(images, [0, 1, 2])
+    assert torch.allclose(result.report.clear_vfe, vfe(images, 8, method))
+    assert torch.allclose(result.report.target_vfe, 2.0 * vfe(images, 8, method))
+    assert torch.allclose(result.report.achieved_vfe, vfe(result.images, 8, method))
+
+
+@pytest.mark.parametrize("method, ratio", [("corrected", 2.0), ("corrected", 3.0), ("reference", 1.05), ("reference", 1.2)])
+def test_target_reached_on_smooth_images(method, ratio):
+    images = smooth_images(16, 3, 32, 32)
+    result = VisualMixer(KEY, vfe_method=method, target_ratio=ratio).mix(images, list(range(16)))
+    assert torch.all(result.report.reached)
+    assert torch.all(result.report.achieved_vfe >= result.report.target_vfe * (1 - 1e-6))
+    assert bool((result.params.levels == 0).any()), "a reachable target leaves some regions at the coarse level"
+
+
+def test_unreachable_target_uses_finest_and_is_reported():
     noise = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    mixer = VisualMixer("k", target_ratio=3.0)
-    with caplog.at_level(logging.WARNING, logger="fl_vmix.privacy"):
-        result = mixer.mix(noise, [0, 1, 2])
+    mixer = VisualMixer(KEY, target_ratio=3.0)
+    result = mixer.mix(noise, [0, 1, 2])
     assert result.report.num_unreached == 3
     assert torch.all(result.params.levels == len(mixer.block_sizes) - 1)
-    assert "below the target VFE" in caplog.text
 
 
 def test_absolute_target():
-    images = smooth_images(4, 3, 32, 32)
-    result = VisualMixer("k", target_vfe=0.5, target_ratio=None).mix(images, [0, 1, 2, 3])
-    assert torch.allclose(result.report.target_vfe, torch.full((4,), 0.5))
-    assert torch.all(result.report.achieved_vfe[result.report.reached] >= 0.5)
+    images = smooth_images(8, 3, 32, 32)
+    clear = vfe(images, 8, "corrected")
+    target = float(clear.max() * 1.5)  # above every clear image: each needs shuffling to get there
+    result = VisualMixer(KEY, target_vfe=target, target_ratio=None).mix(images, list(range(8)))
+    assert torch.allclose(result.report.target_vfe, torch.full((8,), target))
+    reached = result.report.reached
+    assert bool(reached.any()), "the target must be reachable for some images"
+    assert torch.all(result.report.achieved_vfe[reached] >= target * (1 - 1e-6))
+    assert torch.all(result.params.levels[~reached] == 1)
 
 
 class RegionScorer(nn.Module):
@@ -198,7 +260,7 @@ class RegionScorer(nn.Module):
 def test_attention_scorer_receives_gradient():
     images = smooth_images(4, 3, 32, 32)
     scorer = RegionScorer(8)
-    mixer = VisualMixer("k", target_ratio=1.5, attention=scorer)
+    mixer = VisualMixer(KEY, target_ratio=1.5, attention=scorer)
     out = mixer(images, [0, 1, 2, 3])
     (out * torch.linspace(0, 1, out.numel()).view_as(out)).sum().backward()
     assert scorer.conv.weight.grad is not None and scorer.conv.weight.grad.abs().sum() > 0
@@ -207,7 +269,7 @@ def test_attention_scorer_receives_gradient():
 
 
 def test_transforms_v2_pipeline():
-    mixer = VisualMixer("k", target_ratio=None)
+    mixer = VisualMixer(KEY, target_ratio=None)
     pipeline = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), mixer.as_transform(), v2.Normalize([0.5] * 3, [0.25] * 3)])
     image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
     out, sample_id = pipeline(image, 9)
@@ -234,7 +296,7 @@ def test_transforms_v2_pipeline():
 )
 def test_bad_input(images, ids, message):
     with pytest.raises(ValueError, match=message):
-        VisualMixer("k")(images, ids)
+        VisualMixer(KEY)(images, ids)
 
 
 @pytest.mark.parametrize(
@@ -252,9 +314,117 @@ def test_bad_input(images, ids, message):
 )
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        VisualMixer("k", **kwargs)
+        VisualMixer(KEY, **kwargs)
 
 
 def test_bad_key():
     with pytest.raises(ValueError, match="key"):
         VisualMixer(3.5)
+
+
+# ------------------------------------------------------------------------------- fresh permutations
+def pixel_permutations(mixer: VisualMixer, ids: list[int], size: int = 32) -> torch.Tensor:
+    """``[ids, C, regions, 64]``: for each (id, channel, 8-px region), the source of each output pixel,
+    relative to the region (a permutation of 0..63 when the mixer shuffles single pixels)."""
+    images = position_image(len(ids), 3, size, size)
+    out = positions(mixer(images, ids)) % (size * size)
+    y, x = out // size % 8, out % size % 8
+    local = (y * 8 + x).view(len(ids), 3, size // 8, 8, size // 8, 8).permute(0, 1, 2, 4, 3, 5)
+    return local.reshape(len(ids), 3, (size // 8) ** 2, 64)
+
+
+def test_every_image_channel_and_region_gets_its_own_permutation():
+    perms = pixel_permutations(VisualMixer(KEY, target_ratio=None, block_sizes=(1,)), list(range(200)))
+    rows = {tuple(p) for p in perms.reshape(-1, 64).tolist()}
+    assert len(rows) == 200 * 3 * 16, "two (image, channel, region) share a permutation"
+    # Beyond equality: two different permutations agree on a position with probability 1/64.
+    flat = perms.reshape(-1, 64)
+    agree = (flat[1:] == flat[:-1]).float().mean().item()
+    assert abs(agree - 1 / 64) < 0.004
+
+
+def test_block_level_permutations_are_fresh_too():
+    # 2-px blocks: 16! arrangements per region; a shared bank of permutations would repeat them.
+    images = position_image(300, 3, 32, 32)
+    out = positions(VisualMixer(KEY, target_ratio=None, block_sizes=(2,))(images, list(range(300))))
+    pattern = (out % 1024).view(300, 3, 4, 8, 4, 8).permute(0, 1, 2, 4, 3, 5).reshape(-1, 64)
+    assert len({tuple(p) for p in pattern.tolist()}) == 300 * 3 * 16
+
+
+def test_where_a_pixel_moves_is_uniform_over_its_region():
+    perms = pixel_permutations(VisualMixer(KEY, target_ratio=None, block_sizes=(1,)), list(range(3200)))
+    for channel, region, pixel in [(0, 0, 0), (1, 5, 27), (2, 15, 63)]:
+        destination = (perms[:, channel, region] == pixel).float().argmax(1)
+        counts = np.bincount(destination.numpy(), minlength=64)
+        assert stats.chisquare(counts).pvalue > 1e-3, (channel, region, pixel)
+
+
+def test_different_keys_give_unrelated_shuffles():
+    a = pixel_permutations(VisualMixer(ALICE, target_ratio=None, block_sizes=(1,)), list(range(100)))
+    b = pixel_permutations(VisualMixer(BOB, target_ratio=None, block_sizes=(1,)), list(range(100)))
+    assert abs((a == b).float().mean().item() - 1 / 64) < 0.004
+
+
+def test_a_sample_shuffle_does_not_depend_on_its_batch():
+    images = textured_images(5)
+    mixer = VisualMixer(KEY, target_ratio=2.0, permute_channels=True)
+    together = mixer(images, [10, 11, 12, 13, 14])
+    assert torch.equal(together[2:3], mixer(images[2:3], [12]))
+    assert torch.equal(together.flip(0), mixer(images.flip(0), [14, 13, 12, 11, 10]))
+
+
+def test_same_key_and_id_give_the_same_output_in_another_process():
+    images = textured_images(3)
+    here = VisualMixer(KEY, target_ratio=2.0, permute_channels=True, mode="dynamic")(images, [4, 5, 6], epoch=2)
+    code = (
+        "import torch, sys\n"
+        "from fl_vmix.privacy import VisualMixer\n"
+        "from fl_vmix.privacy.mixer_test import textured_images, KEY\n"
+        "out = VisualMixer(KEY, target_ratio=2.0, permute_channels=True, mode='dynamic')(textured_images(3), [4, 5, 6], epoch=2)\n"
+        "sys.stdout.write(str(int((out * 1e6).round().long().sum())) + ' ' + str(out.flatten()[:50].tolist()))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    total, _, head = result.stdout.partition(" ")
+    assert int(total) == int((here * 1e6).round().long().sum())
+    assert head == str(here.flatten()[:50].tolist())
+
+
+def test_pinned_output():
+    # A change of PRF, word layout or permutation construction changes this (and breaks every client's
+    # ability to invert data it obfuscated before): bump the PRF version string deliberately if intended.
+    out = positions(VisualMixer(KEY, target_ratio=None, block_sizes=(1,))(position_image(1, 1, 8, 8), [3]))
+    assert out.flatten()[:12].tolist() == PINNED_SOURCES
+
+
+PINNED_SOURCES = [40, 11, 47, 22, 27, 34, 26, 18, 20, 25, 56, 31]
+
+
+def test_no_default_key_and_short_keys_are_refused():
+    with pytest.raises(ValueError, match="no key given") as err:
+        VisualMixer()
+    assert "key file" in str(err.value)
+    for key in (b"0123456789abcde", "a string key long enough", 2**200):
+        with pytest.raises(ValueError, match="key"):
+            VisualMixer(key)
+
+
+@pytest.mark.parametrize(
+    "images, ids, message",
+    [
+        (torch.rand(2, 3, 32, 32), torch.tensor([[0, 1]]), "1-D"),
+        (torch.rand(2, 3, 32, 32), torch.tensor([0, 1, 2]), "one id per image"),
+        (torch.rand(1, 3, 7, 32), [0], "smaller than one region"),
+    ],
+)
+def test_bad_input_leaves_the_images_untouched(images, ids, message):
+    before = images.clone()
+    with pytest.raises(ValueError, match=message):
+        VisualMixer(KEY)(images, ids)
+    assert torch.equal(images, before)
+
+
+def test_dynamic_mode_needs_an_epoch():
+    with pytest.raises(ValueError, match="epoch"):
+        VisualMixer(KEY, mode="dynamic")(textured_images(1), [0])
+    with pytest.raises(ValueError, match="epoch"):
+        VisualMixer(KEY, mode="dynamic")(textured_images(1), [0], epoch=-1)

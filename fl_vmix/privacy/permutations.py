@@ -1,0 +1,241 @@
+"""Fresh, uniform, keyed block permutations for every (image, epoch, channel, region).
+
+From the PRF words of one sample (:class:`fl_vmix.privacy.keyed.KeyedPRF`) this module builds, for
+each channel and region, the source of every output pixel at every block size (level). Nothing is
+shared: each (key, sample id, epoch, channel, region) draws its own words, so two images, channels or
+regions get independent permutations by construction.
+
+Construction and argument (also in ``docs/threat_model.md``):
+
+1. **Master arrangement.** For each (channel, region) of ``n`` pixels, a Fisher-Yates shuffle of the
+   pixel indices ``0..n-1``: for ``i = n-1, ..., 1`` swap positions ``i`` and ``j = floor(w * (i+1) /
+   2^32)`` with the next 32-bit PRF word ``w``. With exact uniform ``j`` this is a uniform permutation;
+   multiply-shift makes each ``j`` at most ``1 / 2^32`` away from uniform per value, so the arrangement is
+   within total-variation distance ``n (n+1) / 2^33`` of uniform (2.4e-7 for 64-pixel regions).
+2. **Block levels by compaction.** At block size ``b`` the blocks of a region fall into shape groups
+   (full, right edge, bottom edge, corner); blocks only trade places inside their group. Reading the
+   master arrangement in order and keeping the top-left pixels of a group's blocks gives that group's
+   block order. For a uniform arrangement, the relative order of any fixed subset is uniform, and the
+   orders of disjoint subsets are independent, so every group gets a uniform block permutation, all
+   groups independently. Levels of one region share its master arrangement, which is safe because one
+   (image, channel, region) is published at exactly one level.
+3. **Channels.** With ``permute_channels`` each region also gets a Fisher-Yates permutation of its
+   channel order from its own words.
+
+Two implementations of the same construction: a Numba kernel (the CPU path, one pass per region in
+compiled code) and a vectorised PyTorch one (any device; the CPU/CUDA bit-identity rests on both
+computing the same integer function of the same PRF words, which the tests check against each other).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import torch
+
+NUM_GROUPS = 4  # block shape groups: 0 corner, 1 bottom edge, 2 right edge, 3 full (full_h * 2 + full_w)
+
+
+@dataclass(frozen=True)
+class ShuffleGeometry:
+    """Public geometry of a shuffle: regions, blocks and the layout of one sample's PRF words.
+
+    Tables are indexed ``[level, shape, local pixel]`` (local pixels row-major inside a region;
+    padded to the largest region). Levels follow ``block_sizes`` (coarsest first, as in the mixer).
+    """
+
+    height: int
+    width: int
+    channels: int
+    region: int
+    block_sizes: tuple[int, ...]
+    permute_channels: bool
+
+    @cached_property
+    def grid(self) -> tuple[int, int]:
+        return -(-self.height // self.region), -(-self.width // self.region)
+
+    @property
+    def num_regions(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def pixels(self) -> int:
+        return self.height * self.width
+
+    @cached_property
+    def _regions(self) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+        ny, nx = self.grid
+        ry, rx = np.divmod(np.arange(ny * nx), nx)
+        heights = np.minimum(self.region, self.height - ry * self.region)
+        widths = np.minimum(self.region, self.width - rx * self.region)
+        shapes = sorted(set(zip(heights.tolist(), widths.tolist())))
+        shape_id = np.array([shapes.index((h, w)) for h, w in zip(heights.tolist(), widths.tolist())], dtype=np.int64)
+        origin = (ry * self.region * self.width + rx * self.region).astype(np.int64)
+        return origin, shape_id, shapes
+
+    @property
+    def region_origin(self) -> np.ndarray:
+        """``[R]`` flat index of each region's top-left pixel."""
+        return self._regions[0]
+
+    @property
+    def region_shape(self) -> np.ndarray:
+        """``[R]`` index into :attr:`shapes` of each region."""
+        return self._regions[1]
+
+    @property
+    def shapes(self) -> list[tuple[int, int]]:
+        return self._regions[2]
+
+    @cached_property
+    def region_of_pixel(self) -> np.ndarray:
+        """``[H * W]`` region index of each pixel (row-major)."""
+        ry = np.arange(self.height)[:, None] // self.region
+        rx = np.arange(self.width)[None, :] // self.region
+        return (ry * self.grid[1] + rx).reshape(-1).astype(np.int64)
+
+    @cached_property
+    def pixels_of_shape(self) -> np.ndarray:
+        return np.array([h * w for h, w in self.shapes], dtype=np.int64)
+
+    @cached_property
+    def local_to_global(self) -> np.ndarray:
+        """``[S, n_max]``: flat image offset (from the region origin) of each local pixel."""
+        table = np.zeros((len(self.shapes), int(self.pixels_of_shape.max())), dtype=np.int64)
+        for s, (h, w) in enumerate(self.shapes):
+            y, x = np.divmod(np.arange(h * w), w)
+            table[s, : h * w] = y * self.width + x
+        return table
+
+    @cached_property
+    def _block_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """rep_group, seq_index, delta, group_base for every (level, shape)."""
+        levels, shapes, n_max = len(self.block_sizes), len(self.shapes), int(self.pixels_of_shape.max())
+        rep_group = np.full((levels, shapes, n_max), -1, dtype=np.int8)
+        seq_index = np.zeros((levels, shapes, n_max), dtype=np.int32)
+        delta = np.zeros((levels, shapes, n_max), dtype=np.int32)
+        group_base = np.zeros((levels, shapes, NUM_GROUPS), dtype=np.int32)
+        for level, block in enumerate(self.block_sizes):
+            for s, (h, w) in enumerate(self.shapes):
+                y, x = np.divmod(np.arange(h * w), w)
+                by, bx = y // block * block, x // block * block  # each pixel's block origin
+                full_h = (h - by) >= block
+                full_w = (w - bx) >= block
+                group = full_h.astype(np.int64) * 2 + full_w.astype(np.int64)
+                origin_local = by * w + bx
+                is_rep = origin_local == np.arange(h * w)
+                counts = np.bincount(group[is_rep], minlength=NUM_GROUPS)
+                base = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                # rank of each block among its group's blocks, in row-major block order
+                rank_of_rep = np.zeros(h * w, dtype=np.int64)
+                for g in range(NUM_GROUPS):
+                    reps = np.flatnonzero(is_rep & (group == g))
+                    rank_of_rep[reps] = np.arange(len(reps))
+                rep_group[level, s, : h * w] = np.where(is_rep, group, -1)
+                seq_index[level, s, : h * w] = base[group] + rank_of_rep[origin_local]
+                delta[level, s, : h * w] = np.arange(h * w) - origin_local
+                group_base[level, s] = base
+        return rep_group, seq_index, delta, group_base
+
+    @cached_property
+    def _word_layout(self) -> tuple[np.ndarray, np.ndarray, int]:
+        """Word offsets: Fisher-Yates words of each (channel, region), then of each region's channels."""
+        need = self.pixels_of_shape[self.region_shape] - 1  # [R]
+        per_channel = int(need.sum())
+        starts = np.concatenate([[0], np.cumsum(need)[:-1]]).astype(np.int64)
+        word_offset = starts[None, :] + per_channel * np.arange(self.channels, dtype=np.int64)[:, None]
+        total = per_channel * self.channels
+        chan_offset = np.full(self.num_regions, -1, dtype=np.int64)
+        if self.permute_channels and self.channels > 1:
+            chan_offset = total + (self.channels - 1) * np.arange(self.num_regions, dtype=np.int64)
+            total += (self.channels - 1) * self.num_regions
+        return word_offset, chan_offset, total
+
+    @property
+    def words_per_sample(self) -> int:
+        return self._word_layout[2]
+
+
+def fisher_yates_torch(words: torch.Tensor, n: int) -> torch.Tensor:
+    """Rows of uniform arrangements of ``0..n-1`` from ``[rows, n-1]`` 32-bit words (int64), vectorised."""
+    rows = words.shape[0]
+    arr = torch.arange(n, device=words.device).expand(rows, n).clone()
+    for k, i in enumerate(range(n - 1, 0, -1)):
+        j = ((words[:, k] * (i + 1)) >> 32).view(-1, 1)
+        current = arr[:, i].clone()
+        arr[:, i] = arr.gather(1, j).view(-1)
+        arr.scatter_(1, j, current.view(-1, 1))
+    return arr
+
+
+def sources(geometry: ShuffleGeometry, words: np.ndarray, levels: list[int], device: torch.device) -> torch.Tensor:
+    """Source of every output value, per requested level: int32 ``[len(levels), B, C, H * W]`` offsets
+    into the flattened ``[B, C, H, W]`` batch. CPU: the Numba kernel; other devices: PyTorch."""
+    batch = words.shape[0]
+    if batch * geometry.channels * geometry.pixels >= 2**31:
+        raise ValueError(
+            f"a batch of {batch} x {geometry.channels} x {geometry.pixels} values is too large for int32 "
+            "indices: split it into smaller batches"
+        )
+    if device.type == "cpu":
+        return _sources_numba(geometry, words, levels)
+    return _sources_torch(geometry, torch.from_numpy(words.astype(np.int64)).to(device), levels)
+
+
+def _sources_numba(geometry: ShuffleGeometry, words: np.ndarray, levels: list[int]) -> torch.Tensor:
+    import numba  # imported here: it costs ~0.3 s, and only the CPU shuffle needs it
+
+    from fl_vmix.privacy._kernels import sources_kernel
+
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    rep_group, seq_index, delta, group_base = geometry._block_tables
+    word_offset, chan_offset, _ = geometry._word_layout
+    selected = np.asarray(levels, dtype=np.int64)
+    out = np.empty((len(levels), words.shape[0], geometry.channels, geometry.pixels), dtype=np.int32)
+    pixel_level = np.array([geometry.block_sizes[level] == 1 for level in levels], dtype=np.bool_)
+    sources_kernel(
+        np.ascontiguousarray(words), geometry.region_origin, geometry.region_shape, geometry.pixels_of_shape,
+        geometry.local_to_global, pixel_level, rep_group[selected], seq_index[selected], delta[selected],
+        group_base[selected], word_offset, chan_offset, out,
+    )
+    return torch.from_numpy(out)
+
+
+def _sources_torch(geometry: ShuffleGeometry, words: torch.Tensor, levels: list[int]) -> torch.Tensor:
+    device, batch = words.device, words.shape[0]
+    channels, pixels, regions = geometry.channels, geometry.pixels, geometry.num_regions
+    rep_group, seq_index, delta, _ = (torch.from_numpy(t.astype(np.int64)).to(device) for t in geometry._block_tables)
+    word_offset, chan_offset, _ = (torch.as_tensor(t, device=device) for t in geometry._word_layout)
+    origin = torch.from_numpy(geometry.region_origin).to(device)
+    local_to_global = torch.from_numpy(geometry.local_to_global).to(device)
+    region_shape = torch.from_numpy(geometry.region_shape).to(device)
+
+    source_channel = torch.arange(channels, device=device).expand(batch, regions, channels)
+    if geometry.permute_channels and channels > 1:
+        index = chan_offset.view(-1, 1) + torch.arange(channels - 1, device=device)  # [R, C-1]
+        source_channel = fisher_yates_torch(words[:, index].reshape(batch * regions, channels - 1), channels)
+        source_channel = source_channel.view(batch, regions, channels)
+
+    out = torch.empty(len(levels), batch, channels, pixels, dtype=torch.int32, device=device)
+    image = torch.arange(batch, device=device).view(-1, 1, 1)
+    for s, (h, w) in enumerate(geometry.shapes):
+        n = h * w
+        members = torch.nonzero(region_shape == s).view(-1)  # regions of this shape
+        index = word_offset[:, members].unsqueeze(-1) + torch.arange(n - 1, device=device)  # [C, R_s, n-1]
+        rows = batch * channels * len(members)
+        arrangement = fisher_yates_torch(words[:, index].reshape(rows, n - 1), n)  # [B*C*R_s, n]
+        to_global = local_to_global[s, :n]
+        plane = (image * channels + source_channel[:, members].transpose(1, 2)) * pixels + origin[members]  # [B, C, R_s]
+        outputs = (origin[members].view(-1, 1) + to_global).view(-1)  # output pixels of these regions
+        for li, level in enumerate(levels):
+            rep = rep_group[level, s, :n][arrangement]
+            # Reps in arrangement order, grouped by shape group (stable), as the kernel's compaction does.
+            order = torch.sort(torch.where(rep >= 0, rep, NUM_GROUPS), dim=1, stable=True).indices
+            compacted = arrangement.gather(1, order)
+            source_local = compacted[:, seq_index[level, s, :n]] + delta[level, s, :n]
+            value = plane.unsqueeze(-1) + to_global[source_local].view(batch, channels, len(members), n)
+            out[li][:, :, outputs] = value.reshape(batch, channels, -1).to(torch.int32)
+    return out

@@ -1,0 +1,113 @@
+"""Uniform permutations from PRF words: exact bijection, chi-square, and the two implementations agree."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from fl_vmix.privacy.keyed import KeyedPRF
+from fl_vmix.privacy.permutations import ShuffleGeometry, _sources_numba, _sources_torch, fisher_yates_torch, sources
+
+KEY = bytes(range(32))
+
+
+def words_for_choices(choices: list[int]) -> list[int]:
+    """The 32-bit word that makes Fisher-Yates step i = n-1, n-2, ... pick j = choices[k]."""
+    n = len(choices) + 1
+    return [-(-j * 2**32 // (i + 1)) for j, i in zip(choices, range(n - 1, 0, -1))]
+
+
+def test_fisher_yates_is_a_bijection_onto_all_permutations():
+    # Every sequence of choices j_i in [0, i] gives a different arrangement: all n! of them are reached.
+    n = 5
+    sequences = list(itertools.product(*[range(i + 1) for i in range(n - 1, 0, -1)]))
+    words = torch.tensor([words_for_choices(list(seq)) for seq in sequences], dtype=torch.int64)
+    arrangements = fisher_yates_torch(words, n)
+    assert len({tuple(a) for a in arrangements.tolist()}) == len(sequences) == 120
+    # Step i swaps positions i and j: the first sequence (all j = 0) rotates 0 to the end.
+    assert arrangements[0].tolist() == [1, 2, 3, 4, 0]
+    # Extreme words stay in range.
+    top = fisher_yates_torch(torch.full((1, n - 1), 2**32 - 1, dtype=torch.int64), n)
+    assert sorted(top[0].tolist()) == list(range(n))
+
+
+def test_fisher_yates_from_prf_words_is_uniform_over_s4():
+    words = torch.from_numpy(KeyedPRF(KEY, b"fy").words(np.arange(24_000), 0, 3).astype(np.int64))
+    arrangements = fisher_yates_torch(words, 4).tolist()
+    counts = np.array([arrangements.count(list(p)) for p in itertools.permutations(range(4))])
+    assert counts.sum() == 24_000
+    assert stats.chisquare(counts).pvalue > 1e-3
+
+
+GEOMETRIES = [
+    (3, 32, 32, 8, (2, 1), False),
+    (3, 32, 32, 8, (4, 2, 1), True),
+    (3, 30, 29, 8, (4, 3, 1), True),
+    (1, 28, 28, 8, (4, 2, 1), False),
+    (3, 9, 17, 8, (4, 3, 1), True),
+    (3, 48, 48, 16, (8, 4, 2), False),
+    (1, 12, 12, 5, (3, 2), False),
+]
+
+
+@pytest.mark.parametrize("channels, height, width, region, blocks, permute", GEOMETRIES)
+def test_numba_kernel_equals_torch_implementation(channels, height, width, region, blocks, permute):
+    geometry = ShuffleGeometry(height, width, channels, region, blocks, permute)
+    words = KeyedPRF(KEY, b"eq").words(np.arange(6), 2, geometry.words_per_sample)
+    for levels in [list(range(len(blocks))), [len(blocks) - 1], [0]]:
+        compiled = _sources_numba(geometry, words, levels)
+        vectorised = _sources_torch(geometry, torch.from_numpy(words.astype(np.int64)), levels)
+        assert compiled.dtype == vectorised.dtype == torch.int32
+        assert torch.equal(compiled, vectorised)
+
+
+@pytest.mark.parametrize("channels, height, width, region, blocks, permute", GEOMETRIES)
+def test_each_level_moves_whole_blocks_of_one_shape_inside_their_region(channels, height, width, region, blocks, permute):
+    geometry = ShuffleGeometry(height, width, channels, region, blocks, permute)
+    batch = 3
+    out = sources(geometry, KeyedPRF(KEY, b"blk").words(np.arange(batch), 0, geometry.words_per_sample),
+                  list(range(len(blocks))), torch.device("cpu")).long()
+    plane = height * width
+    y = torch.arange(height).view(-1, 1).expand(height, width).reshape(-1)
+    x = torch.arange(width).view(1, -1).expand(height, width).reshape(-1)
+    for level, block in enumerate(blocks):
+        src = out[level].view(batch, channels, plane)
+        image = src // (channels * plane)
+        assert torch.equal(image, torch.arange(batch).view(-1, 1, 1).expand_as(image))
+        pix = src % plane
+        sy, sx = pix // width, pix % width
+        assert torch.equal(sy // region, (y // region).expand_as(sy)) and torch.equal(sx // region, (x // region).expand_as(sx))
+        # Within a block the offsets are kept: the source of (y, x) is (source block origin) + (y, x) - origin.
+        oy, ox = y % region % block, x % region % block
+        assert torch.equal(sy % region % block, oy.expand_as(sy)) and torch.equal(sx % region % block, ox.expand_as(sx))
+        # A permutation of the batch's values.
+        assert torch.equal(src.reshape(-1).sort().values, torch.arange(batch * channels * plane))
+        if not permute:
+            assert torch.equal(src // plane % channels, torch.arange(channels).view(1, -1, 1).expand_as(src))
+
+
+def test_block_level_from_compaction_is_uniform():
+    # 2-px blocks of an 8-px region: where block 0 of region 0 lands over many ids is uniform over 16 slots.
+    geometry = ShuffleGeometry(8, 8, 1, 8, (2, 1), False)
+    ids = np.arange(8_000)
+    out = sources(geometry, KeyedPRF(KEY, b"cmp").words(ids, 0, geometry.words_per_sample), [0], torch.device("cpu"))
+    src = out[0, :, 0].long() % 64  # [ids, 64]: source pixel of each output pixel
+    # output slot whose top-left pixel reads source pixel 0 (block 0's origin)
+    slot = (src == 0).float().argmax(1)
+    counts = np.bincount(((slot // 8) // 2 * 4 + (slot % 8) // 2).numpy(), minlength=16)
+    assert counts.sum() == len(ids) and stats.chisquare(counts).pvalue > 1e-3
+
+
+def test_word_layout():
+    geometry = ShuffleGeometry(9, 17, 3, 8, (1,), True)
+    sizes = [8 * 8, 8 * 8, 8 * 1, 1 * 8, 1 * 8, 1 * 1]  # regions row-major: 2x3 grid, edges of 1 px
+    assert geometry.words_per_sample == 3 * sum(n - 1 for n in sizes) + len(sizes) * 2
+    assert ShuffleGeometry(9, 17, 3, 8, (1,), False).words_per_sample == 3 * sum(n - 1 for n in sizes)
+
+
+def test_too_large_batch_for_int32_indices():
+    geometry = ShuffleGeometry(4096, 4096, 3, 8, (1,), False)
+    with pytest.raises(ValueError, match="int32"):
+        sources(geometry, np.zeros((50, 1), dtype=np.uint32), [0], torch.device("cpu"))

@@ -1,0 +1,80 @@
+"""Integer region energies: the compiled and PyTorch paths agree exactly, and both match float VFE."""
+
+import numpy as np
+import pytest
+import torch
+
+from fl_vmix.privacy import VisualMixer, vfe_map
+from fl_vmix.privacy.keyed import KeyedPRF
+from fl_vmix.privacy.permutations import ShuffleGeometry, sources
+from fl_vmix.privacy.region_energy import (
+    SCALE,
+    _region_energies_torch,
+    identity_sources,
+    quantize,
+    region_energies,
+    select_sources,
+)
+
+SHAPES = [(3, 32, 32, 8), (1, 28, 28, 8), (3, 30, 29, 8), (3, 9, 17, 8), (3, 20, 20, 16)]
+
+
+def images_of(batch, channels, height, width, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(batch, channels, 5, 5, generator=g)
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=True)
+    return (smooth + 0.05 * torch.randn(batch, channels, height, width, generator=g)).clamp(0, 1)
+
+
+@pytest.mark.parametrize("channels, height, width, region", SHAPES)
+@pytest.mark.parametrize("method", ["reference", "corrected"])
+def test_clear_energies_match_the_float_vfe_definition(channels, height, width, region, method):
+    images = images_of(3, channels, height, width)
+    geometry = ShuffleGeometry(height, width, channels, region, (1,), False)
+    values = quantize(images).view(-1)
+    energy = region_energies(values, identity_sources(3, channels, geometry.pixels, torch.device("cpu")), geometry,
+                             reference=method == "reference")[:, 0]
+    expected = vfe_map(images.double(), region, method).flatten(1) * channels  # window energy summed over channels
+    assert torch.allclose(energy.double() / SCALE**2, expected, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels, height, width, region", SHAPES)
+@pytest.mark.parametrize("reference", [True, False])
+def test_compiled_and_torch_energies_are_identical(channels, height, width, region, reference):
+    geometry = ShuffleGeometry(height, width, channels, region, (2, 1), True)
+    words = KeyedPRF(bytes(range(16)), b"energy").words(np.arange(4), 0, geometry.words_per_sample)
+    maps = sources(geometry, words, [0, 1], torch.device("cpu"))
+    values = quantize(images_of(4, channels, height, width, seed=1)).view(-1)
+    compiled = region_energies(values, maps, geometry, reference)
+    vectorised = _region_energies_torch(values, maps, geometry, reference)
+    assert compiled.dtype == vectorised.dtype == torch.int64
+    assert torch.equal(compiled, vectorised)
+    # a shuffled image is more energetic than the clear one
+    clear = region_energies(values, identity_sources(4, channels, geometry.pixels, torch.device("cpu")), geometry, reference)
+    assert bool((compiled[:, 1].sum(1) > clear[:, 0].sum(1)).all())
+
+
+def test_selection_takes_each_region_from_its_level():
+    geometry = ShuffleGeometry(16, 16, 2, 8, (4, 2, 1), False)
+    maps = torch.arange(3 * 2 * 2 * 256, dtype=torch.int32).view(3, 2, 2, 256)
+    levels = torch.tensor([[0, 1, 2, 0], [2, 2, 1, 0]])
+    picked = select_sources(maps, levels, geometry)
+    region = torch.from_numpy(geometry.region_of_pixel)
+    for b in range(2):
+        for c in range(2):
+            assert torch.equal(picked[b, c], maps[levels[b, region], b, c, torch.arange(256)])
+
+
+def test_quantisation_of_uint8_and_float_agree_and_levels_follow():
+    images = (images_of(4, 3, 32, 32) * 255).round().to(torch.uint8)
+    floats = images.float() / 255
+    assert torch.equal(quantize(images), quantize(floats))
+    mixer = VisualMixer(bytes(range(32)), target_ratio=2.5)
+    from_uint8, from_float = mixer.mix(images, [0, 1, 2, 3]), mixer.mix(floats, [0, 1, 2, 3])
+    assert torch.equal(from_uint8.params.levels, from_float.params.levels)
+    assert torch.equal(from_uint8.images.float() / 255, from_float.images)
+
+
+def test_values_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="rescale"):
+        quantize(torch.full((1, 1, 8, 8), 200.0))
