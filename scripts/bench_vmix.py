@@ -4,7 +4,10 @@
 
 Prints a table and, as its last line, one JSON object with the figures (recorded in the README).
 Images are synthetic but photograph-like (smooth shapes plus texture), so the VFE targeting does
-the same work as on real data; fresh sample ids every repeat, so no shuffle is reused.
+the same work as on real data; fresh sample ids every repeat, so every permutation is freshly drawn
+from the keyed PRF (as in training). The CPU path runs Numba kernels with as many threads as torch
+(``torch.set_num_threads``); the first call compiles them (cached on disk), and the warm-up call of
+every measure keeps compilation out of the figures.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,57 +35,76 @@ def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return (shapes + texture).clamp(0, 1)
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn(0)
-    times = []
+def timed(functions: dict[str, Callable[[int], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median seconds per call of each function, after one warm-up call each. Calls are interleaved
+    (round-robin), so a floor and the measures it divides see the same machine load."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for name, fn in functions.items():
+        fn(0)
     for i in range(1, repeats + 1):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(i)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in functions.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(i)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and Numba)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results: dict[str, float | str] = {"device": str(device), "threads": torch.get_num_threads()}
 
     small = photo_like(512, 32).to(device)
     flat = small.view(512, -1)
     index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]).to(device)
-    gather_s = timed(lambda i: flat.gather(1, index), args.repeats, device)
     mixer32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(2, 1), target_ratio=3.0)  # the default
-    ids = torch.arange(512, device=device)
-    mix_s = timed(lambda i: mixer32(small, ids + 512 * i), args.repeats, device)
     fixed32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(1,), target_ratio=None)
-    fixed_s = timed(lambda i: fixed32(small, ids + 512 * i), args.repeats, device)
-    vfe_s = timed(lambda i: vfe(small, 8, "corrected"), args.repeats, device)
+    ids = torch.arange(512, device=device)
+    t = timed(
+        {
+            "gather": lambda i: flat.gather(1, index),
+            "mix": lambda i: mixer32(small, ids + 512 * i),  # fresh ids: fresh permutations every call
+            "fixed": lambda i: fixed32(small, ids + 512 * i),
+            "vfe": lambda i: vfe(small, 8, "corrected"),
+        },
+        args.repeats, device,
+    )
     results.update(
-        gather_32_img_per_s=512 / gather_s,
-        vmix_32_img_per_s=512 / mix_s,
-        vmix_fixed_32_img_per_s=512 / fixed_s,
-        vfe_32_img_per_s=512 / vfe_s,
-        vmix_32_over_gather=mix_s / gather_s,
+        gather_32_img_per_s=512 / t["gather"],
+        vmix_32_img_per_s=512 / t["mix"],
+        vmix_fixed_32_img_per_s=512 / t["fixed"],
+        vfe_32_img_per_s=512 / t["vfe"],
+        vmix_32_over_gather=t["mix"] / t["gather"],
+        vmix_fixed_32_over_gather=t["fixed"] / t["gather"],
     )
     del small, flat, index
 
     large = photo_like(128, 224, seed=1).to(device)
     flat = large.view(128, -1)
     index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(128)]).to(device)
-    gather224 = timed(lambda i: flat.gather(1, index), max(3, args.repeats // 2), device)
     mixer224 = VisualMixer(BENCH_KEY, region_size=16, block_sizes=(8, 4, 2), target_ratio=2.0)
     ids = torch.arange(128, device=device)
-    mix224 = timed(lambda i: mixer224(large, ids + 128 * i), max(3, args.repeats // 2), device)
-    vfe224 = timed(lambda i: vfe(large, 14, "reference"), max(3, args.repeats // 2), device)
-    results.update(gather_224_s_per_batch=gather224, vmix_224_s_per_batch=mix224, vfe_224_s_per_batch=vfe224, vmix_224_over_gather=mix224 / gather224)
+    t = timed(
+        {
+            "gather": lambda i: flat.gather(1, index),
+            "mix": lambda i: mixer224(large, ids + 128 * i),
+            "vfe": lambda i: vfe(large, 14, "reference"),
+        },
+        max(3, args.repeats // 2), device,
+    )
+    results.update(
+        gather_224_s_per_batch=t["gather"], vmix_224_s_per_batch=t["mix"], vfe_224_s_per_batch=t["vfe"],
+        vmix_224_over_gather=t["mix"] / t["gather"],
+    )
 
     table = Table(title=f"VisualMixer benchmark on {device} ({results['threads']} threads)")
     table.add_column("measure")

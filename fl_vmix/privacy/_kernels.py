@@ -9,14 +9,22 @@ own slice, so results do not depend on the thread count. Compiled on first use a
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+import torch
 from numba import njit, prange
+
+
+def use_torch_threads() -> None:
+    """Run the kernels on as many threads as torch uses (e.g. one per simulated client)."""
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+
 
 
 @njit(parallel=True, cache=True, nogil=True)
 def sources_kernel(
-    words, region_origin, region_shape, pixels_of_shape, local_to_global, pixel_level,
-    rep_group, seq_index, delta, group_base, word_offset, chan_offset, out,
+    words, region_origin, region_shape, pixels_of_shape, units_of_shape, unit_origin, local_to_global, pixel_level,
+    single_group, rep_group, seq_index, delta, group_base, word_offset, chan_offset, out,
 ):  # pragma: no cover - compiled; checked against the PyTorch implementation in the tests
     batch = words.shape[0]
     num_levels = out.shape[0]
@@ -25,7 +33,7 @@ def sources_kernel(
     regions = region_origin.shape[0]
     n_max = local_to_global.shape[1]
     for b in prange(batch):
-        arrangement = np.empty(n_max, dtype=np.int64)
+        arrangement = np.empty(unit_origin.shape[1], dtype=np.int64)
         sequence = np.empty(n_max, dtype=np.int64)
         filled = np.empty(4, dtype=np.int64)
         source_channel = np.empty(channels, dtype=np.int64)
@@ -33,6 +41,8 @@ def sources_kernel(
         for r in range(regions):
             s = region_shape[r]
             n = pixels_of_shape[s]
+            units = units_of_shape[s]
+            starts = unit_origin[s]
             origin = region_origin[r]
             to_global = local_to_global[s]
             for c in range(channels):
@@ -45,80 +55,139 @@ def sources_kernel(
                     source_channel[i] = source_channel[j]
                     source_channel[j] = t
             for c in range(channels):
-                for q in range(n):
+                for q in range(units):
                     arrangement[q] = q
                 base = word_offset[c, r]
-                for i in range(n - 1, 0, -1):
-                    j = (np.int64(own_words[base + n - 1 - i]) * (i + 1)) >> 32
+                for i in range(units - 1, 0, -1):
+                    j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
                     t = arrangement[i]
                     arrangement[i] = arrangement[j]
                     arrangement[j] = t
                 plane = (b * channels + source_channel[c]) * pixels + origin
                 for li in range(num_levels):
                     target = out[li, b, c]
-                    if pixel_level[li]:  # 1-px blocks: the arrangement itself
+                    if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
                         for q in range(n):
                             target[origin + to_global[q]] = plane + to_global[arrangement[q]]
                         continue
                     groups, slot, offset = rep_group[li, s], seq_index[li, s], delta[li, s]
-                    for g in range(4):
-                        filled[g] = group_base[li, s, g]
-                    for p in range(n):  # compaction: each group's block origins in arrangement order
-                        q = arrangement[p]
-                        g = groups[q]
-                        if g >= 0:
-                            sequence[filled[g]] = q
-                            filled[g] += 1
+                    if single_group[li, s]:  # all blocks of one shape: a plain compaction
+                        k = 0
+                        for p in range(units):
+                            q = arrangement[p]
+                            if groups[q] >= 0:
+                                sequence[k] = starts[q]
+                                k += 1
+                    else:
+                        for g in range(4):
+                            filled[g] = group_base[li, s, g]
+                        for p in range(units):  # compaction: each group's block origins in arrangement order
+                            q = arrangement[p]
+                            g = groups[q]
+                            if g >= 0:
+                                sequence[filled[g]] = starts[q]
+                                filled[g] += 1
                     for q in range(n):
                         target[origin + to_global[q]] = plane + to_global[sequence[slot[q]] + offset[q]]
 
 
+@njit(cache=True, nogil=True)
+def _add_plane_energy(plane, width, region, reference, acc):  # pragma: no cover - compiled
+    """Add one channel plane's integer gradient energy to its regions' totals ``acc[r]``.
+
+    Each row is walked one region-wide segment at a time, so the inner loops are branch-free; what
+    happens at a segment's right end and below a row depends on the definition (real neighbour,
+    the prototype's zero padding, or nothing past the image)."""
+    height = plane.shape[0] // width
+    columns = (width + region - 1) // region
+    for y in range(height):
+        row = y * width
+        base = (y // region) * columns
+        # below: 0 = real neighbour, 1 = zero padding (-v), 2 = nothing
+        if y + 1 < height and (not reference or (y + 1) % region != 0):
+            below = 0
+        elif reference:
+            below = 1
+        else:
+            below = 2
+        for rx in range(columns):
+            x0 = rx * region
+            x1 = min(x0 + region, width)
+            total = 0
+            for p in range(row + x0, row + x1 - 1):
+                d = plane[p + 1] - plane[p]
+                total += d * d
+            last = row + x1 - 1
+            if reference:
+                total += plane[last] * plane[last]
+            elif x1 < width:
+                d = plane[last + 1] - plane[last]
+                total += d * d
+            if below == 0:
+                for p in range(row + x0, row + x1):
+                    d = plane[p + width] - plane[p]
+                    total += d * d
+            elif below == 1:
+                for p in range(row + x0, row + x1):
+                    total += plane[p] * plane[p]
+            acc[base + rx] += total
+
+
 @njit(parallel=True, cache=True, nogil=True)
-def energies_kernel(values, src, width, region, reference, region_of_pixel, out):  # pragma: no cover - compiled
+def energies_kernel(values, src, width, region, reference, out):  # pragma: no cover - compiled
     """Integer gradient energy of every region of every source map: ``out[b, n, r]`` (int64), summed over
     channels. ``values`` is the flattened, quantised batch; ``src[n, b, c, p]`` indexes into it."""
     maps, batch, channels, pixels = src.shape
-    height = pixels // width
     for job in prange(batch * maps):
         b = job // maps
         n = job % maps
         plane = np.empty(pixels, dtype=np.int64)
-        acc = out[b, n]
-        acc[:] = 0
+        out[b, n, :] = 0
         for c in range(channels):
             source = src[n, b, c]
             for p in range(pixels):
                 plane[p] = values[source[p]]
-            for y in range(height):
-                row = y * width
-                down_inside = y + 1 < height and (not reference or (y + 1) % region != 0)
-                for x in range(width):
-                    p = row + x
-                    v = plane[p]
-                    if x + 1 < width and (not reference or (x + 1) % region != 0):
-                        d = plane[p + 1] - v
-                    elif reference:  # the prototype's zero padding at a window's right edge
-                        d = -v
-                    else:
-                        d = 0
-                    e = d * d
-                    if down_inside:
-                        d = plane[p + width] - v
-                    elif reference:
-                        d = -v
-                    else:
-                        d = 0
-                    acc[region_of_pixel[p]] += e + d * d
+            _add_plane_energy(plane, width, region, reference, out[b, n])
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def select_kernel(src, levels, region_of_pixel, out):  # pragma: no cover - compiled
-    """``out[b, c, p] = src[levels[b, region(p)], b, c, p]``: each region's sources at its chosen level."""
-    batch, channels, pixels = out.shape
+def selected_energies_kernel(values, src, levels, width, region, reference, out):  # pragma: no cover - compiled
+    """Like :func:`energies_kernel` for the one source map made of each region's sources at its level
+    (``levels[b, r]``), without materialising that map: ``out[b, r]``."""
+    _, batch, channels, pixels = src.shape
+    height = pixels // width
+    columns = (width + region - 1) // region
+    for b in prange(batch):
+        plane = np.empty(pixels, dtype=np.int64)
+        out[b, :] = 0
+        for c in range(channels):
+            for y in range(height):
+                row = y * width
+                base = (y // region) * columns
+                for rx in range(columns):
+                    source = src[levels[b, base + rx], b, c]
+                    for p in range(row + rx * region, row + min(rx * region + region, width)):
+                        plane[p] = values[source[p]]
+            _add_plane_energy(plane, width, region, reference, out[b])
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def select_take_kernel(images, src, levels, width, region, out):  # pragma: no cover - compiled
+    """``out[b, c, p] = images[src[levels[b, region(p)], b, c, p]]``: the batch shuffled with each
+    region at its chosen level (``images`` flattened, any dtype)."""
+    _, batch, channels, pixels = src.shape
+    height = pixels // width
+    columns = (width + region - 1) // region
     for b in prange(batch):
         for c in range(channels):
-            for p in range(pixels):
-                out[b, c, p] = src[levels[b, region_of_pixel[p]], b, c, p]
+            target = out[b, c]
+            for y in range(height):
+                row = y * width
+                base = (y // region) * columns
+                for rx in range(columns):
+                    source = src[levels[b, base + rx], b, c]
+                    for p in range(row + rx * region, row + min(rx * region + region, width)):
+                        target[p] = images[source[p]]
 
 
 @njit(parallel=True, cache=True, nogil=True)

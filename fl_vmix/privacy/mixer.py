@@ -25,8 +25,9 @@ inverts exactly with :meth:`VisualMixer.invert`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -35,7 +36,15 @@ from torch import nn
 
 from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
 from fl_vmix.privacy.permutations import ShuffleGeometry, sources
-from fl_vmix.privacy.region_energy import SCALE, identity_sources, quantize, region_energies, select_sources
+from fl_vmix.privacy.region_energy import (
+    SCALE,
+    identity_sources,
+    quantize,
+    region_energies,
+    select_sources,
+    selected_energies,
+    take_selected,
+)
 from fl_vmix.privacy.vfe import VFE_METHODS, VFEMethod
 
 SUPPORTED_DTYPES = (torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -52,12 +61,26 @@ class MixParams:
 
 @dataclass(frozen=True)
 class MixReport:
-    """How the batch met its VFE target (all tensors ``[B]``, on the images' device)."""
+    """How the batch met its VFE target (all tensors ``[B]``, on the images' device).
 
-    clear_vfe: torch.Tensor
+    ``clear_vfe`` and ``achieved_vfe`` are measured when first read: targeting measures them anyway,
+    while a fixed block shuffle (no target) then costs only the shuffle."""
+
     target_vfe: torch.Tensor | None
-    achieved_vfe: torch.Tensor
     reached: torch.Tensor  # bool; False where even the finest setting stays below the target
+    measure: Callable[[], tuple[torch.Tensor, torch.Tensor]] = field(repr=False, compare=False)
+
+    @cached_property
+    def _measured(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.measure()
+
+    @property
+    def clear_vfe(self) -> torch.Tensor:
+        return self._measured[0]
+
+    @property
+    def achieved_vfe(self) -> torch.Tensor:
+        return self._measured[1]
 
     @property
     def num_unreached(self) -> int:
@@ -302,20 +325,23 @@ class VisualMixer(nn.Module):
         ids = self._check_ids(sample_ids, batch, images.device)
         epoch = self._epoch(epoch)
         layout = self._layout(height, width, channels, images.device)
-        values = quantize(images).view(-1)
-        clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[:, 0]
-        clear_totals = clear_region.sum(1)
         num_levels = len(self.block_sizes)
-
         if not self.targeted:
             levels = torch.full((batch, layout.num_regions), num_levels - 1, device=images.device)
             source = self._sources(layout, ids, epoch, [num_levels - 1])
-            achieved = self._energies(values, source, layout)[:, 0].sum(1)
-            report = MixReport(
-                self._to_vfe(clear_totals, layout, channels), None, self._to_vfe(achieved, layout, channels),
-                torch.ones(batch, dtype=torch.bool, device=images.device),
-            )
+
+            def measure() -> tuple[torch.Tensor, torch.Tensor]:
+                values = quantize(images).view(-1)
+                both = torch.cat([identity_sources(batch, channels, layout.pixels, images.device), source])
+                totals = self._energies(values, both, layout).sum(2)
+                return self._to_vfe(totals[:, 0], layout, channels), self._to_vfe(totals[:, 1], layout, channels)
+
+            report = MixReport(None, torch.ones(batch, dtype=torch.bool, device=images.device), measure)
             return self._finish(self._take(images, source[0]).view_as(images), MixParams(ids, epoch, levels), report)
+
+        values = quantize(images).view(-1)
+        clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[:, 0]
+        clear_totals = clear_region.sum(1)
 
         target = self._target_totals(clear_totals, layout, channels)
         all_sources = self._sources(layout, ids, epoch)  # [L, B, C, P]
@@ -334,8 +360,8 @@ class VisualMixer(nn.Module):
         state = self._first_state_reaching(predicted, target)
         for step in range(self.max_refinements + 1):
             levels = self._levels_from_state(state, order)
-            source = select_sources(all_sources, levels, layout.geometry)
-            achieved = self._energies(values, source.unsqueeze(0), layout)[:, 0].sum(1)
+            reference = self.vfe_method == "reference"
+            achieved = selected_energies(values, all_sources, levels, layout.geometry, reference).sum(1)
             short = (achieved < target) & (state < last_state)
             if step == self.max_refinements or not bool(short.any()):
                 break
@@ -345,15 +371,13 @@ class VisualMixer(nn.Module):
             shifted = torch.maximum(self._first_state_reaching(predicted + error.unsqueeze(1), target), state + 1)
             state = torch.where(short, shifted.clamp(max=last_state), state)
 
-        mixed = self._take(images, source).view_as(images)
+        mixed = take_selected(images, all_sources, levels, layout.geometry)
         if self.attention is not None and torch.is_grad_enabled():
             coarse, fine = (self._take(clear, all_sources[i]).view_as(clear) for i in (0, -1))
             mixed = self._straight_through(mixed, coarse, fine, scores, order, state, layout)
         # Unreached targets are counted in the report, not logged here: callers log once per round.
-        report = MixReport(
-            self._to_vfe(clear_totals, layout, channels), self._to_vfe(target, layout, channels),
-            self._to_vfe(achieved, layout, channels), achieved >= target,
-        )
+        clear_vfe, achieved_vfe = self._to_vfe(clear_totals, layout, channels), self._to_vfe(achieved, layout, channels)
+        report = MixReport(self._to_vfe(target, layout, channels), achieved >= target, lambda: (clear_vfe, achieved_vfe))
         return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
     def _straight_through(self, mixed, coarse, fine, scores, order, state, layout) -> torch.Tensor:
@@ -413,11 +437,12 @@ class VisualMixer(nn.Module):
                 f"{(batch, layout.num_regions)}: replay params only on the batch they were planned for"
             )
         all_sources = self._sources(layout, params.sample_ids.to(images.device), params.epoch)
-        source = select_sources(all_sources, params.levels.to(images.device), layout.geometry)
-        if invert:
-            out = torch.empty_like(images).view(-1).index_copy_(0, source.reshape(-1).long(), images.reshape(-1))
-            return out.view_as(images)
-        return self._take(images, source).view_as(images)
+        levels = params.levels.to(images.device)
+        if not invert:
+            return take_selected(images, all_sources, levels, layout.geometry)
+        source = select_sources(all_sources, levels, layout.geometry)
+        out = torch.empty_like(images).view(-1).index_copy_(0, source.reshape(-1).long(), images.reshape(-1))
+        return out.view_as(images)
 
     def as_transform(self) -> "VisualMixerTransform":
         """A single-image transform for ``torchvision.transforms.v2`` pipelines."""

@@ -7,14 +7,15 @@ regions get independent permutations by construction.
 
 Construction and argument (also in ``docs/threat_model.md``):
 
-1. **Master arrangement.** For each (channel, region) of ``n`` pixels, a Fisher-Yates shuffle of the
-   pixel indices ``0..n-1``: for ``i = n-1, ..., 1`` swap positions ``i`` and ``j = floor(w * (i+1) /
+1. **Master arrangement.** Regions are tiled by units of ``u x u`` pixels, ``u`` the greatest common
+   divisor of the block sizes (1 for the default (2, 1); 2 for (8, 4, 2)), so every block of every level
+   starts at a unit. For each (channel, region) of ``n`` units, a Fisher-Yates shuffle of ``0..n-1``: for ``i = n-1, ..., 1`` swap positions ``i`` and ``j = floor(w * (i+1) /
    2^32)`` with the next 32-bit PRF word ``w``. With exact uniform ``j`` this is a uniform permutation;
    multiply-shift makes each ``j`` at most ``1 / 2^32`` away from uniform per value, so the arrangement is
-   within total-variation distance ``n (n+1) / 2^33`` of uniform (2.4e-7 for 64-pixel regions).
+   within total-variation distance ``n (n+1) / 2^33`` of uniform (2.4e-7 for 64 units).
 2. **Block levels by compaction.** At block size ``b`` the blocks of a region fall into shape groups
    (full, right edge, bottom edge, corner); blocks only trade places inside their group. Reading the
-   master arrangement in order and keeping the top-left pixels of a group's blocks gives that group's
+   master arrangement in order and keeping the units where a group's blocks start gives that group's
    block order. For a uniform arrangement, the relative order of any fixed subset is uniform, and the
    orders of disjoint subsets are independent, so every group gets a uniform block permutation, all
    groups independently. Levels of one region share its master arrangement, which is safe because one
@@ -29,6 +30,7 @@ computing the same integer function of the same PRF words, which the tests check
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -101,6 +103,26 @@ class ShuffleGeometry:
     def pixels_of_shape(self) -> np.ndarray:
         return np.array([h * w for h, w in self.shapes], dtype=np.int64)
 
+    @property
+    def unit(self) -> int:
+        """Side of the units the master arrangement shuffles: the gcd of the block sizes."""
+        return math.gcd(*self.block_sizes)
+
+    @cached_property
+    def units_of_shape(self) -> np.ndarray:
+        u = self.unit
+        return np.array([-(-h // u) * -(-w // u) for h, w in self.shapes], dtype=np.int64)
+
+    @cached_property
+    def unit_origin(self) -> np.ndarray:
+        """``[S, units_max]``: local pixel index of each unit's top-left pixel."""
+        u = self.unit
+        table = np.zeros((len(self.shapes), int(self.units_of_shape.max())), dtype=np.int64)
+        for s, (h, w) in enumerate(self.shapes):
+            uy, ux = np.divmod(np.arange(int(self.units_of_shape[s])), -(-w // u))
+            table[s, : len(uy)] = uy * u * w + ux * u
+        return table
+
     @cached_property
     def local_to_global(self) -> np.ndarray:
         """``[S, n_max]``: flat image offset (from the region origin) of each local pixel."""
@@ -112,9 +134,11 @@ class ShuffleGeometry:
 
     @cached_property
     def _block_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """rep_group, seq_index, delta, group_base for every (level, shape)."""
+        """For every (level, shape): rep_group (per unit: the shape group of the block starting there, or
+        -1), seq_index and delta (per pixel: the slot of its block among the compacted block origins, and
+        its offset from the block's origin), group_base (first slot of each group)."""
         levels, shapes, n_max = len(self.block_sizes), len(self.shapes), int(self.pixels_of_shape.max())
-        rep_group = np.full((levels, shapes, n_max), -1, dtype=np.int8)
+        rep_group = np.full((levels, shapes, int(self.units_of_shape.max())), -1, dtype=np.int8)
         seq_index = np.zeros((levels, shapes, n_max), dtype=np.int32)
         delta = np.zeros((levels, shapes, n_max), dtype=np.int32)
         group_base = np.zeros((levels, shapes, NUM_GROUPS), dtype=np.int32)
@@ -134,7 +158,8 @@ class ShuffleGeometry:
                 for g in range(NUM_GROUPS):
                     reps = np.flatnonzero(is_rep & (group == g))
                     rank_of_rep[reps] = np.arange(len(reps))
-                rep_group[level, s, : h * w] = np.where(is_rep, group, -1)
+                units = self.unit_origin[s, : int(self.units_of_shape[s])]
+                rep_group[level, s, : len(units)] = np.where(is_rep[units], group[units], -1)
                 seq_index[level, s, : h * w] = base[group] + rank_of_rep[origin_local]
                 delta[level, s, : h * w] = np.arange(h * w) - origin_local
                 group_base[level, s] = base
@@ -143,7 +168,7 @@ class ShuffleGeometry:
     @cached_property
     def _word_layout(self) -> tuple[np.ndarray, np.ndarray, int]:
         """Word offsets: Fisher-Yates words of each (channel, region), then of each region's channels."""
-        need = self.pixels_of_shape[self.region_shape] - 1  # [R]
+        need = self.units_of_shape[self.region_shape] - 1  # [R]
         per_channel = int(need.sum())
         starts = np.concatenate([[0], np.cumsum(need)[:-1]]).astype(np.int64)
         word_offset = starts[None, :] + per_channel * np.arange(self.channels, dtype=np.int64)[:, None]
@@ -186,20 +211,20 @@ def sources(geometry: ShuffleGeometry, words: np.ndarray, levels: list[int], dev
 
 
 def _sources_numba(geometry: ShuffleGeometry, words: np.ndarray, levels: list[int]) -> torch.Tensor:
-    import numba  # imported here: it costs ~0.3 s, and only the CPU shuffle needs it
+    from fl_vmix.privacy._kernels import sources_kernel, use_torch_threads  # Numba: imported on first CPU use
 
-    from fl_vmix.privacy._kernels import sources_kernel
-
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    use_torch_threads()
     rep_group, seq_index, delta, group_base = geometry._block_tables
     word_offset, chan_offset, _ = geometry._word_layout
     selected = np.asarray(levels, dtype=np.int64)
     out = np.empty((len(levels), words.shape[0], geometry.channels, geometry.pixels), dtype=np.int32)
-    pixel_level = np.array([geometry.block_sizes[level] == 1 for level in levels], dtype=np.bool_)
+    pixel_level = np.array([geometry.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit is 1 then
+    groups = rep_group[selected]
+    single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
     sources_kernel(
         np.ascontiguousarray(words), geometry.region_origin, geometry.region_shape, geometry.pixels_of_shape,
-        geometry.local_to_global, pixel_level, rep_group[selected], seq_index[selected], delta[selected],
-        group_base[selected], word_offset, chan_offset, out,
+        geometry.units_of_shape, geometry.unit_origin, geometry.local_to_global, pixel_level, single_group, groups,
+        seq_index[selected], delta[selected], group_base[selected], word_offset, chan_offset, out,
     )
     return torch.from_numpy(out)
 
@@ -221,20 +246,21 @@ def _sources_torch(geometry: ShuffleGeometry, words: torch.Tensor, levels: list[
 
     out = torch.empty(len(levels), batch, channels, pixels, dtype=torch.int32, device=device)
     image = torch.arange(batch, device=device).view(-1, 1, 1)
+    unit_origin = torch.from_numpy(geometry.unit_origin).to(device)
     for s, (h, w) in enumerate(geometry.shapes):
-        n = h * w
+        n, units = h * w, int(geometry.units_of_shape[s])
         members = torch.nonzero(region_shape == s).view(-1)  # regions of this shape
-        index = word_offset[:, members].unsqueeze(-1) + torch.arange(n - 1, device=device)  # [C, R_s, n-1]
+        index = word_offset[:, members].unsqueeze(-1) + torch.arange(units - 1, device=device)  # [C, R_s, units-1]
         rows = batch * channels * len(members)
-        arrangement = fisher_yates_torch(words[:, index].reshape(rows, n - 1), n)  # [B*C*R_s, n]
+        arrangement = fisher_yates_torch(words[:, index].reshape(rows, units - 1), units)  # [B*C*R_s, units]
         to_global = local_to_global[s, :n]
         plane = (image * channels + source_channel[:, members].transpose(1, 2)) * pixels + origin[members]  # [B, C, R_s]
         outputs = (origin[members].view(-1, 1) + to_global).view(-1)  # output pixels of these regions
         for li, level in enumerate(levels):
-            rep = rep_group[level, s, :n][arrangement]
+            rep = rep_group[level, s, :units][arrangement]
             # Reps in arrangement order, grouped by shape group (stable), as the kernel's compaction does.
             order = torch.sort(torch.where(rep >= 0, rep, NUM_GROUPS), dim=1, stable=True).indices
-            compacted = arrangement.gather(1, order)
+            compacted = unit_origin[s, arrangement.gather(1, order)]
             source_local = compacted[:, seq_index[level, s, :n]] + delta[level, s, :n]
             value = plane.unsqueeze(-1) + to_global[source_local].view(batch, channels, len(members), n)
             out[li][:, :, outputs] = value.reshape(batch, channels, -1).to(torch.int32)

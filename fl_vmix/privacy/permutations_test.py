@@ -49,6 +49,8 @@ GEOMETRIES = [
     (3, 9, 17, 8, (4, 3, 1), True),
     (3, 48, 48, 16, (8, 4, 2), False),
     (1, 12, 12, 5, (3, 2), False),
+    (3, 30, 29, 8, (4, 2), True),  # units of 2 px, partial at the edges
+    (2, 27, 33, 9, (6, 3), False),  # units of 3 px
 ]
 
 
@@ -105,6 +107,19 @@ def test_word_layout():
     sizes = [8 * 8, 8 * 8, 8 * 1, 1 * 8, 1 * 8, 1 * 1]  # regions row-major: 2x3 grid, edges of 1 px
     assert geometry.words_per_sample == 3 * sum(n - 1 for n in sizes) + len(sizes) * 2
     assert ShuffleGeometry(9, 17, 3, 8, (1,), False).words_per_sample == 3 * sum(n - 1 for n in sizes)
+
+
+def test_units_are_the_gcd_of_the_block_sizes():
+    geometry = ShuffleGeometry(224, 224, 3, 16, (8, 4, 2), False)
+    assert geometry.unit == 2 and geometry.words_per_sample == 3 * 196 * (64 - 1)
+    assert ShuffleGeometry(32, 32, 3, 8, (2, 1), False).unit == 1
+    # 2-px blocks from 2-px units: where a unit-block lands is uniform over the 64 slots of a region
+    geometry = ShuffleGeometry(16, 16, 1, 16, (8, 2), False)
+    ids = np.arange(6_400)
+    out = sources(geometry, KeyedPRF(KEY, b"unit").words(ids, 0, geometry.words_per_sample), [1], torch.device("cpu"))
+    slot = (out[0, :, 0].long() % 256 == 0).float().argmax(1)
+    counts = np.bincount(((slot // 16) // 2 * 8 + (slot % 16) // 2).numpy(), minlength=64)
+    assert stats.chisquare(counts).pvalue > 1e-3
 
 
 def test_too_large_batch_for_int32_indices():

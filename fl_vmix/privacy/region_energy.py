@@ -30,7 +30,9 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
         return images.to(torch.int32) * 257
     flat = images.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        from fl_vmix.privacy._kernels import quantize_kernel
+        from fl_vmix.privacy._kernels import quantize_kernel, use_torch_threads
+
+        use_torch_threads()
 
         out = np.empty(flat.numel(), dtype=np.int32)
         bad = quantize_kernel(flat.contiguous().numpy(), float(SCALE), MAX_ABS, out)
@@ -61,14 +63,11 @@ def region_energies(values: torch.Tensor, sources: torch.Tensor, geometry: Shuff
     summed over channels. ``values`` is the flattened output of :func:`quantize`."""
     maps, batch = sources.shape[:2]
     if values.device.type == "cpu":
-        import numba  # CPU path only; ~0.3 s to import
+        from fl_vmix.privacy._kernels import energies_kernel, use_torch_threads  # Numba: on first CPU use
 
-        from fl_vmix.privacy._kernels import energies_kernel
-
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        use_torch_threads()
         out = np.empty((batch, maps, geometry.num_regions), dtype=np.int64)
-        energies_kernel(values.numpy(), sources.numpy(), geometry.width, geometry.region, reference,
-                        geometry.region_of_pixel, out)
+        energies_kernel(values.numpy(), sources.numpy(), geometry.width, geometry.region, reference, out)
         return torch.from_numpy(out)
     return _region_energies_torch(values, sources, geometry, reference)
 
@@ -98,15 +97,37 @@ def _region_energies_torch(values: torch.Tensor, sources: torch.Tensor, geometry
     return per_region.transpose(0, 1).contiguous()
 
 
+def selected_energies(values: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry,
+                      reference: bool) -> torch.Tensor:
+    """Region energies ``[B, R]`` of the batch shuffled with each region at its level (``levels`` ``[B, R]``)."""
+    if values.device.type == "cpu":
+        from fl_vmix.privacy._kernels import selected_energies_kernel, use_torch_threads
+
+        use_torch_threads()
+        out = np.empty((sources.shape[1], geometry.num_regions), dtype=np.int64)
+        selected_energies_kernel(values.numpy(), sources.numpy(), levels.to(torch.int64).contiguous().numpy(),
+                                 geometry.width, geometry.region, reference, out)
+        return torch.from_numpy(out)
+    return _region_energies_torch(values, select_sources(sources, levels, geometry).unsqueeze(0), geometry, reference)[:, 0]
+
+
+def take_selected(images: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry) -> torch.Tensor:
+    """The batch shuffled with each region at its level: ``images`` gathered through the selected sources."""
+    if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32, torch.float64):
+        from fl_vmix.privacy._kernels import select_take_kernel, use_torch_threads
+
+        use_torch_threads()
+        out = torch.empty_like(images, memory_format=torch.contiguous_format)
+        select_take_kernel(images.contiguous().view(-1).numpy(), sources.numpy(), levels.to(torch.int64).contiguous().numpy(),
+                           geometry.width, geometry.region, out.view(images.shape[0], images.shape[1], -1).numpy())
+        return out
+    source = select_sources(sources, levels, geometry)
+    return images.reshape(-1).index_select(0, source.reshape(-1)).view_as(images)
+
+
 def select_sources(sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry) -> torch.Tensor:
     """``[B, C, P]``: each region's sources at its level (``levels`` ``[B, R]`` indexes ``sources``' first dim)."""
     _, batch, channels, pixels = sources.shape
-    if sources.device.type == "cpu":
-        from fl_vmix.privacy._kernels import select_kernel
-
-        out = np.empty((batch, channels, pixels), dtype=np.int32)
-        select_kernel(sources.numpy(), levels.to(torch.int64).numpy(), geometry.region_of_pixel, out)
-        return torch.from_numpy(out)
     region = torch.from_numpy(geometry.region_of_pixel).to(sources.device)
     level_of_pixel = levels.to(torch.int64)[:, region].unsqueeze(1).expand(batch, channels, pixels)
     return sources.gather(0, level_of_pixel.unsqueeze(0)).squeeze(0)
