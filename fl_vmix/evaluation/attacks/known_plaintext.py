@@ -19,8 +19,11 @@ reveal permutations the client will use again.
    sizes, levels, channel pooling), but independent of the victim's key. What the victim's library
    adds over the control is what the known pairs leaked about the key's other permutations.
 
-Scores: the fraction of (channel, region) puzzles restored exactly (values equal to the clear region),
-and SSIM of the restored images to the clear ones, each next to the control's. Only full regions are
+Scores, each next to the control's: the fraction of (channel, region) puzzles restored exactly (values
+equal to the clear region), the fraction of values back at their clear value, and SSIM of the restored
+images to the clear ones. Repeated values in a known region (common in 8-bit photographs) leave the
+learned permutation ambiguous among them, so a reused permutation can restore most values of another
+image but not all: the value fraction shows it where exact restores do not. Only full regions are
 attacked; partial border regions stay obfuscated (and count as not restored).
 """
 
@@ -41,6 +44,8 @@ class KnownPlaintextResult:
     victims: int
     exact_fraction: float  # (channel, region) puzzles restored exactly with the learned library
     control_exact_fraction: float
+    value_fraction: float  # values of full regions back at their clear value
+    control_value_fraction: float
     ssim: float  # mean SSIM to clear of the restored victims
     control_ssim: float
     obfuscated_ssim: float  # the victims as they are
@@ -151,8 +156,9 @@ def known_plaintext_attack(
     for name, candidates in (("learned", library), ("control", control)):
         restored = restore_smoothest(rows, candidates, region)
         exact = (restored == clear_rows).all(dim=1).float().mean().item()
+        values = (restored == clear_rows).float().mean().item()
         images = _place_regions(victims_obfuscated, restored, region)
-        outcome[name] = (exact, ssim(images.clamp(0, 1), victims_clear).mean().item())
+        outcome[name] = (exact, values, ssim(images.clamp(0, 1), victims_clear).mean().item())
     return KnownPlaintextResult(
         known=int(known_clear.shape[0]),
         candidates=int(library.shape[0]),
@@ -160,7 +166,9 @@ def known_plaintext_attack(
         victims=int(victims_clear.shape[0]),
         exact_fraction=outcome["learned"][0],
         control_exact_fraction=outcome["control"][0],
-        ssim=outcome["learned"][1],
-        control_ssim=outcome["control"][1],
+        value_fraction=outcome["learned"][1],
+        control_value_fraction=outcome["control"][1],
+        ssim=outcome["learned"][2],
+        control_ssim=outcome["control"][2],
         obfuscated_ssim=ssim(victims_obfuscated, victims_clear).mean().item(),
     )

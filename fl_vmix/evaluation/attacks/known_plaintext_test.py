@@ -48,8 +48,8 @@ def test_reused_permutations_are_restored_from_known_pairs():
     obfuscated = bank_shuffle(images, bank_size=32)
     control = bank_shuffle(images[:20], bank_size=32, seed=1)  # the same scheme under another key
     result = known_plaintext_attack(images[:20], obfuscated[:20], control, images[20:], obfuscated[20:], region=8)
-    assert result.exact_fraction > 0.9
-    assert result.control_exact_fraction < 0.05
+    assert result.exact_fraction > 0.9 and result.value_fraction > 0.95
+    assert result.control_exact_fraction < 0.05 and result.control_value_fraction < 0.3
     assert result.ssim > result.control_ssim + 0.2
 
 
@@ -60,6 +60,7 @@ def test_fresh_visualmixer_permutations_give_nothing_over_the_control():
     result = known_plaintext_attack(images[:100], obfuscated[:100], control, images[100:], obfuscated[100:], region=8)
     assert result.candidates >= 100 * 3 * 16 * 0.99  # fresh: (almost) every learned permutation is distinct
     assert result.exact_fraction <= result.control_exact_fraction + 0.01
+    assert result.value_fraction <= result.control_value_fraction + 0.01
     assert abs(result.ssim - result.control_ssim) < 0.03
 
 
