@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fl_vmix.apps.launcher import OFFLINE_ENV, _descendants, stop_processes
+from fl_vmix.runtime.launcher import OFFLINE_ENV
+from fl_vmix.runtime.processes import descendants, stop_processes
 
 
 def run_cli(args: list[str], env: dict[str, str], out: Path, timeout_s: float) -> tuple[float, dict]:
@@ -40,7 +41,7 @@ def run_cli(args: list[str], env: dict[str, str], out: Path, timeout_s: float) -
             code = process.wait(timeout=timeout_s)
         finally:
             if process.poll() is None:
-                stop_processes([process.pid, *_descendants(process.pid)])
+                stop_processes([process.pid, *descendants(process.pid)])
                 process.wait(timeout=30)
     wall = time.perf_counter() - start
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
@@ -108,8 +109,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
 
-    from fl_vmix.apps.config import compose_config
     from fl_vmix.deploy.export import export_federation
+    from fl_vmix.experiment import compose
     from fl_vmix.deploy.local import LocalFederation
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fl_vmix_bench_"))
@@ -124,7 +125,7 @@ def main() -> None:
     wall, summary = run_cli(overrides, sim_env, work / "simulation", args.timeout)
     results["simulation"] = {"wall_s": wall, "round_times_s": round_times(work / "simulation"), "final_accuracy": summary["final_accuracy"]}
 
-    cfg = compose_config([*overrides, f"dataset.root={args.data.resolve()}", f"dataset.cache_dir={work / 'cache'}"])
+    cfg = compose([*overrides, f"dataset.root={args.data.resolve()}", f"dataset.cache_dir={work / 'cache'}"])
     export_federation(cfg, work / "fed")
     with LocalFederation(work / "loopback", work / "fed", args.clients) as fed:
         start = time.perf_counter()

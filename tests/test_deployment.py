@@ -22,9 +22,9 @@ from typing import Self
 import pytest
 
 from conftest import require_shared
-from fl_vmix.apps.launcher import _descendants, free_port, stop_processes
-from fl_vmix.deploy.connection import write_connection
 from fl_vmix.deploy.tls import write_certificates
+from fl_vmix.runtime.connection import write_connection
+from fl_vmix.runtime.processes import descendants, free_port, stop_processes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 NUM_NODES = 3
@@ -41,10 +41,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(workdir: Path) -> Path:
     """Per-client folders of the real CIFAR-10 data (5% of each client's partition)."""
     root = require_shared("cifar10-jpg.tar.xz").parent
-    from fl_vmix.apps.config import compose_config
     from fl_vmix.deploy.export import export_federation
+    from fl_vmix.experiment import compose
 
-    cfg = compose_config([*SMALL, f"dataset.root={root}", f"dataset.cache_dir={workdir / 'cache'}"])
+    cfg = compose([*SMALL, f"dataset.root={root}", f"dataset.cache_dir={workdir / 'cache'}"])
     clients = export_federation(cfg, workdir / "fed")
     assert [sorted(p.name for p in c.folder.iterdir()) for c in clients] == [["client.key", "data.npz", "meta.json"]] * NUM_NODES
     return workdir / "fed"
@@ -87,7 +87,7 @@ class Launch:
 
     def __exit__(self, *exc: object) -> None:
         if self.process.poll() is None:
-            stop_processes([self.process.pid, *_descendants(self.process.pid)])
+            stop_processes([self.process.pid, *descendants(self.process.pid)])
         self.process.wait(timeout=30)
 
 

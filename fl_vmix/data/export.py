@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +55,3 @@ def load_exported_client(folder: Path) -> ClientData:
         **values,
     )
 
-
-def describe(data: ClientData) -> dict[str, Any]:
-    summary = {k: v for k, v in asdict(data).items() if k not in _ARRAYS}
-    summary.update(train=len(data.train_labels), test=len(data.test_labels))
-    return summary

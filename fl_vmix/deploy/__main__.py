@@ -81,13 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from fl_vmix.apps.config import compose_config
     from fl_vmix.deploy.export import export_federation
+    from fl_vmix.experiment import compose
 
-    cfg = compose_config(args.overrides)
+    experiment = compose(args.overrides)
     start = time.perf_counter()
-    clients = export_federation(cfg, args.out)
-    table = Table(title=f"{cfg['dataset']['name']} x {cfg['num_clients']} clients ({cfg['partition']['scheme']}, data_fraction={cfg['dataset'].get('data_fraction')}) in {time.perf_counter() - start:.1f} s")
+    clients = export_federation(experiment, args.out)
+    title = (f"{experiment.dataset.name} x {experiment.num_clients} clients ({experiment.partition.scheme}, "
+             f"data_fraction={experiment.dataset.data_fraction}) in {time.perf_counter() - start:.1f} s")
+    table = Table(title=title)
     for column in ("client", "folder", "train", "test", "data.npz", "key"):
         table.add_column(column)
     for c in clients:
@@ -123,7 +125,7 @@ def _auth_keys(args: argparse.Namespace) -> None:
 
 
 def _connection(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import probe_superlink, write_connection
+    from fl_vmix.runtime.connection import probe_superlink, write_connection
 
     path = write_connection(args.name, args.address, args.root_cert, args.insecure, default=args.default)
     console.print(f"wrote [superlink.{args.name}] address={args.address} to {path}", markup=False)
@@ -133,7 +135,7 @@ def _connection(args: argparse.Namespace) -> None:
 
 
 def _check_node(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import SuperLinkUnreachable, probe_superlink
+    from fl_vmix.runtime.connection import SuperLinkUnreachable, probe_superlink
     from fl_vmix.deploy.preflight import check_node, node_config_string
 
     key_file = args.key_file or args.data_path / "client.key"
@@ -158,7 +160,7 @@ def _check_node(args: argparse.Namespace) -> None:
 
 
 def _check_superlink(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import (
+    from fl_vmix.runtime.connection import (
         ConnectionSetupError,
         probe_superlink,
         read_connection,

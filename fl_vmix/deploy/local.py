@@ -22,15 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from fl_vmix.apps.launcher import OFFLINE_ENV, _descendants, free_port, stop_processes
 from fl_vmix.deploy.auth import write_auth_keys
-from fl_vmix.deploy.connection import (
-    ConnectionSetupError,
-    probe_superlink,
-    write_connection,
-)
-from fl_vmix.deploy.federation import wait_for_supernodes
 from fl_vmix.deploy.tls import write_certificates
+from fl_vmix.runtime.connection import ConnectionSetupError, probe_superlink, write_connection
+from fl_vmix.runtime.launcher import OFFLINE_ENV
+from fl_vmix.runtime.processes import alive, descendants, free_port, stop_processes
+from fl_vmix.runtime.superlink import wait_for_supernodes
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT_DIR / "scripts" / "deploy"
@@ -46,14 +43,6 @@ class Managed:
     process: subprocess.Popen
     log: Path
     seen: set[int] = field(default_factory=set)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def _tail(path: Path, lines: int = 30) -> str:
@@ -169,12 +158,12 @@ class LocalFederation:
     def _ours(self, pid: int) -> bool:
         """Alive and started with this federation's FLWR_HOME (so a reused PID is never signalled)."""
         try:
-            return _alive(pid) and f"FLWR_HOME={self.flwr_home}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+            return alive(pid) and f"FLWR_HOME={self.flwr_home}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             return False
 
     def _tree(self, managed: Managed) -> list[int]:
-        managed.seen.update([managed.process.pid, *_descendants(managed.process.pid)])
+        managed.seen.update([managed.process.pid, *descendants(managed.process.pid)])
         return [p for p in sorted(managed.seen) if self._ours(p)]
 
     def _stop(self, managed: Managed, sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fl_vmix.deploy.connection import (
+from fl_vmix.runtime.connection import (
     SuperLinkUnreachable,
     SuperLinkUntrusted,
     probe_superlink,
@@ -106,7 +106,7 @@ def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_probe_distinguishes_plain_http_and_nothing_listening(certs: CertificatePaths) -> None:
-    from fl_vmix.apps.launcher import free_port
+    from fl_vmix.runtime.processes import free_port
 
     with https_server(certs.server_cert, certs.server_key) as address, pytest.raises(SuperLinkUntrusted, match="serves HTTPS"):
         probe_superlink(address, insecure=True, timeout_s=5)

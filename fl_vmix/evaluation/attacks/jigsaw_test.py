@@ -11,7 +11,7 @@ from fl_vmix.evaluation.attacks.jigsaw import (
     shuffle_blocks,
     solve_jigsaw,
 )
-from fl_vmix.evaluation.metrics import ssim
+from fl_vmix.privacy.similarity import ssim
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
