@@ -32,7 +32,14 @@ def tiny_experiment(tmp_path: Path) -> Callable[..., Experiment]:
 
     def make(*overrides: str) -> Experiment:
         return compose(
-            ["dataset=imagefolder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}", "num_clients=2", "batch_size=8", *overrides]
+            [
+                "dataset=imagefolder",
+                f"dataset.root={root}",
+                f"dataset.cache_dir={tmp_path / 'cache'}",
+                "num_clients=2",
+                "batch_size=8",
+                *overrides,
+            ]
         )
 
     return make

@@ -18,7 +18,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -77,8 +76,10 @@ class _Group:
 
     def get(self, key: str) -> Any:
         if key not in self.raw:
-            raise ConfigError(f"{self._name(key)} is missing: every setting has its default in fl_vmix/conf/; "
-                              "compose the experiment with python -m fl_vmix (or fl_vmix.experiment.compose)")
+            raise ConfigError(
+                f"{self._name(key)} is missing: every setting has its default in fl_vmix/conf/; "
+                "compose the experiment with python -m fl_vmix (or fl_vmix.experiment.compose)"
+            )
         return self.raw[key]
 
     def integer(self, key: str, low: int) -> int:
@@ -94,7 +95,9 @@ class _Group:
             bad = value <= low if open_low else value < low
             bad = bad or (high is not None and value > high)
         if bad:
-            bounds = f"{'>' if open_low else '>='} {low}" if high is None else f"in {'(' if open_low else '['}{low}, {high}]"
+            bounds = (
+                f"{'>' if open_low else '>='} {low}" if high is None else f"in {'(' if open_low else '['}{low}, {high}]"
+            )
             raise ConfigError(f"{self._name(key)}={value!r} is invalid: set {self._name(key)} to a number {bounds}")
         return float(value)
 
@@ -140,8 +143,13 @@ class DatasetSettings:
         name = g.text("name")
         if root == "???":
             raise ConfigError(f"dataset.root is required for dataset {name!r}: pass dataset.root=/path/to/images")
-        return cls(name, root, g.optional_text("cache_dir"), g.number("data_fraction", 0.0, 1.0, open_low=True),
-                   g.number("test_fraction", 0.0, 1.0))
+        return cls(
+            name,
+            root,
+            g.optional_text("cache_dir"),
+            g.number("data_fraction", 0.0, 1.0, open_low=True),
+            g.number("test_fraction", 0.0, 1.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -207,7 +215,9 @@ class PrivacySettings:
         unknown = sorted(set(params) - set(accepted))
         if unknown:
             valid = [n for n in accepted if n not in SECRET_PARAMS]
-            raise ConfigError(f"privacy.{unknown[0]} is not a parameter of {method!r}: use {', '.join(valid) or 'none'}")
+            raise ConfigError(
+                f"privacy.{unknown[0]} is not a parameter of {method!r}: use {', '.join(valid) or 'none'}"
+            )
         return cls(method, _frozen(params))
 
     @property
@@ -253,12 +263,17 @@ class EngineSettings:
     def parse(cls, raw: Any) -> EngineSettings:
         name = _Group(raw, "engine").text("name", ENGINE_NAMES)
         g = _Group(raw, "engine", _ENGINE_KEYS[name])
-        common = {"name": name, "timeout_s": g.number("timeout_s", 0.0, open_low=True),
-                  "client_cache": g.integer("client_cache", 1)}
+        timeout_s, client_cache = g.number("timeout_s", 0.0, open_low=True), g.integer("client_cache", 1)
         if name == "simulation":
-            return cls(**common, num_cpus_per_client=g.integer("num_cpus_per_client", 1))
-        return cls(**common, connection=g.text("connection"), connect_timeout_s=g.number("connect_timeout_s", 0.0, open_low=True),
-                   wait_nodes_s=g.number("wait_nodes_s", 0.0))
+            return cls(name, timeout_s, client_cache, num_cpus_per_client=g.integer("num_cpus_per_client", 1))
+        return cls(
+            name,
+            timeout_s,
+            client_cache,
+            connection=g.text("connection"),
+            connect_timeout_s=g.number("connect_timeout_s", 0.0, open_low=True),
+            wait_nodes_s=g.number("wait_nodes_s", 0.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -338,9 +353,16 @@ class Experiment:
             elif isinstance(value, StrategySettings):
                 out[f.name] = {"name": value.name, **dict(value.params)}
             elif isinstance(value, OptimizerSettings):
-                out[f.name] = {"name": value.name, "lr": value.lr, "weight_decay": value.weight_decay, **dict(value.extra)}
+                out[f.name] = {
+                    "name": value.name,
+                    "lr": value.lr,
+                    "weight_decay": value.weight_decay,
+                    **dict(value.extra),
+                }
             elif isinstance(value, (PartitionSettings, EngineSettings)):
-                out[f.name] = {k.name: _plain(getattr(value, k.name)) for k in fields(value) if getattr(value, k.name) is not None}
+                out[f.name] = {
+                    k.name: _plain(getattr(value, k.name)) for k in fields(value) if getattr(value, k.name) is not None
+                }
             elif isinstance(value, (DatasetSettings, ModelSettings, FaultSettings)):
                 out[f.name] = {k.name: _plain(getattr(value, k.name)) for k in fields(value)}
             else:
@@ -359,7 +381,7 @@ class Experiment:
 # ----------------------------------------------------------------------------------- Hydra, run config
 def conf_dir() -> Path:
     """``fl_vmix/conf`` inside the installed package (a wheel ships it as package data)."""
-    path = Path(str(resources.files("fl_vmix") / "conf"))
+    path = Path(__file__).resolve().with_name("conf")
     if not (path / "config.yaml").is_file():
         raise ConfigError(f"Hydra configuration not found at {path}: reinstall fl_vmix (its wheel ships fl_vmix/conf)")
     return path
@@ -387,8 +409,15 @@ def compose(overrides: Sequence[str] = ()) -> Experiment:
 # Settings renamed since earlier fl_vmix versions wrote their runs' config.json: old dotted name -> new.
 RENAMED = {"partition.classes_per_client": "partition.classes_per_partition"}
 # The config group whose option each group's YAML file is named after (conf/<group>/<option>.yaml).
-_GROUP_OPTION = {"dataset": "name", "partition": "scheme", "model": "name", "optimizer": "name", "privacy": "method",
-                 "strategy": "name", "engine": "name"}
+_GROUP_OPTION = {
+    "dataset": "name",
+    "partition": "scheme",
+    "model": "name",
+    "optimizer": "name",
+    "privacy": "method",
+    "strategy": "name",
+    "engine": "name",
+}
 
 
 def from_recorded(raw: Mapping[str, Any]) -> Experiment:
@@ -404,8 +433,13 @@ def from_recorded(raw: Mapping[str, Any]) -> Experiment:
         new_key = new.split(".")[1]
         if isinstance(cfg.get(group), dict) and old_key in cfg[group]:
             cfg[group][new_key] = cfg[group].pop(old_key)
-    choices = [f"{g}={cfg[g][k]}" for g, k in _GROUP_OPTION.items()
-               if isinstance(cfg.get(g), dict) and isinstance(cfg[g].get(k), str) and (conf_dir() / g / f"{cfg[g][k]}.yaml").is_file()]
+    choices = [
+        f"{g}={cfg[g][k]}"
+        for g, k in _GROUP_OPTION.items()
+        if isinstance(cfg.get(g), dict)
+        and isinstance(cfg[g].get(k), str)
+        and (conf_dir() / g / f"{cfg[g][k]}.yaml").is_file()
+    ]
     defaults = compose_config(choices)
 
     def fill(into: dict[str, Any], source: Mapping[str, Any]) -> None:
@@ -438,7 +472,9 @@ def _parse_run_config(raw: str) -> Experiment:
     try:
         cfg = json.loads(raw)
     except json.JSONDecodeError as err:
-        raise ConfigError(f"run config '{RUN_CONFIG_KEY}' is not valid JSON ({err}): launch with python -m fl_vmix") from err
+        raise ConfigError(
+            f"run config '{RUN_CONFIG_KEY}' is not valid JSON ({err}): launch with python -m fl_vmix"
+        ) from err
     if not isinstance(cfg, dict):
         raise ConfigError(f"run config '{RUN_CONFIG_KEY}' must hold a JSON object, got {type(cfg).__name__}")
     return Experiment.from_dict(cfg)

@@ -52,8 +52,13 @@ def dataset_shape(experiment: Experiment) -> tuple[int, int, int]:
 def build_model(experiment: Experiment, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     """A freshly initialised model (from torch's global RNG); the same on server and clients."""
     region = experiment.privacy.region_size if experiment.model.invariant else None
-    model = build_registered_model(experiment.model.name, num_classes=num_classes, in_channels=in_channels,
-                                   image_size=image_size, invariant_region=region)
+    model = build_registered_model(
+        experiment.model.name,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        image_size=image_size,
+        invariant_region=region,
+    )
     if experiment.privacy.method == DPSGD.name:
         from fl_vmix.training.dp_sgd import make_opacus_compatible
 
@@ -127,12 +132,16 @@ def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalC
     """A client of ``experiment`` holding ``data`` and protecting it with ``key``."""
     method = build_privacy(experiment.privacy, key)
     settings = ClientSettings(
-        seed=experiment.seed, batch_size=experiment.batch_size, vfe_window=experiment.privacy.region_size,
+        seed=experiment.seed,
+        batch_size=experiment.batch_size,
+        vfe_window=experiment.privacy.region_size,
         dynamic=experiment.privacy.dynamic,
     )
     return LocalClient(
-        data, method,
+        data,
+        method,
         make_model=lambda classes, channels, size: build_model(experiment, classes, channels, size),
         make_optimizer=lambda params: build_optimizer(experiment, params),
-        settings=settings, trainer=trainer_for(method),
+        settings=settings,
+        trainer=trainer_for(method),
     )

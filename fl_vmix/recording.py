@@ -16,8 +16,20 @@ from typing import Any
 from fl_vmix.tables import csv_text
 
 ROUND_COLUMNS = [
-    "round", "train_loss", "train_accuracy", "eval_loss", "eval_accuracy", "central_accuracy",
-    "vfe_corrected", "vfe_reference", "ssim", "psnr", "epsilon", "clients_ok", "clients_failed", "round_time_s",
+    "round",
+    "train_loss",
+    "train_accuracy",
+    "eval_loss",
+    "eval_accuracy",
+    "central_accuracy",
+    "vfe_corrected",
+    "vfe_reference",
+    "ssim",
+    "psnr",
+    "epsilon",
+    "clients_ok",
+    "clients_failed",
+    "round_time_s",
 ]
 
 
@@ -64,7 +76,9 @@ class RunRecorder:
         record = self.round(server_round)
         for client in metrics:
             pid = int(client.get("partition-id", -1))
-            record["clients"].setdefault(str(pid), {}).update({f"{phase}_{k}" if phase == "eval" else k: v for k, v in client.items()})
+            record["clients"].setdefault(str(pid), {}).update(
+                {f"{phase}_{k}" if phase == "eval" else k: v for k, v in client.items()}
+            )
         record["failures"].extend(f"{phase}: {e}" for e in errors)
         record[f"{phase}_ok"] = len(metrics)
         record[f"{phase}_failed"] = len(errors)
@@ -93,34 +107,41 @@ class RunRecorder:
             if number == 0:
                 continue
             train, evaluate = r.get("train", {}), r.get("evaluate", {})
-            rows.append({
-                "round": number,
-                "train_loss": train.get("train_loss"),
-                "train_accuracy": train.get("train_accuracy"),
-                "eval_loss": evaluate.get("loss"),
-                "eval_accuracy": evaluate.get("accuracy"),
-                "central_accuracy": r.get("central", {}).get("accuracy"),
-                "vfe_corrected": train.get("vfe_corrected"),
-                "vfe_reference": train.get("vfe_reference"),
-                "ssim": train.get("ssim"),
-                "psnr": train.get("psnr"),
-                "epsilon": round_epsilon(r),
-                "clients_ok": r.get("train_ok", 0),
-                "clients_failed": r.get("train_failed", 0) + r.get("eval_failed", 0),
-                "round_time_s": r.get("round_time_s"),
-            })
+            rows.append(
+                {
+                    "round": number,
+                    "train_loss": train.get("train_loss"),
+                    "train_accuracy": train.get("train_accuracy"),
+                    "eval_loss": evaluate.get("loss"),
+                    "eval_accuracy": evaluate.get("accuracy"),
+                    "central_accuracy": r.get("central", {}).get("accuracy"),
+                    "vfe_corrected": train.get("vfe_corrected"),
+                    "vfe_reference": train.get("vfe_reference"),
+                    "ssim": train.get("ssim"),
+                    "psnr": train.get("psnr"),
+                    "epsilon": round_epsilon(r),
+                    "clients_ok": r.get("train_ok", 0),
+                    "clients_failed": r.get("train_failed", 0) + r.get("eval_failed", 0),
+                    "round_time_s": r.get("round_time_s"),
+                }
+            )
         return rows
 
     def flush(self) -> None:
         records = [self.rounds[k] for k in sorted(self.rounds)]
-        atomic_write_text(self.output_dir / "metrics.json", json.dumps(records, indent=2, sort_keys=True, default=float))
+        atomic_write_text(
+            self.output_dir / "metrics.json", json.dumps(records, indent=2, sort_keys=True, default=float)
+        )
         rows = self.round_rows()
         atomic_write_text(self.output_dir / "metrics.csv", csv_text(ROUND_COLUMNS, rows))
         client_rows = [
             {"round": number, "partition_id": pid, **values}
-            for number in sorted(self.rounds) for pid, values in sorted(self.rounds[number]["clients"].items(), key=lambda kv: int(kv[0]))
+            for number in sorted(self.rounds)
+            for pid, values in sorted(self.rounds[number]["clients"].items(), key=lambda kv: int(kv[0]))
         ]
-        columns = ["round", "partition_id"] + sorted({k for row in client_rows for k in row} - {"round", "partition_id"})
+        columns = ["round", "partition_id"] + sorted(
+            {k for row in client_rows for k in row} - {"round", "partition_id"}
+        )
         atomic_write_text(self.output_dir / "clients.csv", csv_text(columns, client_rows))
 
     def finish(self, state_dict: dict[str, Any], status: str = "completed", error: str | None = None) -> dict[str, Any]:
@@ -151,7 +172,9 @@ class RunRecorder:
             "client_failures": sum(r["clients_failed"] for r in rows),
             "config": self.cfg,
         }
-        atomic_write_text(self.output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float))
+        atomic_write_text(
+            self.output_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True, default=float)
+        )
         self.plot(rows)
         return summary
 
@@ -163,12 +186,21 @@ class RunRecorder:
 
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
         rounds = [r["round"] for r in rows]
-        for key, label in [("eval_accuracy", "federated eval (client test splits)"), ("train_accuracy", "train"), ("central_accuracy", "central eval")]:
+        for key, label in [
+            ("eval_accuracy", "federated eval (client test splits)"),
+            ("train_accuracy", "train"),
+            ("central_accuracy", "central eval"),
+        ]:
             values = [r[key] for r in rows]
             if any(v is not None for v in values):
                 ax.plot(rounds, [float("nan") if v is None else v for v in values], marker="o", label=label)
         privacy = self.cfg.get("privacy", {}).get("method", "?")
-        ax.set(xlabel="round", ylabel="accuracy", title=f"{self.cfg.get('dataset', {}).get('name')} / {privacy}", ylim=(0, 1))
+        ax.set(
+            xlabel="round",
+            ylabel="accuracy",
+            title=f"{self.cfg.get('dataset', {}).get('name')} / {privacy}",
+            ylim=(0, 1),
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

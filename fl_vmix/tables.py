@@ -38,11 +38,15 @@ def csv_text(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], float_fo
         if float_format is None:
             writer.writerow(row)
         else:
-            writer.writerow({c: format(row[c], float_format) if isinstance(row.get(c), float) else row.get(c, "") for c in columns})
+            writer.writerow(
+                {c: format(row[c], float_format) if isinstance(row.get(c), float) else row.get(c, "") for c in columns}
+            )
     return buffer.getvalue()
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], float_format: str | None = None) -> None:
+def write_csv(
+    path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]], float_format: str | None = None
+) -> None:
     Path(path).write_text(csv_text(columns, rows, float_format), newline="")
 
 

@@ -52,18 +52,25 @@ def main() -> None:
     torch.set_num_threads(1)
     configs = {name: compose([*extra, *args.overrides]) for name, extra in CONDITIONS.items()}
     base = configs["none"]
-    datasets = [client_data(base, {"partition-id": i, "num-partitions": base.num_clients}) for i in range(base.num_clients)]
+    datasets = [
+        client_data(base, {"partition-id": i, "num-partitions": base.num_clients}) for i in range(base.num_clients)
+    ]
     weights = {name: initial_model(experiment).state_dict() for name, experiment in configs.items()}
     times: dict[str, dict[int, list[float]]] = {name: {r: [] for r in range(1, args.rounds + 1)} for name in configs}
     for _ in range(args.repeats):
         # Fresh clients every repeat: round 1 pays for protecting the data, as in a new run.
-        clients = {name: [local_client(experiment, data, KEY) for data in datasets] for name, experiment in configs.items()}
+        clients = {
+            name: [local_client(experiment, data, KEY) for data in datasets] for name, experiment in configs.items()
+        }
         for server_round in range(1, args.rounds + 1):
             for name, experiment in configs.items():  # interleaved: drift in machine load hits all conditions
                 total = sum(client_round(c, experiment, weights[name], server_round) for c in clients[name])
                 times[name][server_round].append(total)
     median = {name: {r: statistics.median(v) for r, v in per_round.items()} for name, per_round in times.items()}
-    title = f"client work per round ({base.num_clients} clients, {base.dataset.name}, {base.model.name}; median of {args.repeats})"
+    title = (
+        f"client work per round ({base.num_clients} clients, {base.dataset.name}, {base.model.name}; "
+        f"median of {args.repeats})"
+    )
     table = Table(title=title)
     table.add_column("condition")
     for r in range(1, args.rounds + 1):
@@ -80,8 +87,14 @@ def main() -> None:
         table.add_row(name, *cells)
     Console().print(table)
     later = range(2, args.rounds + 1)
-    result["static_steady_ratio"] = round(statistics.mean(result[f"visualmixer_static_round{r}_ratio"] for r in later), 4) if args.rounds > 1 else float("nan")
-    result["dynamic_ratio"] = round(statistics.mean(result[f"visualmixer_dynamic_round{r}_ratio"] for r in range(1, args.rounds + 1)), 4)
+    result["static_steady_ratio"] = (
+        round(statistics.mean(result[f"visualmixer_static_round{r}_ratio"] for r in later), 4)
+        if args.rounds > 1
+        else float("nan")
+    )
+    result["dynamic_ratio"] = round(
+        statistics.mean(result[f"visualmixer_dynamic_round{r}_ratio"] for r in range(1, args.rounds + 1)), 4
+    )
     print(json.dumps(result))
 
 

@@ -35,8 +35,15 @@ def write_keys(folder: Path, count: int) -> None:
 def run(source: Path, out: Path, overrides: list[str], env: dict[str, str]) -> None:
     command = [sys.executable, "-m", "fl_vmix", *overrides, f"output_dir={out}"]
     print(f"running in {source}: {' '.join(command[1:])}", flush=True)
-    done = subprocess.run(command, cwd=source, env={**env, "PYTHONPATH": str(source)}, capture_output=True, text=True,
-                          timeout=1800, check=False)
+    done = subprocess.run(
+        command,
+        cwd=source,
+        env={**env, "PYTHONPATH": str(source)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
     if done.returncode != 0 or not (out / "metrics.csv").exists():
         raise SystemExit(f"run in {source} failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
 
@@ -69,13 +76,17 @@ def main() -> int:
     num_clients = next((int(o.split("=", 1)[1]) for o in args.overrides if o.startswith("num_clients=")), 5)
     write_keys(work / "keys", num_clients)
     env = {
-        **os.environ, "FL_VMIX_DATA": str(args.data.resolve()), "FL_VMIX_CACHE": str(work / "cache"),
-        "FL_VMIX_KEY_DIR": str(work / "keys"), "FLWR_HOME": str(work / "flwr_home"),
+        **os.environ,
+        "FL_VMIX_DATA": str(args.data.resolve()),
+        "FL_VMIX_CACHE": str(work / "cache"),
+        "FL_VMIX_KEY_DIR": str(work / "keys"),
+        "FLWR_HOME": str(work / "flwr_home"),
     }
     run(source, work / "before", args.overrides, env)
     run(REPO, work / "after", args.overrides, env)
     checks = {
-        "metrics.csv (without round_time_s)": rows(work / "before" / "metrics.csv") == rows(work / "after" / "metrics.csv"),
+        "metrics.csv (without round_time_s)": rows(work / "before" / "metrics.csv")
+        == rows(work / "after" / "metrics.csv"),
         "clients.csv (without timings)": rows(work / "before" / "clients.csv") == rows(work / "after" / "clients.csv"),
         "model.pt (final weights)": same_weights(work / "before" / "model.pt", work / "after" / "model.pt"),
     }

@@ -14,12 +14,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from fl_vmix.data import load_dataset  # noqa: E402
-from fl_vmix.privacy import VisualMixer, vfe  # noqa: E402
+from fl_vmix.data import load_dataset
+from fl_vmix.privacy import VisualMixer, vfe
 
 
 def one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
@@ -33,7 +33,13 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="data root (default: $FL_VMIX_DATA, then ~/.cache/fl_vmix/data)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="outputs/vmix_grid.png")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[1.5, 3.0, 5.0], help="target VFE ratios (multiples of the clear VFE)")
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=[1.5, 3.0, 5.0],
+        help="target VFE ratios (multiples of the clear VFE)",
+    )
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--region-size", type=int, default=8)
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[2, 1])
@@ -46,7 +52,9 @@ def main() -> None:
     ids = torch.from_numpy(index.astype(np.int64))
     columns = [("clear", images, vfe(images, args.region_size, "corrected"))]
     for ratio in args.ratios:
-        mixer = VisualMixer(args.key, region_size=args.region_size, block_sizes=tuple(args.block_sizes), target_ratio=ratio)
+        mixer = VisualMixer(
+            args.key, region_size=args.region_size, block_sizes=tuple(args.block_sizes), target_ratio=ratio
+        )
         result = mixer.mix(images, ids)
         columns.append((f"target {ratio:g}x", result.images, result.report.achieved_vfe))
 
@@ -62,7 +70,10 @@ def main() -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row][0].set_ylabel(data.classes[int(data.labels[index[row]])], fontsize=8)
-    fig.suptitle(f"VisualMixer on {args.dataset} (region {args.region_size}, blocks {args.block_sizes}, corrected VFE)", fontsize=9)
+    fig.suptitle(
+        f"VisualMixer on {args.dataset} (region {args.region_size}, blocks {args.block_sizes}, corrected VFE)",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

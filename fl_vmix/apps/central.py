@@ -28,8 +28,14 @@ class CentralEvaluator:
         data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
         index = np.linspace(0, len(data.labels) - 1, min(max_images, len(data.labels))).astype(np.int64)
         method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY)
-        self.split = obfuscate(method, np.asarray(data.images[index]), np.asarray(data.labels[index]), data.ids[index],
-                               epoch=0, vfe_window=experiment.privacy.region_size)
+        self.split = obfuscate(
+            method,
+            np.asarray(data.images[index]),
+            np.asarray(data.labels[index]),
+            data.ids[index],
+            epoch=0,
+            vfe_window=experiment.privacy.region_size,
+        )
         self.model = model
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:

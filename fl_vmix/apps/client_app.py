@@ -14,10 +14,15 @@ import hashlib
 import json
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_vmix.apps.dp import UNIFORM_WEIGHT_KEY, load_accountant_history, optional_fixedclipping_mod, save_accountant_history
+from fl_vmix.apps.dp import (
+    UNIFORM_WEIGHT_KEY,
+    load_accountant_history,
+    optional_fixedclipping_mod,
+    save_accountant_history,
+)
 from fl_vmix.apps.keys import node_key
 from fl_vmix.experiment import Experiment, experiment_from_run_config
 from fl_vmix.factory import client_data, local_client
@@ -39,6 +44,14 @@ def client_for(experiment: Experiment, context: Context) -> LocalClient:
     )
 
 
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    """A number the server put in the message's config (round, local epochs, FedProx's ``proximal-mu``)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"the server sent {key}={value!r}, not a number: is the ServerApp an fl_vmix one?")
+    return value
+
+
 def _labels(client: LocalClient) -> dict[str, int]:
     # Every reply carries the partition (the server orders replies by it) and a uniform weight (central DP).
     return {UNIFORM_WEIGHT_KEY: 1, "partition-id": client.partition_id}
@@ -51,18 +64,19 @@ app = ClientApp(mods=[optional_fixedclipping_mod])
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     experiment = experiment_from_run_config(context.run_config)
-    config = msg.content["config"]
-    server_round = int(config.get("server-round", 1))
+    config = msg.content.config_records["config"]
+    server_round = int(_number(config, "server-round", 1))
     client = client_for(experiment, context)
     if experiment.faults.fails(client.partition_id, server_round):
         raise RuntimeError(
-            f"injected failure on partition {client.partition_id} in round {server_round} (config faults.fail_partitions)"
+            f"injected failure on partition {client.partition_id} in round {server_round} (config "
+            "faults.fail_partitions)"
         )
     result = client.train(
-        msg.content["arrays"].to_torch_state_dict(),
+        msg.content.array_records["arrays"].to_torch_state_dict(),
         server_round,
-        epochs=int(config.get("local-epochs", experiment.local_epochs)),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        epochs=int(_number(config, "local-epochs", experiment.local_epochs)),
+        proximal_mu=float(_number(config, "proximal-mu", 0.0)),
         accountant_history=load_accountant_history(context),
     )
     if result.accountant_history is not None:
@@ -76,5 +90,5 @@ def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
     experiment = experiment_from_run_config(context.run_config)
     client = client_for(experiment, context)
-    result = client.evaluate(msg.content["arrays"].to_torch_state_dict())
+    result = client.evaluate(msg.content.array_records["arrays"].to_torch_state_dict())
     return Message(content=RecordDict({"metrics": MetricRecord({**result.metrics, **_labels(client)})}), reply_to=msg)

@@ -28,20 +28,33 @@ def experiment(tiny_experiment) -> Experiment:
 
 def message(content: RecordDict, message_type: str, node_id: int = 7) -> Message:
     metadata = Metadata(
-        run_id=1, message_id="m", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600, message_type=message_type,
+        run_id=1,
+        message_id="m",
+        src_node_id=0,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600,
+        message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
 
 
 def context(experiment: Experiment, partition_id: int = 0, node_config: dict | None = None) -> Context:
-    config = node_config if node_config is not None else {"partition-id": partition_id, "num-partitions": experiment.num_clients}
+    config = (
+        node_config
+        if node_config is not None
+        else {"partition-id": partition_id, "num-partitions": experiment.num_clients}
+    )
     return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config=to_run_config(experiment))
 
 
 def train_message(experiment: Experiment) -> tuple[Message, torch.nn.Module]:
     model = initial_model(experiment)
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "local-epochs": 1})})
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "local-epochs": 1})}
+    )
     return message(content, "train"), model
 
 
@@ -82,18 +95,33 @@ def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
     def expected_with(key: bytes) -> dict:
         # An independent replay of a client round from the library pieces: protect, seed, train.
         data = client_data(experiment, dict(ctx.node_config))
-        split = obfuscate(build_privacy(experiment.privacy, key), data.train_images, data.train_labels, data.train_ids, 0,
-                          vfe_window=8)
+        split = obfuscate(
+            build_privacy(experiment.privacy, key),
+            data.train_images,
+            data.train_labels,
+            data.train_ids,
+            0,
+            vfe_window=8,
+        )
         model = build_model(experiment, 3, 3, 32)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         optimizer = build_optimizer(experiment, model.parameters())
         torch.manual_seed(seed_for(experiment.seed, 0, 1))
-        train_epochs(model, split.images, split.labels, optimizer, epochs=1, batch_size=experiment.batch_size,
-                     seed=seed_for(experiment.seed, 0, 1, 1))
+        train_epochs(
+            model,
+            split.images,
+            split.labels,
+            optimizer,
+            epochs=1,
+            batch_size=experiment.batch_size,
+            seed=seed_for(experiment.seed, 0, 1, 1),
+        )
         return model.state_dict()
 
     own = expected_with(node_key(dict(ctx.node_config)))
-    assert all(torch.equal(got[k], own[k]) for k in own), "the update must come from images mixed with this client's key"
+    assert all(torch.equal(got[k], own[k]) for k in own), (
+        "the update must come from images mixed with this client's key"
+    )
     other = expected_with(bytes(range(32)))
     assert not all(torch.equal(got[k], other[k]) for k in other)
 
@@ -129,7 +157,9 @@ def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
 
 def test_evaluate_reports_loss_accuracy_and_examples(experiment):
     model = initial_model(experiment)
-    msg = message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate")
+    msg = message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate"
+    )
     reply = client_app.app(msg, context(experiment))
     metrics = reply.content["metrics"]
     assert set(metrics) == {"loss", "accuracy", "num-examples", "uniform-weight", "partition-id"}
@@ -139,7 +169,9 @@ def test_evaluate_reports_loss_accuracy_and_examples(experiment):
 def test_a_worker_keeps_its_clients_up_to_the_configured_bound(tiny_experiment):
     experiment = tiny_experiment("engine.client_cache=1")
     model = initial_model(experiment)
-    msg = message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate")
+    msg = message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate"
+    )
     first, second = context(experiment, 0), context(experiment, 1)
     client_app.app(msg, first)
     kept = client_app.client_for(experiment, first)
@@ -152,7 +184,9 @@ def test_flwr_run_without_overrides_uses_the_conf_defaults():
     assert experiment_from_run_config({"experiment": ""}) == compose()
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"] == app_section(), "the checkout's Flower app must match the installed one"
-    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, "conf/ must stay the one source of defaults"
+    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, (
+        "conf/ must stay the one source of defaults"
+    )
 
 
 def test_central_evaluation_uses_a_server_key_on_the_test_split(experiment):

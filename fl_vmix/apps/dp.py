@@ -22,7 +22,9 @@ ACCOUNTANT_STATE_KEY = "fl_vmix.dp_sgd"
 UNIFORM_WEIGHT_KEY = "uniform-weight"  # every reply carries 1: Flower's DP accountant needs equal weights
 
 
-def optional_fixedclipping_mod(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+def optional_fixedclipping_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
     """Flower's client-side clipping, applied only when the server's DP wrapper asks for it (its
     config carries the clipping norm); other runs pass through untouched."""
     if msg.metadata.message_type.startswith(MessageType.TRAIN) and msg.content.config_records:
@@ -40,8 +42,10 @@ def wrap_central_dp(strategy: Strategy, method: CentralDP, num_clients: int) -> 
 
     accountant = RdpAccountant(
         PrivacyConfig(
-            target_delta=method.delta, population_size=num_clients,
-            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE, sampling_method=SamplingMethod.NO_AMPLIFICATION,
+            target_delta=method.delta,
+            population_size=num_clients,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
         )
     )
     return DifferentialPrivacyClientSideFixedClipping(

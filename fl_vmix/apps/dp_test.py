@@ -16,15 +16,29 @@ from fl_vmix.factory import initial_model
 
 
 def train_message(arrays: ArrayRecord, server_round: int, extra: dict | None = None) -> Message:
-    metadata = Metadata(run_id=1, message_id="m", src_node_id=0, dst_node_id=7, reply_to_message_id="", group_id=str(server_round),
-                        created_at=time.time(), ttl=600, message_type="train")
+    metadata = Metadata(
+        run_id=1,
+        message_id="m",
+        src_node_id=0,
+        dst_node_id=7,
+        reply_to_message_id="",
+        group_id=str(server_round),
+        created_at=time.time(),
+        ttl=600,
+        message_type="train",
+    )
     config = ConfigRecord({"server-round": server_round, "local-epochs": 1, **(extra or {})})
     return Message(content=RecordDict({"arrays": arrays, "config": config}), metadata=metadata)
 
 
 def node_context(experiment) -> Context:
-    return Context(run_id=1, node_id=7, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
-                   run_config=to_run_config(experiment))
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config=to_run_config(experiment),
+    )
 
 
 def test_dp_sgd_accountant_is_kept_in_the_node_state(tiny_experiment):

@@ -56,7 +56,7 @@ def main(grid: Grid, context: Context) -> None:
         latest["arrays"] = arrays
         metrics = central(arrays) if central is not None else None
         recorder.end_round(server_round, metrics)
-        return MetricRecord(metrics) if metrics else None
+        return MetricRecord(dict(metrics.items())) if metrics else None
 
     try:
         result = strategy.start(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp import Grid
+from flwr.serverapp import Grid, PrivacySpent
 from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
@@ -38,7 +39,7 @@ def aggregate_without_partition(records: list[RecordDict], weighting_key: str) -
 
 def build_strategy(experiment: Experiment) -> Strategy:
     """The experiment's Flower strategy (FedAvg, FedProx or FedAvgM), DP-wrapped for central DP."""
-    kwargs: dict[str, object] = dict(
+    kwargs: dict[str, Any] = dict(
         fraction_train=experiment.fraction_train,
         fraction_evaluate=experiment.fraction_evaluate,
         min_train_nodes=1,
@@ -62,7 +63,7 @@ def _partition_of(msg: Message) -> int:
         return 1 << 30
     for record in msg.content.metric_records.values():
         if PARTITION_KEY in record:
-            return int(record[PARTITION_KEY])
+            return int(cast(int, record[PARTITION_KEY]))
     return 1 << 30
 
 
@@ -80,14 +81,20 @@ class RecordingStrategy(Strategy):
     def summary(self) -> None:
         self.strategy.summary()
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.recorder.start_round(server_round)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         return self.strategy.configure_evaluate(server_round, arrays, config, grid)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = self.strategy.aggregate_train(server_round, self._record(server_round, "train", replies))
         self.recorder.record_aggregate(server_round, "train", dict(metrics) if metrics else {})
         spent = self.privacy_spent()
@@ -100,10 +107,10 @@ class RecordingStrategy(Strategy):
         self.recorder.record_aggregate(server_round, "evaluate", dict(metrics) if metrics else {})
         return metrics
 
-    def privacy_spent(self):  # noqa: ANN201 - flwr's PrivacySpent, or None
+    def privacy_spent(self) -> PrivacySpent | None:
         """The wrapped strategy's cumulative DP guarantee (Flower's DP wrappers account it), else None."""
         spent = getattr(self.strategy, "privacy_spent", None)
-        return spent() if callable(spent) else None
+        return cast("PrivacySpent | None", spent()) if callable(spent) else None
 
     def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
         ordered = sorted(replies, key=_partition_of)

@@ -17,13 +17,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fl_vmix.data.errors import DataError
-from fl_vmix.data.partition import SCHEMES, CLASS_ASSIGNMENTS, cached_partitions, client_split, label_counts
+from fl_vmix.data.partition import CLASS_ASSIGNMENTS, SCHEMES, cached_partitions, client_split, label_counts
 from fl_vmix.data.paths import resolve_cache_dir, resolve_data_root
 from fl_vmix.data.sources import DATASETS, SPLITS, ImageArrays, load_dataset
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MAX_CLASS_COLUMNS = 20
 
@@ -31,7 +35,9 @@ MAX_CLASS_COLUMNS = 20
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name (see `list`)")
     parser.add_argument("--root", default=None, help="data root (default: $FL_VMIX_DATA, else ~/.cache/fl_vmix/data)")
-    parser.add_argument("--cache-dir", default=None, help="writable cache (default: $FL_VMIX_CACHE, else ~/.cache/fl_vmix)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="writable cache (default: $FL_VMIX_CACHE, else ~/.cache/fl_vmix)"
+    )
     parser.add_argument("--no-download", action="store_true", help="never try to download missing files")
 
 
@@ -70,18 +76,21 @@ def _print_list() -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    data = load_dataset(args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False if args.no_download else None)
+    data = load_dataset(
+        args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False if args.no_download else None
+    )
     first = time.perf_counter() - start
     start = time.perf_counter()
     load_dataset(args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False)
     again = time.perf_counter() - start
     print(
         f"{data.name}: train {data.images.shape} {len(data.classes)} classes; first load {first:.2f} s, "
-        f"cached load {again * 1000:.1f} ms (root {resolve_data_root(args.root)}, cache {resolve_cache_dir(args.cache_dir)})"
+        f"cached load {again * 1000:.1f} ms (root {resolve_data_root(args.root)}, cache "
+        f"{resolve_cache_dir(args.cache_dir)})"
     )
 
 
-def stats_table(data: ImageArrays, partitions: Sequence[np.ndarray], test_fraction: float, seed: int) -> object:
+def stats_table(data: ImageArrays, partitions: Sequence[np.ndarray], test_fraction: float, seed: int) -> Table:
     """A rich Table with one row per client: train/test/total size, classes present and label counts."""
     from rich.table import Table
 
@@ -145,7 +154,9 @@ def save_plot(data: ImageArrays, partitions: Sequence[np.ndarray], path: Path, t
 def _stats(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    data = load_dataset(args.dataset, args.root, args.split, cache_dir=args.cache_dir, download=False if args.no_download else None)
+    data = load_dataset(
+        args.dataset, args.root, args.split, cache_dir=args.cache_dir, download=False if args.no_download else None
+    )
     partitions = cached_partitions(
         data.labels,
         args.num_partitions,
@@ -166,7 +177,9 @@ def _stats(args: argparse.Namespace) -> None:
     console.print(table)
     console.print(coverage_line(len(data), partitions))
     if args.plot is not None:
-        detail = {"dirichlet": f", alpha={args.alpha}", "pathological": f", k={args.classes_per_partition}"}.get(args.scheme, "")
+        detail = {"dirichlet": f", alpha={args.alpha}", "pathological": f", k={args.classes_per_partition}"}.get(
+            args.scheme, ""
+        )
         title = f"{data.name}/{args.split}: {args.scheme}{detail}, {args.num_partitions} clients, seed {args.seed}"
         save_plot(data, partitions, args.plot, title)
         console.print(f"plot saved to {args.plot}")

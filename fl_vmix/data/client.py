@@ -110,6 +110,10 @@ def subsample(data: ClientData, fraction: float, seed: int) -> ClientData:
     train, test = keep(len(data.train_labels)), keep(len(data.test_labels))
     return dataclasses.replace(
         data,
-        train_images=data.train_images[train], train_labels=data.train_labels[train], train_ids=data.train_ids[train],
-        test_images=data.test_images[test], test_labels=data.test_labels[test], test_ids=data.test_ids[test],
+        train_images=data.train_images[train],
+        train_labels=data.train_labels[train],
+        train_ids=data.train_ids[train],
+        test_images=data.test_images[test],
+        test_labels=data.test_labels[test],
+        test_ids=data.test_ids[test],
     )

@@ -34,9 +34,22 @@ def test_stats_bad_input_exits_2_with_fix(image_folder: Path, tmp_path: Path, ca
 
 def test_prepare_as_a_module(image_folder: Path, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fl_vmix.data", "prepare", "--dataset", "imagefolder", "--root", str(image_folder),
-         "--cache-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "fl_vmix.data",
+            "prepare",
+            "--dataset",
+            "imagefolder",
+            "--root",
+            str(image_folder),
+            "--cache-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "imagefolder: train (24, 3, 16, 16) 3 classes" in result.stdout and "cached load" in result.stdout

@@ -16,7 +16,12 @@ from fl_vmix.factory import client_data
 
 def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
     root = write_cifar_tree(tmp_path / "root" / "cifar10-jpg", {"train": 6, "test": 1}).parent
-    overrides = ["num_clients=3", "dataset.data_fraction=0.5", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}"]
+    overrides = [
+        "num_clients=3",
+        "dataset.data_fraction=0.5",
+        f"dataset.root={root}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+    ]
     cfg = compose(overrides)
     clients = export_federation(cfg, tmp_path / "fed")
     keys = set()
@@ -34,6 +39,8 @@ def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
     assert len(keys) == 3, "every client has its own key"
     assert len(np.unique(np.concatenate(seen_ids))) == sum(len(i) for i in seen_ids), "no sample in two folders"
     again = export_federation(cfg, tmp_path / "fed")
-    assert not any(c.new_key for c in again) and {c.key_file.read_bytes() for c in again} == keys, "re-export keeps keys"
+    assert not any(c.new_key for c in again) and {c.key_file.read_bytes() for c in again} == keys, (
+        "re-export keeps keys"
+    )
     assert main(["export", "--out", str(tmp_path / "cli"), *overrides]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["client-0", "client-1", "client-2"]

@@ -55,7 +55,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 class LocalFederation:
     """One SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (node i serves ``data_dir/client-<i>``)."""
 
-    def __init__(self, workdir: Path, data_dir: Path, num_nodes: int, connection: str = "fl-vmix-local", python: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        data_dir: Path,
+        num_nodes: int,
+        connection: str = "fl-vmix-local",
+        python: str | None = None,
+    ) -> None:
         if not (SCRIPTS / "start_superlink.sh").exists():
             raise FederationError(f"{SCRIPTS} not found: LocalFederation runs from a checkout of fl_vmix")
         self.workdir = Path(workdir).resolve()
@@ -105,7 +112,11 @@ class LocalFederation:
         return Managed(name, process, log)
 
     def start_superlink(self, wait_s: float = 60.0) -> None:
-        self.superlink = self._spawn("superlink", "start_superlink.sh", {"CERT_DIR": str(self.certs), "HOST": "127.0.0.1", "PORT": str(self.port)})
+        self.superlink = self._spawn(
+            "superlink",
+            "start_superlink.sh",
+            {"CERT_DIR": str(self.certs), "HOST": "127.0.0.1", "PORT": str(self.port)},
+        )
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -113,12 +124,21 @@ class LocalFederation:
                 return
             except ConnectionSetupError as err:
                 if self.superlink.process.poll() is not None or time.monotonic() > deadline:
-                    raise FederationError(f"SuperLink did not come up ({err}); log:\n{_tail(self.superlink.log)}") from err
+                    raise FederationError(
+                        f"SuperLink did not come up ({err}); log:\n{_tail(self.superlink.log)}"
+                    ) from err
             time.sleep(0.5)
 
     def register(self, nodes: list[int] | None = None) -> None:
         keys = [str(self.auth / f"supernode-{i}.pub") for i in (range(self.num_nodes) if nodes is None else nodes)]
-        done = subprocess.run(["bash", str(SCRIPTS / "register_supernodes.sh"), self.connection, *keys], env=self.env, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            ["bash", str(SCRIPTS / "register_supernodes.sh"), self.connection, *keys],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if done.returncode != 0:
             raise FederationError(f"registering SuperNodes failed: {done.stderr or done.stdout}")
 
@@ -200,7 +220,11 @@ class LocalFederation:
 
     def leftover_pids(self) -> list[int]:
         """Live processes started for this federation (they all run with its FLWR_HOME)."""
-        return sorted(int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid() and self._ours(int(e.name)))
+        return sorted(
+            int(e.name)
+            for e in Path("/proc").iterdir()
+            if e.name.isdigit() and int(e.name) != os.getpid() and self._ours(int(e.name))
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -16,7 +16,15 @@ from typing import Any
 from fl_vmix.experiment import Experiment
 
 # Settings that change where and how a run is executed, not its results.
-RUN_ONLY = ("experiment", "output_dir", "dataset.root", "dataset.cache_dir", "engine.", "central_eval", "min_success_fraction")
+RUN_ONLY = (
+    "experiment",
+    "output_dir",
+    "dataset.root",
+    "dataset.cache_dir",
+    "engine.",
+    "central_eval",
+    "min_success_fraction",
+)
 _CHOICE_SUFFIXES = (".name", ".scheme")  # shown as the Hydra choice: optimizer=sgd, partition=dirichlet
 
 
@@ -59,12 +67,24 @@ def labels(experiments: Sequence[Experiment]) -> list[str]:
     using that method, and every other setting that differs among all of them."""
     flats = [settings(e) for e in experiments]
     keys = sorted({k for f in flats for k in f})
-    varying = [k for k in keys if k != "privacy.method" and not k.startswith("privacy.") and len({json.dumps(f.get(k)) for f in flats}) > 1]
+    varying = [
+        k
+        for k in keys
+        if k != "privacy.method" and not k.startswith("privacy.") and len({json.dumps(f.get(k)) for f in flats}) > 1
+    ]
     out = []
     for experiment, flat in zip(experiments, flats, strict=True):
         same_method = [f for f in flats if f["privacy.method"] == flat["privacy.method"]]
-        params = [k for k in keys if k.startswith("privacy.") and k != "privacy.method" and k in flat
-                  and len({json.dumps(f.get(k)) for f in same_method}) > 1]
-        parts = [experiment.privacy.method] + [_show(k, flat[k]) for k in params] + [_show(k, flat.get(k)) for k in varying]
+        params = [
+            k
+            for k in keys
+            if k.startswith("privacy.")
+            and k != "privacy.method"
+            and k in flat
+            and len({json.dumps(f.get(k)) for f in same_method}) > 1
+        ]
+        parts = (
+            [experiment.privacy.method] + [_show(k, flat[k]) for k in params] + [_show(k, flat.get(k)) for k in varying]
+        )
         out.append(" ".join(parts))
     return out

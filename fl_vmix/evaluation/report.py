@@ -29,16 +29,35 @@ from typing import Any
 import numpy as np
 
 from fl_vmix.evaluation.labels import baseline_key, labels
-from fl_vmix.experiment import ConfigError, from_recorded
+from fl_vmix.experiment import ConfigError, PrivacySettings, from_recorded
 from fl_vmix.tables import format_value, write_csv
 
 DEMO_KEY = b"report-demo-key-not-a-client-key"  # public: the sample grid only illustrates each method
 RESULTS_DIR = Path("experiments/results")
 RUNS_DIR = Path("outputs/experiments")
 COLUMNS = [
-    "method", "label", "params", "dataset", "model", "optimizer", "num_clients", "rounds", "data_fraction", "seed",
-    "accuracy", "accuracy_loss_pp", "best_accuracy", "vfe", "vfe_reference", "ssim", "psnr", "epsilon", "delta",
-    "wall_time_s", "run_dir", "baseline_run",
+    "method",
+    "label",
+    "params",
+    "dataset",
+    "model",
+    "optimizer",
+    "num_clients",
+    "rounds",
+    "data_fraction",
+    "seed",
+    "accuracy",
+    "accuracy_loss_pp",
+    "best_accuracy",
+    "vfe",
+    "vfe_reference",
+    "ssim",
+    "psnr",
+    "epsilon",
+    "delta",
+    "wall_time_s",
+    "run_dir",
+    "baseline_run",
 ]
 PLOT_METRICS = ("vfe", "vfe_reference", "ssim", "psnr", "epsilon")
 
@@ -48,9 +67,15 @@ class ReportError(ValueError):
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    found = {p.parent for path in paths for p in ([path / "summary.json"] if (path / "summary.json").exists() else path.rglob("summary.json"))}
+    found = {
+        p.parent
+        for path in paths
+        for p in ([path / "summary.json"] if (path / "summary.json").exists() else path.rglob("summary.json"))
+    }
     if not found:
-        raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}: run python -m fl_vmix first")
+        raise ReportError(
+            f"no finished runs (summary.json) under {', '.join(map(str, paths))}: run python -m fl_vmix first"
+        )
     return sorted(found)
 
 
@@ -72,13 +97,25 @@ def _row(run: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
         print(f"skipping {run}: its config cannot be read ({err})", file=sys.stderr)
         return None
     return {
-        "method": experiment.privacy.method, "params": method_params(experiment.to_dict()["privacy"]),
-        "dataset": experiment.dataset.name, "model": experiment.model.name, "optimizer": experiment.optimizer.name,
-        "num_clients": experiment.num_clients, "rounds": summary["rounds"], "data_fraction": experiment.dataset.data_fraction,
-        "seed": experiment.seed, "accuracy": _num(summary["final_accuracy"]), "best_accuracy": _num(summary.get("best_accuracy")),
-        "vfe": _num(summary.get("vfe_corrected")), "vfe_reference": _num(summary.get("vfe_reference")),
-        "ssim": _num(summary.get("ssim")), "psnr": _num(summary.get("psnr")), "epsilon": _num(summary.get("epsilon")),
-        "delta": _num(summary.get("delta")), "wall_time_s": _num(summary.get("wall_time_s")), "run_dir": str(run),
+        "method": experiment.privacy.method,
+        "params": method_params(experiment.to_dict()["privacy"]),
+        "dataset": experiment.dataset.name,
+        "model": experiment.model.name,
+        "optimizer": experiment.optimizer.name,
+        "num_clients": experiment.num_clients,
+        "rounds": summary["rounds"],
+        "data_fraction": experiment.dataset.data_fraction,
+        "seed": experiment.seed,
+        "accuracy": _num(summary["final_accuracy"]),
+        "best_accuracy": _num(summary.get("best_accuracy")),
+        "vfe": _num(summary.get("vfe_corrected")),
+        "vfe_reference": _num(summary.get("vfe_reference")),
+        "ssim": _num(summary.get("ssim")),
+        "psnr": _num(summary.get("psnr")),
+        "epsilon": _num(summary.get("epsilon")),
+        "delta": _num(summary.get("delta")),
+        "wall_time_s": _num(summary.get("wall_time_s")),
+        "run_dir": str(run),
         "_experiment": experiment,
     }
 
@@ -130,8 +167,11 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
-    ax.set(xlabel=metric + (" (corrected, window 8)" if metric == "vfe" else ""), ylabel="final accuracy (federated eval)",
-           title=f"accuracy against {metric}: {rows[0]['dataset']}")
+    ax.set(
+        xlabel=metric + (" (corrected, window 8)" if metric == "vfe" else ""),
+        ylabel="final accuracy (federated eval)",
+        title=f"accuracy against {metric}: {rows[0]['dataset']}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -154,19 +194,25 @@ def plot_samples(rows: list[dict[str, Any]], path: Path, count: int = 6) -> None
     index = np.linspace(0, len(data.labels) - 1, count).astype(int)
     clear = torch.from_numpy(np.asarray(data.images[index])).float() / 255
     ids = torch.from_numpy(index.astype(np.int64) + 10_000_000)
-    settings = {}
+    settings: dict[tuple[str, str], tuple[PrivacySettings, str]] = {}
     for row in rows:  # one row of pictures per privacy setting: other settings do not change the images
-        settings.setdefault((row["method"], row["params"]), (row["_experiment"].privacy, f"{row['method']} {row['params']}"))
+        settings.setdefault(
+            (row["method"], row["params"]), (row["_experiment"].privacy, f"{row['method']} {row['params']}")
+        )
     fig, axes = plt.subplots(len(settings), count, figsize=(1.3 * count + 1.6, 1.35 * len(settings)), squeeze=False)
     for r, (privacy, label) in enumerate(settings.values()):
         images = build_privacy(privacy, DEMO_KEY)(clear, ids, 0)
         for c in range(count):
             picture = images[c].permute(1, 2, 0).clamp(0, 1).numpy()
-            axes[r][c].imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", interpolation="nearest")
+            axes[r][c].imshow(
+                picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", interpolation="nearest"
+            )
             axes[r][c].set_xticks([])
             axes[r][c].set_yticks([])
         axes[r][0].set_ylabel(wrapped(label, 30), fontsize=5, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{dataset.name} test images as each method's clients see them (training-level methods: clear)", fontsize=7)
+    fig.suptitle(
+        f"{dataset.name} test images as each method's clients see them (training-level methods: clear)", fontsize=7
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -212,25 +258,38 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         "",
         f"Scale: {first['num_clients']} clients, {first['rounds']} rounds, data fraction {first['data_fraction']}, "
         f"model {first['model']}, seed {first['seed']} unless a row's setting says otherwise (one run per row; see "
-        "`results.csv` for paths). Accuracy is the final federated evaluation on the clients' own (protected) test splits; "
-        "its loss is against the clear run with the same settings (model, optimiser, data, seed), '–' where there is none. "
-        "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear images "
-        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run (DP-SGD: largest client, example-level; "
+        "`results.csv` for paths). Accuracy is the final federated evaluation on the clients' own (protected) test "
+        "splits; "
+        "its loss is against the clear run with the same settings (model, optimiser, data, seed), '–' where there is "
+        "none. "
+        "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear "
+        "images "
+        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run (DP-SGD: largest client, "
+        "example-level; "
         "central DP: server accountant, client-level; pixel DP / DP-Pix: per image, m-neighbourhood).",
         "",
     ]
     if notes:
         lines += [notes, ""]
-    lines += ["| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon | time (s) |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['params']} | {format_value(r['accuracy'])} | {format_value(r['accuracy_loss_pp'], 2)} | "
+            f"| {r['label']} | {r['params']} | {format_value(r['accuracy'])} | "
+            f"{format_value(r['accuracy_loss_pp'], 2)} | "
             f"{format_value(r['vfe'])} | {format_value(r['vfe_reference'])} | {format_value(r['ssim'])} | "
             f"{format_value(r['psnr'])} | {format_value(r['epsilon'])} | {format_value(r['wall_time_s'], 0)} |"
         )
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(rows)]
-    lines += ["", "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)", "", "![samples](samples.png)", ""]
+    lines += [
+        "",
+        "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+    ]
     if (out / "attacks.md").exists():
         lines += ["", (out / "attacks.md").read_text()]
     (out / "report.md").write_text("\n".join(lines))
@@ -238,8 +297,11 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fl_vmix.evaluation.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_vmix.evaluation.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     collect = sub.add_parser("collect", help="report on finished runs")
     collect.add_argument("--experiment", required=True)
@@ -258,8 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             sweep = (args.runs_dir / args.experiment / args.part).resolve()
-            command = [sys.executable, "-m", "fl_vmix", "--multirun", f"experiment={args.experiment}", *args.overrides,
-                       f"hydra.sweep.dir={sweep}"]
+            command = [
+                sys.executable,
+                "-m",
+                "fl_vmix",
+                "--multirun",
+                f"experiment={args.experiment}",
+                *args.overrides,
+                f"hydra.sweep.dir={sweep}",
+            ]
             print("running:", " ".join(command), flush=True)
             subprocess.run(command, check=False)
             runs = find_runs([sweep.parent, *args.include])

@@ -9,18 +9,30 @@ from fl_vmix.factory import initial_model
 from fl_vmix.recording import RunRecorder
 
 
-def finished_run(folder: Path, experiment: Experiment, accuracy: float, vfe: float, ssim: float, epsilon: float | None = None) -> Path:
+def finished_run(
+    folder: Path, experiment: Experiment, accuracy: float, vfe: float, ssim: float, epsilon: float | None = None
+) -> Path:
     """A run folder written by the same recorder the ServerApp uses, for a two-round run."""
     recorder = RunRecorder(folder, experiment.replace(output_dir=str(folder)).to_dict())
     for server_round in (1, 2):
-        client = {"partition-id": 0, "num-examples": 10, "train_loss": 1.0, "train_accuracy": accuracy, "vfe_corrected": vfe,
-                  "vfe_reference": vfe * 2, "ssim": ssim, "psnr": 20.0}
+        client = {
+            "partition-id": 0,
+            "num-examples": 10,
+            "train_loss": 1.0,
+            "train_accuracy": accuracy,
+            "vfe_corrected": vfe,
+            "vfe_reference": vfe * 2,
+            "ssim": ssim,
+            "psnr": 20.0,
+        }
         if epsilon is not None:
             client["epsilon"] = epsilon * server_round
         recorder.start_round(server_round)
         recorder.record_replies(server_round, "train", [client], [])
         recorder.record_aggregate(server_round, "train", {k: v for k, v in client.items() if k != "partition-id"})
-        recorder.record_replies(server_round, "eval", [{"partition-id": 0, "loss": 1.0, "accuracy": accuracy, "num-examples": 5}], [])
+        recorder.record_replies(
+            server_round, "eval", [{"partition-id": 0, "loss": 1.0, "accuracy": accuracy, "num-examples": 5}], []
+        )
         recorder.record_aggregate(server_round, "evaluate", {"loss": 1.0, "accuracy": accuracy})
         recorder.end_round(server_round, None)
     recorder.finish(initial_model(experiment).state_dict())
@@ -29,7 +41,9 @@ def finished_run(folder: Path, experiment: Experiment, accuracy: float, vfe: flo
 
 def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     clear = finished_run(tmp_path / "runs" / "0", tiny_experiment("privacy=none"), accuracy=0.9, vfe=1.0, ssim=1.0)
-    finished_run(tmp_path / "runs" / "1", tiny_experiment("privacy=dp_sgd"), accuracy=0.6, vfe=1.0, ssim=1.0, epsilon=1.5)
+    finished_run(
+        tmp_path / "runs" / "1", tiny_experiment("privacy=dp_sgd"), accuracy=0.6, vfe=1.0, ssim=1.0, epsilon=1.5
+    )
     assert main(["collect", "--experiment", "tiny", "--out", str(tmp_path / "results"), str(clear.parent)]) == 0
     out = tmp_path / "results" / "tiny"
     with (out / "results.csv").open() as handle:
@@ -60,7 +74,9 @@ def test_rows_differing_outside_privacy_are_labelled_and_compared_with_their_own
     assert "model.invariant=true" in rows["vm_inv"]["label"] and "model.invariant=false" in rows["vm"]["label"]
     # Each loss against the clear run with the same model and optimiser (computed here by hand).
     assert rows["vm"]["accuracy_loss_pp"] == pytest.approx(100 * (0.50 - 0.40))
-    assert rows["vm_inv"]["accuracy_loss_pp"] == pytest.approx(0.0) and rows["vm_inv"]["baseline_run"].endswith("clear_inv")
+    assert rows["vm_inv"]["accuracy_loss_pp"] == pytest.approx(0.0) and rows["vm_inv"]["baseline_run"].endswith(
+        "clear_inv"
+    )
     assert rows["clear_inv"]["accuracy_loss_pp"] == 0.0
     assert rows["vm_sgd"]["accuracy_loss_pp"] != rows["vm_sgd"]["accuracy_loss_pp"]  # NaN: no clear SGD run
     assert rows["vm_sgd"]["baseline_run"] == ""
@@ -71,13 +87,17 @@ def test_an_invariant_model_with_another_region_is_another_model(tiny_experiment
     finished_run(runs / "clear_inv", tiny_experiment("privacy=none", "model.invariant=true"), 0.43, 1.0, 1.0)
     finished_run(runs / "vm16_inv", tiny_experiment("model.invariant=true", "privacy.region_size=16"), 0.40, 3.0, 0.2)
     rows = {Path(r["run_dir"]).name: r for r in collect_rows(find_runs([runs]))}
-    assert rows["vm16_inv"]["baseline_run"] == "", "the clear invariant model sorts 8-px regions, this one 16-px regions"
+    assert rows["vm16_inv"]["baseline_run"] == "", (
+        "the clear invariant model sorts 8-px regions, this one 16-px regions"
+    )
 
 
 def test_mixed_datasets_are_refused(tiny_experiment, tmp_path):
     experiment = tiny_experiment()
     finished_run(tmp_path / "a", experiment, 0.5, 1.0, 1.0)
-    cifar = experiment.replace(dataset=experiment.dataset.__class__(**{**experiment.dataset.__dict__, "name": "cifar10"}))
+    cifar = experiment.replace(
+        dataset=experiment.dataset.__class__(**{**experiment.dataset.__dict__, "name": "cifar10"})
+    )
     finished_run(tmp_path / "b", cifar, 0.5, 1.0, 1.0)
     with pytest.raises(ReportError, match="mix datasets.*one report per dataset"):
         collect_rows(find_runs([tmp_path]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -12,7 +13,11 @@ OPTIMIZERS = ("sgd", "adam", "st_adam")
 
 
 def build_optimizer(
-    name: str, params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.0,
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
     extra: Mapping[str, float] | None = None,
 ) -> torch.optim.Optimizer:
     """An optimiser over ``params``; ``extra`` holds its own settings (SGD ``momentum``; ST-Adam's)."""
@@ -27,5 +32,6 @@ def build_optimizer(
             raise ValueError(f"optimizer adam has no setting {sorted(extra)[0]!r}: it takes lr, weight_decay")
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "st_adam":
-        return STAdam(params, lr=lr, weight_decay=weight_decay, **{k: float(v) for k, v in extra.items()})
+        settings: dict[str, Any] = {k: float(v) for k, v in extra.items()}
+        return STAdam(params, lr=lr, weight_decay=weight_decay, **settings)
     raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")

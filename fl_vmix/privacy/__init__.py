@@ -6,4 +6,13 @@ This layer imports neither Flower nor any other fl_vmix layer above it (``tests/
 from fl_vmix.privacy.mixer import MixParams, MixReport, MixResult, VisualMixer, VisualMixerTransform
 from fl_vmix.privacy.vfe import VFE_METHODS, vfe, vfe_map
 
-__all__ = ["VFE_METHODS", "MixParams", "MixReport", "MixResult", "VisualMixer", "VisualMixerTransform", "vfe", "vfe_map"]
+__all__ = [
+    "VFE_METHODS",
+    "MixParams",
+    "MixReport",
+    "MixResult",
+    "VisualMixer",
+    "VisualMixerTransform",
+    "vfe",
+    "vfe_map",
+]

@@ -1,7 +1,8 @@
 """Image privacy methods applied on each federated client, compared against VisualMixer (project issue #5).
 
 Every method is a small class registered under a name in ONE registry,
-:data:`fl_vmix.privacy.methods.PRIVACY_METHODS`, and built with :func:`~fl_vmix.privacy.methods.build_privacy_method`.  A method instance is called on a batch::
+:data:`fl_vmix.privacy.methods.PRIVACY_METHODS`, and built with
+:func:`~fl_vmix.privacy.methods.build_privacy_method`.  A method instance is called on a batch::
 
     out = method(images, sample_ids, epoch)   # images [B, C, H, W] float in [0, 1], sample_ids [B] integer
 
@@ -292,6 +293,7 @@ class DPPix(_NoisyMethod):
         self.scale = m / (b * b * self.epsilon)  # Laplace scale of a full cell
 
     def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
+        assert self.epsilon is not None  # set in __init__
         means, counts = cell_means(images, self.b)
         scale = self.m / (counts * self.epsilon)  # [h, w]; equals self.scale on full cells
         noisy = means + scale * self._noise(images, sample_ids, epoch, tuple(means.shape[1:]), "laplace")

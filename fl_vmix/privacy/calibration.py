@@ -74,8 +74,11 @@ def gaussian_sigma(
         return _classical_factor(delta) * sensitivity / epsilon
     if calibration != "analytic":
         raise ValueError(f"unknown calibration {calibration!r}; use 'analytic' or 'classical'")
-    return _smallest(lambda s: gaussian_delta(epsilon=epsilon, sigma=s, sensitivity=sensitivity), delta,
-                     _classical_factor(delta) * sensitivity / epsilon)
+    return _smallest(
+        lambda s: gaussian_delta(epsilon=epsilon, sigma=s, sensitivity=sensitivity),
+        delta,
+        _classical_factor(delta) * sensitivity / epsilon,
+    )
 
 
 def gaussian_epsilon(

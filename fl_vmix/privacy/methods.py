@@ -31,8 +31,16 @@ __all__ = [
 ]
 
 _BUILT_IN: tuple[type[PrivacyMethod], ...] = (
-    Identity, VisualMixerMethod, BlockShuffleMethod, PixelDPGaussian, PixelDPLaplace, DPPix, GaussianBlur, Mosaic,
-    DPSGD, CentralDP,
+    Identity,
+    VisualMixerMethod,
+    BlockShuffleMethod,
+    PixelDPGaussian,
+    PixelDPLaplace,
+    DPPix,
+    GaussianBlur,
+    Mosaic,
+    DPSGD,
+    CentralDP,
 )
 PRIVACY_METHODS: dict[str, type[PrivacyMethod]] = {cls.name: cls for cls in _BUILT_IN}
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
 from fl_vmix.privacy.base import PrivacyMethod, ProtectedBatch
 from fl_vmix.privacy.checks import check_key
 from fl_vmix.privacy.mixer import VisualMixer
+from fl_vmix.privacy.vfe import VFEMethod
 
 
 class VisualMixerMethod(PrivacyMethod):
@@ -29,20 +30,30 @@ class VisualMixerMethod(PrivacyMethod):
         block_sizes: Sequence[int] = (2, 1),
         target_ratio: float | None = 3.0,
         target_vfe: float | None = None,
-        vfe_method: str = "corrected",
-        mode: str = "static",
+        vfe_method: VFEMethod = "corrected",
+        mode: Literal["static", "dynamic"] = "static",
         permute_channels: bool = False,
     ) -> None:
         key = check_key(key, type(self).__name__)
         self.params = {
-            "region_size": region_size, "block_sizes": list(block_sizes), "target_ratio": target_ratio,
-            "target_vfe": target_vfe, "vfe_method": vfe_method, "mode": mode, "permute_channels": permute_channels,
+            "region_size": region_size,
+            "block_sizes": list(block_sizes),
+            "target_ratio": target_ratio,
+            "target_vfe": target_vfe,
+            "vfe_method": vfe_method,
+            "mode": mode,
+            "permute_channels": permute_channels,
         }  # the key is deliberately not a reportable parameter
         self.epsilon = None
         self.mixer = VisualMixer(
-            key, region_size=int(region_size), block_sizes=tuple(int(b) for b in block_sizes),
-            target_ratio=target_ratio, target_vfe=target_vfe, vfe_method=vfe_method,  # type: ignore[arg-type]
-            mode=mode, permute_channels=bool(permute_channels),  # type: ignore[arg-type]
+            key,
+            region_size=int(region_size),
+            block_sizes=tuple(int(b) for b in block_sizes),
+            target_ratio=target_ratio,
+            target_vfe=target_vfe,
+            vfe_method=vfe_method,
+            mode=mode,
+            permute_channels=bool(permute_channels),
         )
 
     def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int) -> ProtectedBatch:
@@ -60,11 +71,21 @@ class BlockShuffleMethod(VisualMixerMethod):
         key: bytes | None = None,
         region_size: int = 8,
         block_size: int = 1,
-        mode: str = "static",
+        mode: Literal["static", "dynamic"] = "static",
         permute_channels: bool = True,
     ) -> None:
         super().__init__(
-            key, region_size=region_size, block_sizes=(block_size,), target_ratio=None, target_vfe=None, mode=mode,
+            key,
+            region_size=region_size,
+            block_sizes=(block_size,),
+            target_ratio=None,
+            target_vfe=None,
+            mode=mode,
             permute_channels=permute_channels,
         )
-        self.params = {"region_size": region_size, "block_size": block_size, "mode": mode, "permute_channels": permute_channels}
+        self.params = {
+            "region_size": region_size,
+            "block_size": block_size,
+            "mode": mode,
+            "permute_channels": permute_channels,
+        }

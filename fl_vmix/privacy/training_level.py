@@ -22,6 +22,7 @@ class DPSGD(TrainingLevelMethod):
     """DP-SGD on every client. Epsilon is cumulative over the run, per client."""
 
     name: ClassVar[str] = "dp_sgd"
+    delta: float
 
     def __init__(self, noise_multiplier: float = 1.0, max_grad_norm: float = 1.0, delta: float = 1e-5) -> None:
         super().__init__(noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm, delta=delta)
@@ -36,6 +37,7 @@ class CentralDP(TrainingLevelMethod):
     """Central DP with client-side fixed clipping. Epsilon is the server accountant's."""
 
     name: ClassVar[str] = "central_dp"
+    delta: float
 
     def __init__(self, noise_multiplier: float = 1.0, clipping_norm: float = 1.0, delta: float = 1e-5) -> None:
         super().__init__(noise_multiplier=noise_multiplier, clipping_norm=clipping_norm, delta=delta)

@@ -51,8 +51,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("clients x rounds", f"{cfg.get('num_clients')} x {summary.get('rounds')}"),
         ("final accuracy (federated eval)", format_value(summary.get("final_accuracy"), 4)),
         ("best accuracy", format_value(summary.get("best_accuracy"), 4)),
-        ("VFE corrected / reference",
-         f"{format_value(summary.get('vfe_corrected'), 4)} / {format_value(summary.get('vfe_reference'), 4)}"),
+        (
+            "VFE corrected / reference",
+            f"{format_value(summary.get('vfe_corrected'), 4)} / {format_value(summary.get('vfe_reference'), 4)}",
+        ),
         ("client failures", str(summary.get("client_failures"))),
         ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
         ("outputs", str(cfg.get("output_dir"))),
@@ -83,7 +85,14 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         console.print(f"[bold red]configuration error:[/] {err}")
         return 2
     total = experiment.num_rounds
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console) as progress:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
         task = progress.add_task(f"{experiment.experiment} rounds", total=total, status="starting Flower...")
 
         def on_progress(records: list[dict[str, Any]]) -> None:
@@ -93,21 +102,30 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
                 acc = last["evaluate"].get("accuracy")
                 status = f"eval acc {acc:.3f}" if acc is not None else ""
                 failed = last.get("train_failed", 0) + last.get("eval_failed", 0)
-                progress.update(task, completed=len(done), status=status + (f"  [red]{failed} client(s) failed" if failed else ""))
+                progress.update(
+                    task, completed=len(done), status=status + (f"  [red]{failed} client(s) failed" if failed else "")
+                )
 
         result = launch(experiment, output_dir, on_progress=on_progress)
     if result.summary is not None:
         console.print(summary_table(result.summary))
         failures = [f for r in (read_json(output_dir / "metrics.json") or []) for f in r.get("failures", [])]
         if failures:
-            console.print(f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False)
+            console.print(
+                f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False
+            )
     if result.interrupted:
-        console.print(f"[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in {output_dir}")
+        console.print(
+            "[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in "
+            f"{output_dir}"
+        )
         return result.returncode
     if result.returncode != 0:
         reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
         if result.summary and result.summary.get("error"):
-            console.print(f"[bold red]server error:[/] {result.summary['error']} (traceback: {output_dir / 'error.txt'})")
+            console.print(
+                f"[bold red]server error:[/] {result.summary['error']} (traceback: {output_dir / 'error.txt'})"
+            )
         tail = result.log_file.read_text(errors="replace").splitlines()[-25:] if result.log_file.exists() else []
         console.print(f"[bold red]run {reason}[/]; last lines of {result.log_file}:")
         console.print("\n".join(tail), markup=False, highlight=False)
@@ -120,7 +138,8 @@ def hydra_main(cfg: DictConfig) -> int:
     output_dir = Path(container.get("output_dir") or HydraConfig.get().runtime.output_dir).resolve()
     container["output_dir"] = str(output_dir)
     code = run_experiment(container, output_dir)
-    if code != 0 and HydraConfig.get().mode.name != "MULTIRUN":
+    mode = HydraConfig.get().mode
+    if code != 0 and (mode is None or mode.name != "MULTIRUN"):
         sys.exit(code)
     return code
 

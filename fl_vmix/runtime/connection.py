@@ -54,7 +54,9 @@ def split_address(address: str) -> tuple[str, int]:
     host, sep, port = address.strip().rpartition(":")
     host = host.strip("[]")
     if "/" in host or not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConnectionSetupError(f"SuperLink address {address!r} is not HOST:PORT (e.g. 10.0.0.5:8000): fix the address")
+        raise ConnectionSetupError(
+            f"SuperLink address {address!r} is not HOST:PORT (e.g. 10.0.0.5:8000): fix the address"
+        )
     return host, int(port)
 
 
@@ -69,14 +71,19 @@ def write_connection(
     """Add or replace ``[superlink.<name>]`` in ``<home>/config.toml`` and return the file's path."""
     split_address(address)
     if insecure == (root_cert is not None):
-        raise ConnectionSetupError("give exactly one of --root-cert CA.pem (TLS) or --insecure (plain HTTP, loopback tests only)")
+        raise ConnectionSetupError(
+            "give exactly one of --root-cert CA.pem (TLS) or --insecure (plain HTTP, loopback tests only)"
+        )
     path = (home or flwr_home()) / CONFIG_FILE
     config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
     entry: dict[str, Any] = {"address": address}
     if root_cert is not None:
         root_cert = Path(root_cert).expanduser().resolve()
         if not root_cert.is_file():
-            raise ConnectionSetupError(f"root certificate {root_cert} does not exist: pass the ca.pem written by `python -m fl_vmix.deploy certs`")
+            raise ConnectionSetupError(
+                f"root certificate {root_cert} does not exist: pass the ca.pem written by `python -m fl_vmix.deploy "
+                "certs`"
+            )
         entry["root-certificates"] = str(root_cert)
     else:
         entry["insecure"] = True
@@ -110,7 +117,9 @@ def read_connection(name: str, home: Path | None = None) -> dict[str, Any]:
     return entry
 
 
-def probe_superlink(address: str, root_cert: Path | str | None = None, insecure: bool = False, timeout_s: float = 5.0) -> float:
+def probe_superlink(
+    address: str, root_cert: Path | str | None = None, insecure: bool = False, timeout_s: float = 5.0
+) -> float:
     """One HTTPS ``GET /health`` to the SuperLink; return its latency in seconds or raise ConnectionSetupError.
 
     Distinguishes: nothing listening, no route/DNS, timeout, a TLS failure (untrusted, expired or
@@ -121,7 +130,9 @@ def probe_superlink(address: str, root_cert: Path | str | None = None, insecure:
     context = None
     if not insecure:
         if root_cert is not None and not Path(root_cert).expanduser().is_file():
-            raise ConnectionSetupError(f"root certificate {root_cert} does not exist: point the connection at the SuperLink's ca.pem")
+            raise ConnectionSetupError(
+                f"root certificate {root_cert} does not exist: point the connection at the SuperLink's ca.pem"
+            )
         context = ssl.create_default_context(cafile=str(Path(root_cert).expanduser()) if root_cert else None)
     connection: http.client.HTTPConnection = (
         http.client.HTTPConnection(host, port, timeout=timeout_s)
@@ -136,22 +147,32 @@ def probe_superlink(address: str, root_cert: Path | str | None = None, insecure:
     except ssl.SSLCertVerificationError as err:
         reason = err.verify_message or str(err)
         if "expired" in reason:
-            fix = "its certificate has expired: regenerate it with `python -m fl_vmix.deploy certs` and restart the SuperLink"
+            fix = "its certificate has expired: regenerate it (`python -m fl_vmix.deploy certs`), restart the SuperLink"
         elif "mismatch" in reason or "match" in reason:
-            fix = f"its certificate does not name {host!r}: regenerate it with `python -m fl_vmix.deploy certs --hosts {host}` and restart the SuperLink"
+            fix = (
+                f"its certificate does not name {host!r}: regenerate it with "
+                f"`python -m fl_vmix.deploy certs --hosts {host}` and restart the SuperLink"
+            )
         else:
-            fix = "its certificate is not signed by the root certificate of this connection: use the ca.pem created with the SuperLink's server.pem"
+            fix = (
+                "its certificate is not signed by the root certificate of this connection: "
+                "use the ca.pem created with the SuperLink's server.pem"
+            )
         raise SuperLinkUntrusted(f"TLS verification of the {where} failed ({reason}): {fix}") from err
     except ssl.SSLError as err:
         raise SuperLinkUntrusted(
-            f"TLS handshake with the {where} failed ({err.reason or err}): is it running with --ssl-certfile/--ssl-keyfile "
+            f"TLS handshake with the {where} failed ({err.reason or err}): is it running with "
+            "--ssl-certfile/--ssl-keyfile "
             "(scripts/deploy/start_superlink.sh)? Plain-HTTP SuperLinks need `insecure = true` in the connection"
         ) from err
     except ConnectionResetError as err:  # http.client.RemoteDisconnected included
         if not insecure:
-            raise SuperLinkUnreachable(f"the {where} reset the connection ({err}): check that it runs and the address is right") from err
+            raise SuperLinkUnreachable(
+                f"the {where} reset the connection ({err}): check that it runs and the address is right"
+            ) from err
         raise SuperLinkUntrusted(
-            f"the {where} closed the plain-HTTP connection: it probably serves HTTPS; set root-certificates (the SuperLink's "
+            f"the {where} closed the plain-HTTP connection: it probably serves HTTPS; set root-certificates (the "
+            "SuperLink's "
             "ca.pem) instead of insecure = true in the connection"
         ) from err
     except ConnectionRefusedError as err:
@@ -161,16 +182,22 @@ def probe_superlink(address: str, root_cert: Path | str | None = None, insecure:
         ) from err
     except TimeoutError as err:
         raise SuperLinkUnreachable(
-            f"the {where} did not answer within {timeout_s:.0f} s: check the host, the port and firewalls between here and there"
+            f"the {where} did not answer within {timeout_s:.0f} s: check the host, the port and firewalls between "
+            "here and there"
         ) from err
     except socket.gaierror as err:
-        raise SuperLinkUnreachable(f"cannot resolve host {host!r} of the {where} ({err}): fix the address in $FLWR_HOME/config.toml") from err
+        raise SuperLinkUnreachable(
+            f"cannot resolve host {host!r} of the {where} ({err}): fix the address in $FLWR_HOME/config.toml"
+        ) from err
     except OSError as err:
-        raise SuperLinkUnreachable(f"cannot reach the {where} ({err}): check the address, the network and that the SuperLink runs") from err
+        raise SuperLinkUnreachable(
+            f"cannot reach the {where} ({err}): check the address, the network and that the SuperLink runs"
+        ) from err
     finally:
         connection.close()
     if response.status != 200:
         raise ConnectionSetupError(
-            f"{address} answered /health with HTTP {response.status}: it is not a Flower 1.42 SuperLink; fix the address or port"
+            f"{address} answered /health with HTTP {response.status}: it is not a Flower 1.42 SuperLink; fix the "
+            "address or port"
         )
     return time.perf_counter() - start

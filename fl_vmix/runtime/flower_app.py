@@ -46,7 +46,9 @@ def generated_app_dir(base: Path | None = None) -> Path:
     pyproject = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
-            "name": "fl-vmix-app", "version": fl_vmix.__version__, "license": "Apache-2.0",
+            "name": "fl-vmix-app",
+            "version": fl_vmix.__version__,
+            "license": "Apache-2.0",
             "description": "fl_vmix's Flower apps, imported from the installed fl_vmix package",
             "dependencies": [f"fl-vmix=={fl_vmix.__version__}"],
         },

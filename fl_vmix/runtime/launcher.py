@@ -64,7 +64,9 @@ def flwr_executable() -> str:
     return str(candidate) if candidate.exists() else "flwr"
 
 
-def plan_launch(experiment: Experiment, output_dir: Path, flwr: str | None = None, app_dir: Path | None = None) -> LaunchPlan:
+def plan_launch(
+    experiment: Experiment, output_dir: Path, flwr: str | None = None, app_dir: Path | None = None
+) -> LaunchPlan:
     """Write the run config into ``output_dir`` and assemble the ``flwr run`` command for ``experiment``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     run_config_file = output_dir / "run_config.toml"
@@ -90,7 +92,9 @@ def plan_launch(experiment: Experiment, output_dir: Path, flwr: str | None = Non
     return LaunchPlan(command, env, app, output_dir / "flwr.log", control_port)
 
 
-def _finish_remote_run(experiment: Experiment, output_dir: Path, log_file: Path, env: dict[str, str], flwr: str) -> bool:
+def _finish_remote_run(
+    experiment: Experiment, output_dir: Path, log_file: Path, env: dict[str, str], flwr: str
+) -> bool:
     """No summary.json here after a deployment run: True if the run completed on the SuperLink.
 
     The ServerApp writes its outputs on the SuperLink host; on another machine they are not here.
@@ -108,7 +112,9 @@ def _finish_remote_run(experiment: Experiment, output_dir: Path, log_file: Path,
         message = f"run {run_id} ended as {status!r} on the SuperLink (the ServerApp's log is above)"
     else:
         stopped = stop_run(flwr, run_id, connection, env)
-        message = f"run {run_id} ended as {status!r}; {'stopped it' if stopped else 'could not stop it'} on the SuperLink"
+        message = (
+            f"run {run_id} ended as {status!r}; {'stopped it' if stopped else 'could not stop it'} on the SuperLink"
+        )
     with log_file.open("a") as log:
         log.write(f"fl_vmix launcher: {message}\n")
     print(f"fl_vmix: {message}", file=sys.stderr)
@@ -140,8 +146,9 @@ def launch(
     timed_out = interrupted = False
     deadline = time.monotonic() + experiment.engine.timeout_s
     with log_file.open("a") as log:
-        process = subprocess.Popen(plan.command, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=str(plan.cwd),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            plan.command, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=str(plan.cwd), start_new_session=True
+        )
         try:
             while process.poll() is None:
                 if on_progress is not None:

@@ -25,9 +25,18 @@ RUN_ID_PATTERN = re.compile(r"Successfully started run (\d+)")
 
 def _flwr_json(flwr: str, args: list[str], env: Mapping[str, str], timeout_s: float) -> dict[str, Any]:
     try:
-        done = subprocess.run([flwr, *args, "--format", "json"], env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            [flwr, *args, "--format", "json"],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired as err:
-        raise ConnectionSetupError(f"`flwr {' '.join(args)}` did not answer within {timeout_s:.0f} s: check the SuperLink") from err
+        raise ConnectionSetupError(
+            f"`flwr {' '.join(args)}` did not answer within {timeout_s:.0f} s: check the SuperLink"
+        ) from err
     start = done.stdout.find("{")
     try:
         payload = json.loads(done.stdout[start:]) if start >= 0 else {}
@@ -39,12 +48,16 @@ def _flwr_json(flwr: str, args: list[str], env: Mapping[str, str], timeout_s: fl
     return payload
 
 
-def list_supernodes(flwr: str, connection: str, env: Mapping[str, str], timeout_s: float = 30.0) -> list[dict[str, Any]]:
+def list_supernodes(
+    flwr: str, connection: str, env: Mapping[str, str], timeout_s: float = 30.0
+) -> list[dict[str, Any]]:
     """The SuperNodes the SuperLink knows (``flwr supernode list --format json``): id and status."""
     return list(_flwr_json(flwr, ["supernode", "list", connection], env, timeout_s).get("nodes", []))
 
 
-def wait_for_supernodes(flwr: str, connection: str, needed: int, wait_s: float, env: Mapping[str, str], poll_s: float = 2.0) -> list[dict[str, Any]]:
+def wait_for_supernodes(
+    flwr: str, connection: str, needed: int, wait_s: float, env: Mapping[str, str], poll_s: float = 2.0
+) -> list[dict[str, Any]]:
     """Return once ``needed`` SuperNodes are online; ConnectionSetupError after ``wait_s`` seconds."""
     deadline = time.monotonic() + wait_s
     while True:
@@ -57,7 +70,8 @@ def wait_for_supernodes(flwr: str, connection: str, needed: int, wait_s: float, 
             raise ConnectionSetupError(
                 f"only {len(online)} of the {needed} SuperNodes this experiment needs (num_clients) are online after "
                 f"{wait_s:.0f} s (SuperNodes known to the SuperLink: {states}). Start the missing ones with "
-                "scripts/deploy/start_supernode.sh and register their public keys with scripts/deploy/register_supernodes.sh "
+                "scripts/deploy/start_supernode.sh and register their public keys with "
+                "scripts/deploy/register_supernodes.sh "
                 "(an unregistered SuperNode exits with 'Exit Code: 305 ... Failed to activate SuperNode'; a wrong CA "
                 "certificate keeps it retrying: check its log), or lower num_clients"
             )
@@ -86,7 +100,14 @@ def run_id_in(log_text: str) -> int | None:
 def stop_run(flwr: str, run_id: int, connection: str, env: Mapping[str, str], timeout_s: float = 30.0) -> bool:
     """Ask the SuperLink to stop a run (so a timed-out run does not keep its ServerApp busy there)."""
     try:
-        done = subprocess.run([flwr, "stop", str(run_id), connection], env=dict(env), capture_output=True, text=True, timeout=timeout_s, check=False)
+        done = subprocess.run(
+            [flwr, "stop", str(run_id), connection],
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
         return False
     return done.returncode == 0

@@ -50,17 +50,40 @@ class Trainer(Protocol):
     """How a client trains on its protected split: plain SGD-style training, or DP-SGD."""
 
     def __call__(
-        self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, *, epochs: int,
-        batch_size: int, seed: int, proximal_mu: float, history: AccountantHistory,
+        self,
+        model: nn.Module,
+        split: ObfuscatedSplit,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        proximal_mu: float,
+        history: AccountantHistory,
     ) -> tuple[dict[str, float], AccountantHistory | None]: ...
 
 
 def plain_trainer(
-    model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, *, epochs: int, batch_size: int,
-    seed: int, proximal_mu: float, history: AccountantHistory,
+    model: nn.Module,
+    split: ObfuscatedSplit,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    proximal_mu: float,
+    history: AccountantHistory,
 ) -> tuple[dict[str, float], AccountantHistory | None]:
-    metrics = train_epochs(model, split.images, split.labels, optimizer, epochs=epochs, batch_size=batch_size, seed=seed,
-                           proximal_mu=proximal_mu)
+    metrics = train_epochs(
+        model,
+        split.images,
+        split.labels,
+        optimizer,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        proximal_mu=proximal_mu,
+    )
     return metrics, None
 
 
@@ -69,11 +92,28 @@ class DPSGDTrainer:
     method: DPSGD
 
     def __call__(
-        self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, *, epochs: int,
-        batch_size: int, seed: int, proximal_mu: float, history: AccountantHistory,
+        self,
+        model: nn.Module,
+        split: ObfuscatedSplit,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epochs: int,
+        batch_size: int,
+        seed: int,
+        proximal_mu: float,
+        history: AccountantHistory,
     ) -> tuple[dict[str, float], AccountantHistory | None]:
-        result = train_dp_sgd(model, normalise(split.images), split.labels, optimizer, self.method, history,
-                              epochs=epochs, batch_size=batch_size, seed=seed)
+        result = train_dp_sgd(
+            model,
+            normalise(split.images),
+            split.labels,
+            optimizer,
+            self.method,
+            history,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+        )
         return result.metrics, result.history
 
 
@@ -103,16 +143,27 @@ class LocalClient:
         """The training images as the model sees them in ``server_round``."""
         d, window = self.data, self.settings.vfe_window
         if self.settings.dynamic:  # a new shuffle (or noise) every round; round 0's is never trained on
-            return obfuscate(self.method, d.train_images, d.train_labels, d.train_ids, epoch=server_round, vfe_window=window)
+            return obfuscate(
+                self.method, d.train_images, d.train_labels, d.train_ids, epoch=server_round, vfe_window=window
+            )
         if self._train is None:
-            self._train = obfuscate(self.method, d.train_images, d.train_labels, d.train_ids, epoch=0, vfe_window=window)
+            self._train = obfuscate(
+                self.method, d.train_images, d.train_labels, d.train_ids, epoch=0, vfe_window=window
+            )
         return self._train
 
     def test_split(self) -> ObfuscatedSplit:
         if self._test is None:
             d = self.data
-            self._test = obfuscate(self.method, d.test_images, d.test_labels, d.test_ids, epoch=0,
-                                   vfe_window=self.settings.vfe_window, similarity=False)
+            self._test = obfuscate(
+                self.method,
+                d.test_images,
+                d.test_labels,
+                d.test_ids,
+                epoch=0,
+                vfe_window=self.settings.vfe_window,
+                similarity=False,
+            )
         return self._test
 
     def model(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -139,8 +190,14 @@ class LocalClient:
         torch.manual_seed(seed_for(seed, pid, server_round))  # dropout and anything else on the global RNG
         start = time.perf_counter()
         metrics, history = self.trainer(
-            model, split, optimizer, epochs=epochs, batch_size=self.settings.batch_size,
-            seed=seed_for(seed, pid, server_round, 1), proximal_mu=proximal_mu, history=accountant_history,
+            model,
+            split,
+            optimizer,
+            epochs=epochs,
+            batch_size=self.settings.batch_size,
+            seed=seed_for(seed, pid, server_round, 1),
+            proximal_mu=proximal_mu,
+            history=accountant_history,
         )
         if "epsilon" not in metrics:
             epsilon = self.method.total_epsilon(server_round) if self.settings.dynamic else self.method.epsilon

@@ -49,8 +49,16 @@ def test_a_round_reports_its_metrics_and_returns_trained_weights(tiny_experiment
     result = client.train(weights, 1, epochs=1)
     assert result.accountant_history is None
     assert set(result.metrics) == {
-        "train_loss", "train_accuracy", "num-examples", "vfe_corrected", "vfe_reference", "ssim", "psnr",
-        "obfuscation_s", "vfe_unreached_fraction", "train_time_s",
+        "train_loss",
+        "train_accuracy",
+        "num-examples",
+        "vfe_corrected",
+        "vfe_reference",
+        "ssim",
+        "psnr",
+        "obfuscation_s",
+        "vfe_unreached_fraction",
+        "train_time_s",
     }
     assert result.metrics["num-examples"] == len(data.train_labels)
     assert any(not torch.equal(result.weights[k], weights[k]) for k in weights)
@@ -64,7 +72,9 @@ def test_local_dp_methods_report_their_epsilon(tiny_experiment, data):
     static = local_client(tiny_experiment("privacy=pixel_dp_laplace", "privacy.epsilon=4.0"), data, KEY)
     weights = initial_model(tiny_experiment("privacy=pixel_dp_laplace")).state_dict()
     assert static.train(weights, 3, epochs=1).metrics["epsilon"] == 4.0
-    dynamic = local_client(tiny_experiment("privacy=pixel_dp_laplace", "privacy.epsilon=4.0", "privacy.noise_mode=dynamic"), data, KEY)
+    dynamic = local_client(
+        tiny_experiment("privacy=pixel_dp_laplace", "privacy.epsilon=4.0", "privacy.noise_mode=dynamic"), data, KEY
+    )
     assert dynamic.train(weights, 3, epochs=1).metrics["epsilon"] == 12.0  # three releases, basic composition
 
 

@@ -34,12 +34,15 @@ def make_opacus_compatible(model: nn.Module) -> nn.Module:
     logger.warning(
         "DP-SGD: %s has layers Opacus cannot train privately (%s); replacing them (BatchNorm -> GroupNorm) "
         "on server and clients alike. Use model=cnn to train an unmodified model.",
-        type(model).__name__, "; ".join(sorted({type(e).__name__ for e in errors})),
+        type(model).__name__,
+        "; ".join(sorted({type(e).__name__ for e in errors})),
     )
     fixed = ModuleValidator.fix(model)
     remaining = ModuleValidator.validate(fixed, strict=False)
     if remaining:
-        raise ValueError(f"DP-SGD cannot train {type(model).__name__} even after replacing layers: {remaining[0]}; use model=cnn")
+        raise ValueError(
+            f"DP-SGD cannot train {type(model).__name__} even after replacing layers: {remaining[0]}; use model=cnn"
+        )
     return fixed
 
 
@@ -72,12 +75,18 @@ def train_dp_sgd(
     engine = PrivacyEngine(accountant="rdp")
     engine.accountant.history = [tuple(h) for h in history]
     loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(images, labels), batch_size=batch_size, shuffle=True,
+        torch.utils.data.TensorDataset(images, labels),
+        batch_size=batch_size,
+        shuffle=True,
         generator=torch.Generator().manual_seed(seed),
     )
     private_model, private_optimizer, private_loader = engine.make_private(
-        module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=method.noise_multiplier,
-        max_grad_norm=method.max_grad_norm, poisson_sampling=True,
+        module=model,
+        optimizer=optimizer,
+        data_loader=loader,
+        noise_multiplier=method.noise_multiplier,
+        max_grad_norm=method.max_grad_norm,
+        poisson_sampling=True,
         noise_generator=torch.Generator().manual_seed(seed + 1),
     )
     private_model.train()
@@ -95,4 +104,5 @@ def train_dp_sgd(
                 seen += len(batch_labels)
     epsilon = float(engine.get_epsilon(method.delta))
     metrics = {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1), "epsilon": epsilon}
-    return DPTrainResult(metrics, tuple(tuple(h) for h in engine.accountant.history))  # type: ignore[misc]
+    history_after: AccountantHistory = tuple((float(a), float(b), int(c)) for a, b, c in engine.accountant.history)
+    return DPTrainResult(metrics, history_after)

@@ -46,8 +46,17 @@ def test_an_empty_poisson_batch_is_a_noisy_step_that_the_accountant_counts():
     images, labels = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
     method = DPSGD(noise_multiplier=1.0, max_grad_norm=1.0)
     # Batch size 1 over 3 images: Poisson sampling at rate 1/3 leaves a batch empty with probability 8/27.
-    result = train_dp_sgd(model, images, labels, torch.optim.SGD(model.parameters(), lr=0.1), method, (),
-                          epochs=1, batch_size=1, seed=EMPTY_BATCH_SEED)
+    result = train_dp_sgd(
+        model,
+        images,
+        labels,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        method,
+        (),
+        epochs=1,
+        batch_size=1,
+        seed=EMPTY_BATCH_SEED,
+    )
     assert 0 in sizes, "this seed draws an empty batch"
     steps = sum(h[2] for h in result.history)
     assert steps == len(sizes) == 3  # every batch is a step, the empty one too

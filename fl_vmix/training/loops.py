@@ -25,7 +25,10 @@ def train_epochs(
     seed: int,
     proximal_mu: float = 0.0,
 ) -> dict[str, float]:
-    """Local training on ``images`` (floats in [0, 1]); batches drawn with a seeded generator so a round is reproducible."""
+    """Local training on ``images`` (floats in [0, 1]).
+
+    Batches are drawn with a generator seeded by ``seed``, so a round is reproducible.
+    """
     generator = torch.Generator().manual_seed(seed)
     global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     model.train()
@@ -51,7 +54,9 @@ def train_epochs(
 
 
 @torch.no_grad()
-def evaluate_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> dict[str, float]:
+def evaluate_model(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
+) -> dict[str, float]:
     """Mean cross-entropy loss and accuracy of ``model`` on ``images`` (floats in [0, 1])."""
     model.eval()
     total_loss, correct = 0.0, 0

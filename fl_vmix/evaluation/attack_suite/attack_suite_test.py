@@ -52,18 +52,32 @@ def _finished_run(folder: Path, overrides: list[str]) -> Path:
 def runs(tmp_path: Path) -> list[Path]:
     _image_folder(tmp_path / "images")
     common = [
-        "dataset=imagefolder", f"dataset.root={tmp_path / 'images'}", f"dataset.cache_dir={tmp_path / 'cache'}",
-        "num_clients=2", "model=cnn",
+        "dataset=imagefolder",
+        f"dataset.root={tmp_path / 'images'}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+        "num_clients=2",
+        "model=cnn",
     ]
     return [
         _finished_run(tmp_path / "run_none", [*common, "privacy=none"]),
-        _finished_run(tmp_path / "run_vm", [*common, "privacy=visualmixer", "privacy.block_sizes=[4,2]", "privacy.target_ratio=1.5"]),
+        _finished_run(
+            tmp_path / "run_vm",
+            [*common, "privacy=visualmixer", "privacy.block_sizes=[4,2]", "privacy.target_ratio=1.5"],
+        ),
     ]
 
 
 TINY = settings.SuiteSettings(
-    images=4, inversion_iterations=3, inversion_batch_sizes=(1, 2), recognition_images=12, sweep_images=2, grid_images=1,
-    sweep=({"region_size": 8, "block_sizes": [4], "target_ratio": None}, {"region_size": 8, "block_sizes": [4, 2], "target_ratio": 2.0}),
+    images=4,
+    inversion_iterations=3,
+    inversion_batch_sizes=(1, 2),
+    recognition_images=12,
+    sweep_images=2,
+    grid_images=1,
+    sweep=(
+        {"region_size": 8, "block_sizes": [4], "target_ratio": None},
+        {"region_size": 8, "block_sizes": [4, 2], "target_ratio": 2.0},
+    ),
 )
 
 
@@ -76,7 +90,14 @@ def test_suite_end_to_end_on_two_tiny_runs(runs, tmp_path):
     out = runner.run_suite(runs, "tiny", tmp_path / "results", TINY, methods=[["gaussian_blur"]])
     assert out == tmp_path / "results" / "tiny"
     rows = _read(out / "attacks.csv")
-    assert set(settings.ATTACK_COLUMNS) <= set(rows[0]) and {"method", "params", "attack", "ssim_to_clear", "psnr_to_clear", "success"} <= set(rows[0])
+    assert set(settings.ATTACK_COLUMNS) <= set(rows[0]) and {
+        "method",
+        "params",
+        "attack",
+        "ssim_to_clear",
+        "psnr_to_clear",
+        "success",
+    } <= set(rows[0])
     by = {(r["method"], r["attack"], r["batch_size"]): r for r in rows}
     for method in ("none", "visualmixer", "gaussian_blur"):
         assert [r["batch_size"] for r in rows if r["method"] == method and r["attack"] == "inversion"] == ["1", "2"]
@@ -90,7 +111,11 @@ def test_suite_end_to_end_on_two_tiny_runs(runs, tmp_path):
     assert float(by[("visualmixer", "inversion", "1")]["obfuscated_ssim_to_clear"]) < 0.99
     # recognition uses the clear run's model; accuracy sits next to chance
     rec = by[("visualmixer", "recognition", "")]
-    assert rec["applicable"] == "True" and float(rec["chance"]) == pytest.approx(1 / 3) and 0 <= float(rec["accuracy"]) <= 1
+    assert (
+        rec["applicable"] == "True"
+        and float(rec["chance"]) == pytest.approx(1 / 3)
+        and 0 <= float(rec["accuracy"]) <= 1
+    )
     assert "run_none" in rec["note"]
     # jigsaw only for the shuffling method, with the oracle noted for per-region block sizes
     jig = by[("visualmixer", "jigsaw", "")]
@@ -101,14 +126,19 @@ def test_suite_end_to_end_on_two_tiny_runs(runs, tmp_path):
     sweep = _read(out / "jigsaw_sweep.csv")
     assert jig["note"].split(";")[0] in ("leaks", "partial", "holds")
     assert len(sweep) == 2 and set(settings.SWEEP_COLUMNS) == set(sweep[0])
-    assert all(r["verdict"] in ("leaks", "partial", "holds") and (r["verdict"] == "leaks") == (r["success"] == "True") for r in sweep)
+    assert all(
+        r["verdict"] in ("leaks", "partial", "holds") and (r["verdict"] == "leaks") == (r["success"] == "True")
+        for r in sweep
+    )
     assert (out / "attacks_grid.png").stat().st_size > 0
     md = (out / "attacks.md").read_text()
     assert "## Gradient inversion" in md and "## Findings" in md and "Attack check" in md and "gaussian_blur" in md
 
 
 def test_recognition_is_skipped_with_a_message_without_a_clear_run(runs, tmp_path):
-    small = settings.SuiteSettings(images=2, inversion_iterations=1, inversion_batch_sizes=(1,), sweep=(), grid_images=1)
+    small = settings.SuiteSettings(
+        images=2, inversion_iterations=1, inversion_batch_sizes=(1,), sweep=(), grid_images=1
+    )
     out = runner.run_suite(runs[1:], "noclear", tmp_path / "results", small)
     rec = [r for r in _read(out / "attacks.csv") if r["attack"] == "recognition"]
     assert len(rec) == 1 and rec[0]["applicable"] == "False" and "no run with privacy.method=none" in rec[0]["note"]
@@ -201,11 +231,17 @@ def test_dp_sgd_noise_has_the_calibrated_std_and_is_seeded():
     clean = updates.dp_sgd_update(model, x, y, noise_multiplier=0.0, max_grad_norm=0.5, lr=1.0)
 
     def noisy(seed: int) -> list[torch.Tensor]:
-        return updates.dp_sgd_update(model, x, y, noise_multiplier=2.0, max_grad_norm=0.5, lr=1.0, generator=torch.Generator().manual_seed(seed))
+        return updates.dp_sgd_update(
+            model, x, y, noise_multiplier=2.0, max_grad_norm=0.5, lr=1.0, generator=torch.Generator().manual_seed(seed)
+        )
 
     a, b, c = noisy(1), noisy(1), noisy(2)
     noise = torch.cat([(u - v).flatten() for u, v in zip(a, clean)]) * 4  # undo the division by the batch size
-    assert noise.numel() > 3000 and float(noise.std()) == pytest.approx(2.0 * 0.5, rel=0.05) and abs(float(noise.mean())) < 0.05
+    assert (
+        noise.numel() > 3000
+        and float(noise.std()) == pytest.approx(2.0 * 0.5, rel=0.05)
+        and abs(float(noise.mean())) < 0.05
+    )
     assert all(torch.equal(u, v) for u, v in zip(a, b)) and not all(torch.equal(u, v) for u, v in zip(a, c))
 
 

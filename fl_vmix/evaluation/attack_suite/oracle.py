@@ -89,18 +89,27 @@ def jigsaw_with_oracle_sizes(
         out[users, :, : ry * rs, : rx * rs] = torch.where(pixel_mask, solved.images[..., : ry * rs, : rx * rs], core)
     nan = float("nan")
     return JigsawOutcome(
-        out, in_place / weight if weight else nan, adjacent / weight if weight else nan,
-        pixel_weighted_size / shuffled if shuffled else float(rs), shuffled,
+        out,
+        in_place / weight if weight else nan,
+        adjacent / weight if weight else nan,
+        pixel_weighted_size / shuffled if shuffled else float(rs),
+        shuffled,
     )
 
 
 def subset_params(params: MixParams, users: torch.Tensor) -> MixParams:
-    return replace(params, sample_ids=params.sample_ids[users.to(params.sample_ids.device)], levels=params.levels[users.to(params.levels.device)])
+    return replace(
+        params,
+        sample_ids=params.sample_ids[users.to(params.sample_ids.device)],
+        levels=params.levels[users.to(params.levels.device)],
+    )
 
 
 def jigsaw_success(in_place: float, ssim_reassembled: float, ssim_obfuscated: float) -> bool:
     gain = ssim_reassembled - ssim_obfuscated
-    return bool(in_place >= JIGSAW_SUCCESS_IN_PLACE or (ssim_reassembled >= JIGSAW_SUCCESS_SSIM and gain >= JIGSAW_SUCCESS_GAIN))
+    return bool(
+        in_place >= JIGSAW_SUCCESS_IN_PLACE or (ssim_reassembled >= JIGSAW_SUCCESS_SSIM and gain >= JIGSAW_SUCCESS_GAIN)
+    )
 
 
 def jigsaw_verdict(in_place: float, ssim_reassembled: float, ssim_obfuscated: float) -> str:
@@ -111,8 +120,9 @@ def jigsaw_verdict(in_place: float, ssim_reassembled: float, ssim_obfuscated: fl
     return "partial" if ssim_reassembled - ssim_obfuscated >= JIGSAW_SUCCESS_GAIN else "holds"
 
 
-
 def region_means(images: torch.Tensor, region_size: int) -> torch.Tensor:
     """Each region replaced by its per-channel mean: what any within-region shuffle leaves intact."""
     pooled = torch.nn.functional.avg_pool2d(images, region_size, ceil_mode=True)
-    return pooled.repeat_interleave(region_size, 2).repeat_interleave(region_size, 3)[..., : images.shape[-2], : images.shape[-1]]
+    return pooled.repeat_interleave(region_size, 2).repeat_interleave(region_size, 3)[
+        ..., : images.shape[-2], : images.shape[-1]
+    ]

@@ -14,7 +14,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_vmix.evaluation.attack_suite.oracle import jigsaw_success, jigsaw_verdict, jigsaw_with_oracle_sizes, region_means
+from fl_vmix.evaluation.attack_suite.oracle import (
+    jigsaw_success,
+    jigsaw_verdict,
+    jigsaw_with_oracle_sizes,
+    region_means,
+)
 from fl_vmix.evaluation.attack_suite.settings import (
     ATTACK_COLUMNS,
     INVERSION_SUCCESS_SSIM,
@@ -42,7 +47,13 @@ from fl_vmix.evaluation.attack_suite.subjects import (
 )
 from fl_vmix.evaluation.attack_suite.updates import observed_update
 from fl_vmix.evaluation.attack_suite.writing import write_grid, write_markdown
-from fl_vmix.evaluation.attacks import invert_gradients, match_to_references, recognition_accuracy, score_reconstruction
+from fl_vmix.evaluation.attacks import (
+    ReconstructionScore,
+    invert_gradients,
+    match_to_references,
+    recognition_accuracy,
+    score_reconstruction,
+)
 from fl_vmix.factory import build_privacy, dataset_shape
 from fl_vmix.privacy import VisualMixer
 from fl_vmix.privacy.mixer import MixParams
@@ -70,6 +81,15 @@ class Obfuscated:
         if params is not None:
             params = replace(params, sample_ids=params.sample_ids[:n], levels=params.levels[:n])
         return Obfuscated(self.images[:n], params, self.mixer)
+
+
+def _to_obfuscated(score: ReconstructionScore) -> dict[str, float]:
+    """Mean SSIM/PSNR of a reconstruction to the images the client trained on (scored with that reference)."""
+    assert score.ssim_to_obfuscated is not None and score.psnr_to_obfuscated is not None
+    return {
+        "ssim_to_obfuscated": capped_mean(score.ssim_to_obfuscated),
+        "psnr_to_obfuscated": capped_mean(score.psnr_to_obfuscated),
+    }
 
 
 def protect_batch(subject: Subject, key: bytes, images: torch.Tensor, ids: torch.Tensor) -> Obfuscated:
@@ -100,14 +120,26 @@ def inversion_attack(
     recons, labels_ok = [], 0
     for b, lo in enumerate(range(0, n, batch_size)):
         sl = slice(lo, lo + batch_size)
-        noise = generator(settings.seed, "update", subject.seed_tag, model_tag, str(batch_size), str(local_steps), str(b))
-        update = observed_update(subject, model, obfuscated[sl], labels[sl], local_steps=local_steps, lr=settings.local_lr,
-                                 generator=noise)
+        noise = generator(
+            settings.seed, "update", subject.seed_tag, model_tag, str(batch_size), str(local_steps), str(b)
+        )
+        update = observed_update(
+            subject, model, obfuscated[sl], labels[sl], local_steps=local_steps, lr=settings.local_lr, generator=noise
+        )
         result = invert_gradients(
-            model, update, batch_size=batch_size, image_shape=(channels, size, size), num_classes=num_classes,
-            local_steps=local_steps, local_lr=settings.local_lr, iterations=settings.inversion_iterations,
-            tv_weight=settings.tv_weight, restarts=settings.inversion_restarts, seed=settings.seed + b,
-            input_transform=normalise, device=settings.device,
+            model,
+            update,
+            batch_size=batch_size,
+            image_shape=(channels, size, size),
+            num_classes=num_classes,
+            local_steps=local_steps,
+            local_lr=settings.local_lr,
+            iterations=settings.inversion_iterations,
+            tv_weight=settings.tv_weight,
+            restarts=settings.inversion_restarts,
+            seed=settings.seed + b,
+            input_transform=normalise,
+            device=settings.device,
         )
         labels_ok += int((result.labels.sort().values == labels[sl].sort().values).sum())
         recons.append(match_to_references(result.images, obfuscated[sl]))
@@ -120,12 +152,21 @@ def inversion_attack(
         "central_dp": "update clipped as by Flower; server noise comes after aggregation",
     }.get(subject.method, "")
     row = attack_row(
-        subject, "inversion", model=model_tag, batch_size=batch_size, local_steps=local_steps, n=n,
-        ssim_to_clear=ssim_clear, psnr_to_clear=capped_mean(score.psnr_to_clear),
-        ssim_to_obfuscated=capped_mean(score.ssim_to_obfuscated), psnr_to_obfuscated=capped_mean(score.psnr_to_obfuscated),
-        obfuscated_ssim_to_clear=capped_mean(base.ssim_to_clear), labels_correct=labels_ok / n,
-        success=ssim_clear >= INVERSION_SUCCESS_SSIM, seconds=time.perf_counter() - start,
-        note=f"{settings.inversion_iterations} iterations, tv {settings.tv_weight}, labels inferred" + (f"; {note}" if note else ""),
+        subject,
+        "inversion",
+        model=model_tag,
+        batch_size=batch_size,
+        local_steps=local_steps,
+        n=n,
+        ssim_to_clear=ssim_clear,
+        psnr_to_clear=capped_mean(score.psnr_to_clear),
+        **_to_obfuscated(score),
+        obfuscated_ssim_to_clear=capped_mean(base.ssim_to_clear),
+        labels_correct=labels_ok / n,
+        success=ssim_clear >= INVERSION_SUCCESS_SSIM,
+        seconds=time.perf_counter() - start,
+        note=f"{settings.inversion_iterations} iterations, tv {settings.tv_weight}, labels inferred"
+        + (f"; {note}" if note else ""),
     )
     return row, recon
 
@@ -150,10 +191,20 @@ def recognition_attack(
     if subject.method in TRAINING_METHODS:
         note += "; training-level method: the images themselves are clear"
     return attack_row(
-        subject, "recognition", model="clear", n=n, ssim_to_clear=split.ssim, psnr_to_clear=split.psnr,
-        obfuscated_ssim_to_clear=split.ssim, accuracy=result["accuracy"], chance=result["chance"],
-        majority_rate=result["majority_rate"], p_value=float(p_value), success=bool(p_value < RECOGNITION_ALPHA),
-        seconds=time.perf_counter() - start, note=note,
+        subject,
+        "recognition",
+        model="clear",
+        n=n,
+        ssim_to_clear=split.ssim,
+        psnr_to_clear=split.psnr,
+        obfuscated_ssim_to_clear=split.ssim,
+        accuracy=result["accuracy"],
+        chance=result["chance"],
+        majority_rate=result["majority_rate"],
+        p_value=float(p_value),
+        success=bool(p_value < RECOGNITION_ALPHA),
+        seconds=time.perf_counter() - start,
+        note=note,
     )
 
 
@@ -162,7 +213,9 @@ def jigsaw_attack(
 ) -> tuple[dict[str, Any], torch.Tensor | None]:
     """Jigsaw row for a setting (not applicable unless the method shuffles blocks)."""
     if subject.method not in SHUFFLE_METHODS or obf.mixer is None or obf.mix_params is None:
-        return attack_row(subject, "jigsaw", applicable=False, note="not applicable: the method does not shuffle blocks"), None
+        return attack_row(
+            subject, "jigsaw", applicable=False, note="not applicable: the method does not shuffle blocks"
+        ), None
     start = time.perf_counter()
     mixer = obf.mixer
     outcome = jigsaw_with_oracle_sizes(obf.images, mixer, obf.mix_params, settings.jigsaw_refine_steps)
@@ -178,17 +231,30 @@ def jigsaw_attack(
     if mixer.permute_channels:
         notes.append("channel order not undone")
     row = attack_row(
-        subject, "jigsaw", model="", n=clear.shape[0], ssim_to_clear=ssim_clear, psnr_to_clear=capped_mean(score.psnr_to_clear),
-        ssim_to_obfuscated=capped_mean(score.ssim_to_obfuscated), psnr_to_obfuscated=capped_mean(score.psnr_to_obfuscated),
-        obfuscated_ssim_to_clear=ssim_base, blocks_in_place=outcome.blocks_in_place,
-        neighbours_correct=outcome.neighbours_correct, success=jigsaw_success(outcome.blocks_in_place, ssim_clear, ssim_base),
-        seconds=time.perf_counter() - start, note="; ".join(notes),
+        subject,
+        "jigsaw",
+        model="",
+        n=clear.shape[0],
+        ssim_to_clear=ssim_clear,
+        psnr_to_clear=capped_mean(score.psnr_to_clear),
+        **_to_obfuscated(score),
+        obfuscated_ssim_to_clear=ssim_base,
+        blocks_in_place=outcome.blocks_in_place,
+        neighbours_correct=outcome.neighbours_correct,
+        success=jigsaw_success(outcome.blocks_in_place, ssim_clear, ssim_base),
+        seconds=time.perf_counter() - start,
+        note="; ".join(notes),
     )
     return row, outcome.images
 
 
 def jigsaw_sweep(
-    clear: torch.Tensor, ids: torch.Tensor, settings: Sequence[dict[str, Any]], *, seed: int = 0, refine_steps: int | None = None
+    clear: torch.Tensor,
+    ids: torch.Tensor,
+    settings: Sequence[dict[str, Any]],
+    *,
+    seed: int = 0,
+    refine_steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Item 6: the jigsaw attack against VisualMixer settings, on clear images mixed in-process.
 
@@ -205,19 +271,38 @@ def jigsaw_sweep(
         score = score_reconstruction(outcome.images, clear)
         base = capped_mean(score_reconstruction(mix.images, clear).ssim_to_clear)
         ssim_clear = capped_mean(score.ssim_to_clear)
-        region_mean_ssim = capped_mean(score_reconstruction(region_means(clear, mixer.region_size), clear).ssim_to_clear)
-        rows.append({
-            "region_size": mixer.region_size, "block_sizes": json.dumps(list(mixer.block_sizes)),
-            "target_ratio": "" if mixer.target_ratio is None else mixer.target_ratio,
-            "permute_channels": mixer.permute_channels, "mean_block_size": outcome.mean_block_size, "n": clear.shape[0],
-            "blocks_in_place": outcome.blocks_in_place, "neighbours_correct": outcome.neighbours_correct,
-            "obfuscated_ssim_to_clear": base, "ssim_to_clear": ssim_clear, "psnr_to_clear": capped_mean(score.psnr_to_clear),
-            "ssim_gain": ssim_clear - base, "region_mean_ssim_to_clear": region_mean_ssim,
-            "success": jigsaw_success(outcome.blocks_in_place, ssim_clear, base),
-            "verdict": jigsaw_verdict(outcome.blocks_in_place, ssim_clear, base), "seconds": time.perf_counter() - start,
-        })
-        logger.info("sweep %d/%d %s: in place %.2f, SSIM %.3f -> %.3f", i + 1, len(settings), kwargs, outcome.blocks_in_place,
-                    base, ssim_clear)
+        region_mean_ssim = capped_mean(
+            score_reconstruction(region_means(clear, mixer.region_size), clear).ssim_to_clear
+        )
+        rows.append(
+            {
+                "region_size": mixer.region_size,
+                "block_sizes": json.dumps(list(mixer.block_sizes)),
+                "target_ratio": "" if mixer.target_ratio is None else mixer.target_ratio,
+                "permute_channels": mixer.permute_channels,
+                "mean_block_size": outcome.mean_block_size,
+                "n": clear.shape[0],
+                "blocks_in_place": outcome.blocks_in_place,
+                "neighbours_correct": outcome.neighbours_correct,
+                "obfuscated_ssim_to_clear": base,
+                "ssim_to_clear": ssim_clear,
+                "psnr_to_clear": capped_mean(score.psnr_to_clear),
+                "ssim_gain": ssim_clear - base,
+                "region_mean_ssim_to_clear": region_mean_ssim,
+                "success": jigsaw_success(outcome.blocks_in_place, ssim_clear, base),
+                "verdict": jigsaw_verdict(outcome.blocks_in_place, ssim_clear, base),
+                "seconds": time.perf_counter() - start,
+            }
+        )
+        logger.info(
+            "sweep %d/%d %s: in place %.2f, SSIM %.3f -> %.3f",
+            i + 1,
+            len(settings),
+            kwargs,
+            outcome.blocks_in_place,
+            base,
+            ssim_clear,
+        )
     return rows
 
 
@@ -237,12 +322,17 @@ def attack_subject(
     for tag, model in models:
         for steps in settings.local_steps:
             for batch_size in settings.inversion_batch_sizes:
-                row, recon = inversion_attack(subject, model, tag, clear[:m], obf.images[:m], labels[:m], batch_size, steps, settings)
+                row, recon = inversion_attack(
+                    subject, model, tag, clear[:m], obf.images[:m], labels[:m], batch_size, steps, settings
+                )
                 out.rows.append(row)
                 if tag == "initial" and batch_size == 1 and steps == settings.local_steps[0] and out.inverted is None:
                     out.inverted = recon
-    out.rows.append(recognition_attack(subject, clear_model, test, settings, clear_note) if test is not None
-                    else attack_row(subject, "recognition", applicable=False, note=clear_note))
+    out.rows.append(
+        recognition_attack(subject, clear_model, test, settings, clear_note)
+        if test is not None
+        else attack_row(subject, "recognition", applicable=False, note=clear_note)
+    )
     row, out.reassembled = jigsaw_attack(subject, clear[: settings.images], obf.head(settings.images), settings)
     out.rows.append(row)
     return out
@@ -286,9 +376,19 @@ def run_suite(
     if settings.sweep:
         images, _, ids, sweep_source = evaluation_images(reference, settings.sweep_images, settings.seed + 1)
         clear = torch.from_numpy(images).float() / 255
-        sweep_rows = jigsaw_sweep(clear, torch.from_numpy(ids), settings.sweep, seed=settings.seed,
-                                  refine_steps=settings.jigsaw_refine_steps)
+        sweep_rows = jigsaw_sweep(
+            clear, torch.from_numpy(ids), settings.sweep, seed=settings.seed, refine_steps=settings.jigsaw_refine_steps
+        )
         write_csv(out_dir / "jigsaw_sweep.csv", SWEEP_COLUMNS, sweep_rows, float_format=".6g")
-    write_markdown(out_dir / "attacks.md", experiment, subjects, rows, sweep_rows, settings, clear_note, sweep_source,
-                   time.perf_counter() - started)
+    write_markdown(
+        out_dir / "attacks.md",
+        experiment,
+        subjects,
+        rows,
+        sweep_rows,
+        settings,
+        clear_note,
+        sweep_source,
+        time.perf_counter() - started,
+    )
     return out_dir

@@ -94,7 +94,9 @@ def subject_from_spec(reference: Experiment, spec: Sequence[str]) -> Subject:
     if bad:
         raise AttackSuiteError(f"--method {name}: overrides must be key=value, got {bad}")
     try:
-        privacy = PrivacySettings.parse(compose_config([f"privacy={name}", *(f"privacy.{o}" for o in overrides)])["privacy"])
+        privacy = PrivacySettings.parse(
+            compose_config([f"privacy={name}", *(f"privacy.{o}" for o in overrides)])["privacy"]
+        )
     except Exception as err:  # Hydra raises several types for missing groups and bad overrides
         raise AttackSuiteError(f"--method {' '.join(spec)}: {err}; the method needs conf/privacy/{name}.yaml") from err
     return Subject(privacy.method, privacy, reference.replace(privacy=privacy))
@@ -150,7 +152,9 @@ def client_batch(experiment: Experiment, n: int, seed: int) -> tuple[torch.Tenso
     """``n`` seeded-random training images of client 0 of the run: float [n, C, H, W] in [0, 1], labels, real ids."""
     data = client_data(experiment, {"partition-id": 0, "num-partitions": experiment.num_clients})
     if len(data.train_labels) < n:
-        raise AttackSuiteError(f"client 0 holds {len(data.train_labels)} training images, fewer than the {n} asked: lower --images")
+        raise AttackSuiteError(
+            f"client 0 holds {len(data.train_labels)} training images, fewer than the {n} asked: lower --images"
+        )
     pick = torch.randperm(len(data.train_labels), generator=generator(seed, "client-batch"))[:n].sort().values.numpy()
     images = torch.from_numpy(np.ascontiguousarray(data.train_images[pick])).float() / 255
     labels_ = torch.from_numpy(np.asarray(data.train_labels[pick], np.int64))
@@ -171,9 +175,19 @@ def evaluation_images(experiment: Experiment, n: int, seed: int) -> tuple[np.nda
         images, labels_, ids, source = data.images, data.labels, data.ids, f"{dataset.name} test split"
     except DataError:
         client = client_data(experiment, {"partition-id": 0, "num-partitions": experiment.num_clients})
-        images, labels_, ids, source = client.test_images, client.test_labels, client.test_ids, "client 0's held-out split"
+        images, labels_, ids, source = (
+            client.test_images,
+            client.test_labels,
+            client.test_ids,
+            "client 0's held-out split",
+        )
     pick = torch.randperm(len(labels_), generator=generator(seed, "evaluation"))[:n].sort().values.numpy()
-    return np.ascontiguousarray(images[pick]), np.asarray(labels_[pick], np.int64), np.asarray(ids[pick], np.int64), source
+    return (
+        np.ascontiguousarray(images[pick]),
+        np.asarray(labels_[pick], np.int64),
+        np.asarray(ids[pick], np.int64),
+        source,
+    )
 
 
 def find_clear_model(subjects: Sequence[Subject]) -> tuple[nn.Module | None, str]:

@@ -15,6 +15,7 @@ from fl_vmix.factory import build_privacy
 from fl_vmix.privacy.training_level import DPSGD, CentralDP
 from fl_vmix.training.loops import normalise
 
+
 def dp_sgd_update(
     model: nn.Module,
     images: torch.Tensor,
@@ -46,8 +47,10 @@ def dp_sgd_update(
     wrapped = GradSampleModule(local)
     optimizer = DPOptimizer(
         torch.optim.SGD([p for p in wrapped.parameters() if p.requires_grad], lr=lr),
-        noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
-        expected_batch_size=int(images.shape[0]), generator=generator,
+        noise_multiplier=float(noise_multiplier),
+        max_grad_norm=float(max_grad_norm),
+        expected_batch_size=int(images.shape[0]),
+        generator=generator,
     )
     inputs = input_transform(images) if input_transform is not None else images
     with warnings.catch_warnings():
@@ -102,11 +105,24 @@ def observed_update(
     method = build_privacy(subject.privacy, None) if subject.privacy.method in (DPSGD.name, CentralDP.name) else None
     if isinstance(method, DPSGD):
         return dp_sgd_update(
-            model, images, labels, noise_multiplier=method.noise_multiplier, max_grad_norm=method.max_grad_norm, lr=lr,
-            local_steps=local_steps, generator=generator, input_transform=normalise,
+            model,
+            images,
+            labels,
+            noise_multiplier=method.noise_multiplier,
+            max_grad_norm=method.max_grad_norm,
+            lr=lr,
+            local_steps=local_steps,
+            generator=generator,
+            input_transform=normalise,
         )
     if isinstance(method, CentralDP):
         return central_dp_update(
-            model, images, labels, clipping_norm=method.clipping_norm, lr=lr, local_steps=local_steps, input_transform=normalise,
+            model,
+            images,
+            labels,
+            clipping_norm=method.clipping_norm,
+            lr=lr,
+            local_steps=local_steps,
+            input_transform=normalise,
         )
     return client_update(model, images, labels, local_steps, lr, input_transform=normalise)
