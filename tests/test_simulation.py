@@ -15,7 +15,7 @@ import pytest
 
 from conftest import require_shared
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 SMALL = ["num_clients=3", "num_rounds=2", "dataset.data_fraction=0.05"]
 
 
