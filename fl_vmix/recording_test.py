@@ -27,8 +27,8 @@ def play_round(recorder: RunRecorder, server_round: int, accuracy: float, errors
         client(1, 2.0, accuracy, epsilon=server_round * 1.5),
     ]
     recorder.record_replies(server_round, "train", clients, list(errors))
-    recorder.record_aggregate(server_round, "train", {"train_loss": 1.5, "train_accuracy": accuracy, "vfe_corrected": 2.0,
-                                                      "vfe_reference": 4.0, "ssim": 0.2, "psnr": 14.0})  # fmt: skip
+    aggregated = {"train_loss": 1.5, "train_accuracy": accuracy, "vfe_corrected": 2.0, "vfe_reference": 4.0}
+    recorder.record_aggregate(server_round, "train", {**aggregated, "ssim": 0.2, "psnr": 14.0})
     evals = [{"partition-id": 0, "loss": 1.1, "accuracy": accuracy, "num-examples": 5}]
     recorder.record_replies(server_round, "eval", evals, [])
     recorder.record_aggregate(server_round, "evaluate", {"loss": 1.1, "accuracy": accuracy})

@@ -64,8 +64,8 @@ def test_an_installed_wheel_runs_an_experiment_from_any_folder(wheel: Path, tmp_
     assert shown.returncode == 0 and "method: none" in shown.stdout, shown.stderr[-2000:]
     out = tmp_path / "run"
     args = ["num_clients=2", "num_rounds=1", "dataset.data_fraction=0.02", f"output_dir={out}"]
-    run = subprocess.run([sys.executable, "-m", "fl_vmix", *args], cwd=elsewhere, env=env, capture_output=True, text=True,
-                         timeout=800, check=False)  # fmt: skip
+    command = [sys.executable, "-m", "fl_vmix", *args]
+    run = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=800, check=False)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 1

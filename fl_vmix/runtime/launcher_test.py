@@ -46,8 +46,8 @@ def test_a_simulation_is_launched_with_its_own_ports_and_the_experiment(tmp_path
     experiment = compose(["num_clients=4", "num_rounds=2"])
     plan = plan_launch(experiment, tmp_path / "out", flwr="flwr", app_dir=tmp_path)
     run_config = plan.command[plan.command.index("--run-config") + 1]
-    assert plan.command == ["flwr", "run", str(tmp_path), "--federation-config",
-                            "num-supernodes=4 client-resources-num-cpus=1", "--run-config", run_config, "--stream"]  # fmt: skip
+    federation = ["--federation-config", "num-supernodes=4 client-resources-num-cpus=1"]
+    assert plan.command == ["flwr", "run", str(tmp_path), *federation, "--run-config", run_config, "--stream"]
     sent = experiment_from_run_config(tomllib.loads(Path(run_config).read_text()))
     assert sent == experiment.replace(output_dir=str(tmp_path / "out"))
     assert plan.control_port is not None and plan.env["FLWR_LOCAL_CONTROL_API_PORT"] == str(plan.control_port)
