@@ -126,29 +126,38 @@ def coverage_line(num_samples: int, partitions: Sequence[np.ndarray]) -> str:
     )
 
 
-def save_plot(data: ImageArrays, partitions: Sequence[np.ndarray], path: Path, title: str) -> None:
-    """Stacked bar chart: one bar per client, one colour per class (OO matplotlib: no global backend)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def save_plot(data: ImageArrays, partitions: Sequence[np.ndarray], path: Path, title: str) -> np.ndarray:
+    """Stacked bar chart, one bar per client and one colour per class: flwr-datasets' label-distribution plot
+    over our (cached) partitions. Returns the plotted counts, ``[clients, classes]``."""
+    import datasets
+    import matplotlib
 
-    counts = label_counts(data.labels, partitions, data.num_classes)
-    clients = np.arange(len(partitions))
-    figure = Figure(figsize=(max(6.0, 0.35 * len(clients) + 3), 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    cmap = colormaps["tab20" if data.num_classes <= 20 else "viridis"].resampled(max(data.num_classes, 2))
-    bottom = np.zeros(len(clients))
-    for c in range(data.num_classes):
-        axes.bar(clients, counts[:, c], bottom=bottom, color=cmap(c), label=data.classes[c], width=0.8)
-        bottom += counts[:, c]
-    axes.set_xlabel("client (partition id)")
-    axes.set_ylabel("samples")
-    axes.set_title(title)
-    if len(clients) <= 40:
-        axes.set_xticks(clients)
-    if data.num_classes <= 20:
-        axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="label")
+    matplotlib.use("Agg")
+    from flwr_datasets.partitioner import Partitioner
+    from flwr_datasets.visualization import plot_label_distributions
+
+    class Fixed(Partitioner):  # the partitions are computed (and cached) already: hand them over as they are
+        @property
+        def num_partitions(self) -> int:
+            return len(partitions)
+
+        def load_partition(self, partition_id: int) -> datasets.Dataset:
+            return self.dataset.select(partitions[partition_id])
+
+    features = datasets.Features({"label": datasets.ClassLabel(names=list(data.classes))})
+    partitioner = Fixed()
+    partitioner.dataset = datasets.Dataset.from_dict({"label": np.asarray(data.labels).tolist()}, features=features)
+    width = max(6.0, 0.35 * len(partitions) + 3)
+    figure, _, counts = plot_label_distributions(
+        partitioner, "label", plot_type="bar", size_unit="absolute", figsize=(width, 4.5), title=title,
+        legend=data.num_classes <= 20, legend_title="label",
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return counts.to_numpy()
 
 
 def _stats(args: argparse.Namespace) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fl_vmix.data.__main__ import main
+from fl_vmix.data import cached_partitions, label_counts, load_dataset
+from fl_vmix.data.__main__ import main, save_plot
 
 
 def test_stats_prints_table_and_saves_plot(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -22,6 +23,14 @@ def test_stats_prints_table_and_saves_plot(image_folder: Path, tmp_path: Path, c
         assert column in out
     assert "samples in a client: 24/24, in more than one: 0" in out
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
+
+
+def test_the_plot_shows_the_partitions_label_counts(image_folder: Path, tmp_path: Path) -> None:
+    data = load_dataset("imagefolder", image_folder, "train", cache_dir=tmp_path / "c")
+    parts = cached_partitions(data.labels, 3, "dirichlet", seed=0, alpha=0.3, cache_dir=tmp_path / "c")
+    plotted = save_plot(data, parts, tmp_path / "labels.png", "t")
+    # flwr-datasets draws the plot; our own counting is the oracle.
+    assert (plotted == label_counts(data.labels, parts, data.num_classes)).all()
 
 
 def test_stats_bad_input_exits_2_with_fix(image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
