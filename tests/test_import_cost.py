@@ -15,8 +15,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 # Imported only by the code that needs them: a model zoo network, DP-SGD, plots, SSIM, Hydra composition,
 # MedMNIST shapes, Hugging Face partitioning, scipy statistics and calibration.
-HEAVY = ("torchvision", "opacus", "matplotlib", "torchmetrics", "hydra", "medmnist", "datasets", "flwr_datasets", "scipy",
-         "dp_accounting")  # fmt: skip
+HEAVY = (
+    "torchvision",
+    "opacus",
+    "matplotlib",
+    "torchmetrics",
+    "hydra",
+    "medmnist",
+    "datasets",
+    "flwr_datasets",
+    "scipy",
+    "dp_accounting",
+)
 
 
 def test_importing_the_client_app_loads_no_heavy_library():

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
 import torch
 from torch import nn
@@ -46,44 +46,29 @@ class RoundResult:
     accountant_history: AccountantHistory | None = None  # DP-SGD: keep it and hand it to the next round
 
 
-class Trainer(Protocol):
-    """How a client trains on its protected split: plain SGD-style training, or DP-SGD."""
+@dataclass(frozen=True)
+class LocalTraining:
+    """What one round of local training is asked to do."""
 
-    def __call__(
-        self,
-        model: nn.Module,
-        split: ObfuscatedSplit,
-        optimizer: torch.optim.Optimizer,
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        proximal_mu: float,
-        history: AccountantHistory,
-    ) -> tuple[dict[str, float], AccountantHistory | None]: ...
+    epochs: int
+    batch_size: int
+    seed: int  # seeds the batch order (and DP-SGD's sampling and noise)
+    proximal_mu: float = 0.0  # FedProx
+    accountant_history: AccountantHistory = ()  # DP-SGD: the steps of earlier rounds
+
+
+TrainResult = tuple[dict[str, float], AccountantHistory | None]
+# How a client trains on its protected split: plainly, or with DP-SGD (which returns its accountant history).
+Trainer = Callable[[nn.Module, ObfuscatedSplit, torch.optim.Optimizer, LocalTraining], TrainResult]
 
 
 def plain_trainer(
-    model: nn.Module,
-    split: ObfuscatedSplit,
-    optimizer: torch.optim.Optimizer,
-    *,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    proximal_mu: float,
-    history: AccountantHistory,
-) -> tuple[dict[str, float], AccountantHistory | None]:
+    model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
+) -> TrainResult:
     metrics = train_epochs(
-        model,
-        split.images,
-        split.labels,
-        optimizer,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        proximal_mu=proximal_mu,
-    )
+        model, split.images, split.labels, optimizer, epochs=job.epochs, batch_size=job.batch_size, seed=job.seed,
+        proximal_mu=job.proximal_mu,
+    )  # fmt: skip
     return metrics, None
 
 
@@ -92,28 +77,12 @@ class DPSGDTrainer:
     method: DPSGD
 
     def __call__(
-        self,
-        model: nn.Module,
-        split: ObfuscatedSplit,
-        optimizer: torch.optim.Optimizer,
-        *,
-        epochs: int,
-        batch_size: int,
-        seed: int,
-        proximal_mu: float,
-        history: AccountantHistory,
-    ) -> tuple[dict[str, float], AccountantHistory | None]:
+        self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
+    ) -> TrainResult:
         result = train_dp_sgd(
-            model,
-            normalise(split.images),
-            split.labels,
-            optimizer,
-            self.method,
-            history,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-        )
+            model, normalise(split.images), split.labels, optimizer, self.method, job.accountant_history,
+            epochs=job.epochs, batch_size=job.batch_size, seed=job.seed,
+        )  # fmt: skip
         return result.metrics, result.history
 
 
@@ -189,16 +158,10 @@ class LocalClient:
         seed, pid = self.settings.seed, self.partition_id
         torch.manual_seed(seed_for(seed, pid, server_round))  # dropout and anything else on the global RNG
         start = time.perf_counter()
-        metrics, history = self.trainer(
-            model,
-            split,
-            optimizer,
-            epochs=epochs,
-            batch_size=self.settings.batch_size,
-            seed=seed_for(seed, pid, server_round, 1),
-            proximal_mu=proximal_mu,
-            history=accountant_history,
+        job = LocalTraining(
+            epochs, self.settings.batch_size, seed_for(seed, pid, server_round, 1), proximal_mu, accountant_history
         )
+        metrics, history = self.trainer(model, split, optimizer, job)
         if "epsilon" not in metrics:
             epsilon = self.method.total_epsilon(server_round) if self.settings.dynamic else self.method.epsilon
             if epsilon is not None:
