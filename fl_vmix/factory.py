@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fl_vmix.data import ClientData, load_client_data, subsample
+from fl_vmix.data import ClientData, load_client_data, load_dataset, subsample
+from fl_vmix.data.export import load_exported_client
 from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings
 from fl_vmix.models import build_model as build_registered_model
 from fl_vmix.optim import build_optimizer as build_registered_optimizer
@@ -23,6 +24,7 @@ from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.methods import build_privacy_method, method_parameters
 from fl_vmix.privacy.training_level import DPSGD
 from fl_vmix.training.client import ClientSettings, DPSGDTrainer, LocalClient, Trainer, plain_trainer
+from fl_vmix.training.dp_sgd import make_opacus_compatible
 from fl_vmix.training.seeds import key_seed
 
 # Shapes known without data (a Deployment Engine server holds none): (num_classes, channels, side).
@@ -43,8 +45,6 @@ def dataset_shape(experiment: Experiment) -> tuple[int, int, int]:
     if dataset.name in medmnist.INFO:
         info = medmnist.INFO[dataset.name]
         return len(info["label"]), int(info["n_channels"]), MEDMNIST_SIDE
-    from fl_vmix.data import load_dataset
-
     data = load_dataset(dataset.name, dataset.root, "train", cache_dir=dataset.cache_dir)
     return len(data.classes), int(data.images.shape[1]), int(data.images.shape[-1])
 
@@ -60,8 +60,6 @@ def build_model(experiment: Experiment, num_classes: int, in_channels: int, imag
         invariant_region=region,
     )
     if experiment.privacy.method == DPSGD.name:
-        from fl_vmix.training.dp_sgd import make_opacus_compatible
-
         model = make_opacus_compatible(model)
     return model
 
@@ -100,8 +98,6 @@ def build_privacy(privacy: PrivacySettings, key: bytes | None) -> PrivacyMethod:
 def client_data(experiment: Experiment, node_config: Mapping[str, Any]) -> ClientData:
     """The node's own data: its exported folder (Deployment Engine) or its partition (simulation)."""
     if "data-path" in node_config:
-        from fl_vmix.data.export import load_exported_client
-
         return load_exported_client(Path(str(node_config["data-path"])).expanduser())
     dataset, partition = experiment.dataset, experiment.partition
     scheme_params: dict[str, Any] = {}

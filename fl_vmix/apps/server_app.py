@@ -15,6 +15,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
+from fl_vmix.apps.central import CentralEvaluator
 from fl_vmix.apps.strategy import RecordingStrategy, build_strategy
 from fl_vmix.checks import check_experiment
 from fl_vmix.experiment import Experiment, experiment_from_run_config
@@ -46,8 +47,6 @@ def main(grid: Grid, context: Context) -> None:
     strategy = RecordingStrategy(build_strategy(experiment), recorder, experiment.min_success_fraction)
     central = None
     if experiment.central_eval:
-        from fl_vmix.apps.central import CentralEvaluator
-
         central = CentralEvaluator(experiment, model)
 
     latest = {"arrays": ArrayRecord(model.state_dict())}

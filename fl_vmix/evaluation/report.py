@@ -28,8 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.labels import baseline_key, labels
 from fl_vmix.experiment import ConfigError, PrivacySettings, from_recorded
+from fl_vmix.factory import build_privacy
 from fl_vmix.tables import format_value, write_csv
 
 DEMO_KEY = b"report-demo-key-not-a-client-key"  # public: the sample grid only illustrates each method
@@ -185,9 +187,6 @@ def plot_samples(rows: list[dict[str, Any]], path: Path, count: int = 6) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
-
-    from fl_vmix.data import load_dataset
-    from fl_vmix.factory import build_privacy
 
     dataset = rows[0]["_experiment"].dataset
     data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_vmix.data import DataError, load_dataset
 from fl_vmix.evaluation.labels import labels
 from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings, compose_config, conf_dir, from_recorded
 from fl_vmix.factory import client_data, initial_model
@@ -166,9 +167,6 @@ def evaluation_images(experiment: Experiment, n: int, seed: int) -> tuple[np.nda
 
     The dataset's test split when it has one, else client 0's held-out split.
     """
-    from fl_vmix.data import load_dataset
-    from fl_vmix.data.errors import DataError
-
     dataset = experiment.dataset
     try:
         data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
