@@ -372,11 +372,6 @@ class Experiment:
     def replace(self, **changes: Any) -> Experiment:
         return replace(self, **changes)
 
-    def digest_fields(self) -> dict[str, Any]:
-        """What decides a client's protected data (its cache key): not the rounds, model or optimizer."""
-        full = self.to_dict()
-        return {k: full[k] for k in ("dataset", "partition", "privacy", "num_clients", "seed")}
-
 
 # ----------------------------------------------------------------------------------- Hydra, run config
 def conf_dir() -> Path:

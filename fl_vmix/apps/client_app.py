@@ -35,7 +35,8 @@ def client_for(experiment: Experiment, context: Context) -> LocalClient:
     """This node's client for ``experiment``, from the process's cache when it already protected its data."""
     node_config = dict(context.node_config)
     key = node_key(node_config)
-    digest = hashlib.sha256(json.dumps(experiment.digest_fields(), sort_keys=True).encode()).hexdigest()
+    # The whole experiment: a client holds its model and optimiser settings too, not only its data.
+    digest = hashlib.sha256(json.dumps(experiment.to_dict(), sort_keys=True).encode()).hexdigest()
     node = json.dumps(node_config, sort_keys=True, default=str)
     _CLIENTS.resize(experiment.engine.client_cache)
     return _CLIENTS.get(

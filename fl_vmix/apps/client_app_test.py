@@ -180,6 +180,13 @@ def test_a_worker_keeps_its_clients_up_to_the_configured_bound(tiny_experiment):
     assert client_app.client_for(experiment, first) is not kept
 
 
+def test_a_cached_client_is_never_reused_for_another_experiment(tiny_experiment):
+    sgd, adam = tiny_experiment("optimizer=sgd"), tiny_experiment()
+    ctx = context(adam)
+    assert client_app.client_for(adam, ctx) is client_app.client_for(adam, ctx)
+    assert client_app.client_for(sgd, ctx) is not client_app.client_for(adam, ctx), "same data, other optimiser"
+
+
 def test_flwr_run_without_overrides_uses_the_conf_defaults():
     assert experiment_from_run_config({"experiment": ""}) == compose()
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())

@@ -27,7 +27,7 @@ from fl_vmix.training.loops import evaluate_model, normalise, train_epochs
 from fl_vmix.training.obfuscation import ObfuscatedSplit, obfuscate
 from fl_vmix.training.seeds import seed_for
 
-ModelFactory = Callable[[], nn.Module]
+ModelFactory = Callable[[int, int, int], nn.Module]  # (num_classes, channels, image side) -> a fresh model
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -93,7 +93,7 @@ class LocalClient:
         self,
         data: ClientData,
         method: PrivacyMethod,
-        make_model: Callable[[int, int, int], nn.Module],
+        make_model: ModelFactory,
         make_optimizer: OptimizerFactory,
         settings: ClientSettings,
         trainer: Trainer = plain_trainer,
