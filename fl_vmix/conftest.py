@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fl_vmix.apps.config import compose_config
+from fl_vmix.experiment import Experiment, compose
 
 
 def write_colour_folder(root: Path, per_class: tuple[int, int] = (24, 6), size: int = 32) -> Path:
@@ -26,13 +26,20 @@ def write_colour_folder(root: Path, per_class: tuple[int, int] = (24, 6), size: 
 
 
 @pytest.fixture()
-def tiny_experiment(tmp_path: Path) -> Callable[..., dict]:
-    """A resolved experiment config on a small image-folder dataset made in code, plus overrides."""
+def tiny_experiment(tmp_path: Path) -> Callable[..., Experiment]:
+    """An experiment on a small image-folder dataset made in code, plus overrides."""
     root = write_colour_folder(tmp_path / "images")
 
-    def make(*overrides: str) -> dict:
-        return compose_config(
-            ["dataset=imagefolder", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}", "num_clients=2", "batch_size=8", *overrides]
+    def make(*overrides: str) -> Experiment:
+        return compose(
+            [
+                "dataset=imagefolder",
+                f"dataset.root={root}",
+                f"dataset.cache_dir={tmp_path / 'cache'}",
+                "num_clients=2",
+                "batch_size=8",
+                *overrides,
+            ]
         )
 
     return make

@@ -22,35 +22,26 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from fl_vmix.apps.config import compose_config
-from fl_vmix.apps.task import build_image_privacy, evaluate_model, model_from_config, obfuscate, optimizer_from_config, seed_for, train_epochs
-from fl_vmix.apps.validate import client_data_for, dataset_shape
+from fl_vmix.experiment import Experiment, compose
+from fl_vmix.factory import client_data, initial_model, local_client
+from fl_vmix.privacy.similarity import mean_ssim_psnr
+from fl_vmix.training.client import LocalClient
 
 CONDITIONS = {
     "none": ["privacy=none"],
     "visualmixer_static": ["privacy=visualmixer", "privacy.mode=static"],
     "visualmixer_dynamic": ["privacy=visualmixer", "privacy.mode=dynamic"],
 }
+KEY = b"benchmark-key-0123456789abcdef01"
 
 
-def client_round(cfg: dict, data, transform, cached, server_round: int, region: int) -> tuple[float, tuple]:
-    """Seconds of one client's round, as the ClientApp does it: obfuscate on first use (and every
-    round in dynamic mode), train, evaluate. ``cached`` holds the (train, test) splits of earlier rounds."""
+def client_round(client: LocalClient, experiment: Experiment, weights: dict, server_round: int) -> float:
+    """Seconds of one client's round, as the ClientApp runs it: the LocalClient protects its splits on
+    first use (and the training split every round in dynamic mode), trains, and evaluates."""
     start = time.perf_counter()
-    if cached is None:
-        test = obfuscate(transform, data.test_images, data.test_labels, data.test_ids, epoch=0, region_size=region)
-        train = obfuscate(transform, data.train_images, data.train_labels, data.train_ids, epoch=0, region_size=region)
-    else:
-        train, test = cached
-        if cfg["privacy"].get("mode") == "dynamic":
-            train = obfuscate(transform, data.train_images, data.train_labels, data.train_ids, epoch=server_round, region_size=region)
-    num_classes, channels, size = dataset_shape(cfg)
-    torch.manual_seed(cfg["seed"])
-    model = model_from_config(cfg, num_classes, channels, size)
-    train_epochs(model, train, optimizer_from_config(model.parameters(), cfg["optimizer"]), epochs=int(cfg["local_epochs"]),
-                 batch_size=int(cfg["batch_size"]), seed=seed_for(cfg["seed"], data.partition_id, server_round))
-    evaluate_model(model, test.images, test.labels)
-    return time.perf_counter() - start, (train, test)
+    result = client.train(weights, server_round, epochs=experiment.local_epochs)
+    client.evaluate(result.weights)
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -60,25 +51,31 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    configs = {name: compose_config([*extra, *args.overrides]) for name, extra in CONDITIONS.items()}
+    # Modules the client imports on first use (SSIM's torchmetrics): load them before timing, or the first
+    # condition of round 1 pays for them alone.
+    mean_ssim_psnr(torch.rand(1, 3, 16, 16), torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    configs = {name: compose([*extra, *args.overrides]) for name, extra in CONDITIONS.items()}
     base = configs["none"]
-    clients = [client_data_for(base, {"partition-id": i, "num-partitions": base["num_clients"]}) for i in range(base["num_clients"])]
-    key = b"benchmark-key-0123456789abcdef01"
+    datasets = [
+        client_data(base, {"partition-id": i, "num-partitions": base.num_clients}) for i in range(base.num_clients)
+    ]
+    weights = {name: initial_model(experiment).state_dict() for name, experiment in configs.items()}
     times: dict[str, dict[int, list[float]]] = {name: {r: [] for r in range(1, args.rounds + 1)} for name in configs}
     for _ in range(args.repeats):
-        cache: dict[str, dict[int, object]] = {name: {} for name in configs}
+        # Fresh clients every repeat: round 1 pays for protecting the data, as in a new run.
+        clients = {
+            name: [local_client(experiment, data, KEY) for data in datasets] for name, experiment in configs.items()
+        }
         for server_round in range(1, args.rounds + 1):
-            for name, cfg in configs.items():  # interleaved: drift in machine load hits all conditions
-                transform = build_image_privacy(cfg["privacy"], key)
-                region = int(cfg["privacy"].get("region_size", 8))
-                total = 0.0
-                for data in clients:
-                    seconds, split = client_round(cfg, data, transform, cache[name].get(data.partition_id), server_round, region)
-                    cache[name][data.partition_id] = split
-                    total += seconds
+            for name, experiment in configs.items():  # interleaved: drift in machine load hits all conditions
+                total = sum(client_round(c, experiment, weights[name], server_round) for c in clients[name])
                 times[name][server_round].append(total)
     median = {name: {r: statistics.median(v) for r, v in per_round.items()} for name, per_round in times.items()}
-    table = Table(title=f"client work per round ({base['num_clients']} clients, {base['dataset']['name']}, {base['model']['name']}; median of {args.repeats})")
+    title = (
+        f"client work per round ({base.num_clients} clients, {base.dataset.name}, {base.model.name}; "
+        f"median of {args.repeats})"
+    )
+    table = Table(title=title)
     table.add_column("condition")
     for r in range(1, args.rounds + 1):
         table.add_column(f"round {r} s", justify="right")
@@ -94,8 +91,14 @@ def main() -> None:
         table.add_row(name, *cells)
     Console().print(table)
     later = range(2, args.rounds + 1)
-    result["static_steady_ratio"] = round(statistics.mean(result[f"visualmixer_static_round{r}_ratio"] for r in later), 4) if args.rounds > 1 else float("nan")
-    result["dynamic_ratio"] = round(statistics.mean(result[f"visualmixer_dynamic_round{r}_ratio"] for r in range(1, args.rounds + 1)), 4)
+    result["static_steady_ratio"] = (
+        round(statistics.mean(result[f"visualmixer_static_round{r}_ratio"] for r in later), 4)
+        if args.rounds > 1
+        else float("nan")
+    )
+    result["dynamic_ratio"] = round(
+        statistics.mean(result[f"visualmixer_dynamic_round{r}_ratio"] for r in range(1, args.rounds + 1)), 4
+    )
     print(json.dumps(result))
 
 

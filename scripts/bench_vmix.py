@@ -30,7 +30,9 @@ BENCH_KEY = bytes(range(32))  # a fixed benchmark key (never a default anywhere 
 
 def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    shapes = F.interpolate(torch.rand(batch, 3, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False)
+    shapes = F.interpolate(
+        torch.rand(batch, 3, 6, 6, generator=g), size=(size, size), mode="bicubic", align_corners=False
+    )
     texture = 0.05 * torch.randn(batch, 3, size, size, generator=g)
     return (shapes + texture).clamp(0, 1)
 
@@ -39,7 +41,7 @@ def timed(functions: dict[str, Callable[[int], object]], repeats: int, device: t
     """Median seconds per call of each function, after one warm-up call each. Calls are interleaved
     (round-robin), so a floor and the measures it divides see the same machine load."""
     times: dict[str, list[float]] = {name: [] for name in functions}
-    for name, fn in functions.items():
+    for fn in functions.values():
         fn(0)
     for i in range(1, repeats + 1):
         for name, fn in functions.items():
@@ -65,7 +67,9 @@ def main() -> None:
 
     small = photo_like(512, 32).to(device)
     flat = small.view(512, -1)
-    index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]).to(device)
+    index = torch.stack(
+        [torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]
+    ).to(device)
     mixer32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(2, 1), target_ratio=3.0)  # the default
     fixed32 = VisualMixer(BENCH_KEY, region_size=8, block_sizes=(1,), target_ratio=None)
     ids = torch.arange(512, device=device)
@@ -76,7 +80,8 @@ def main() -> None:
             "fixed": lambda i: fixed32(small, ids + 512 * i),
             "vfe": lambda i: vfe(small, 8, "corrected"),
         },
-        args.repeats, device,
+        args.repeats,
+        device,
     )
     results.update(
         gather_32_img_per_s=512 / t["gather"],
@@ -86,11 +91,12 @@ def main() -> None:
         vmix_32_over_gather=t["mix"] / t["gather"],
         vmix_fixed_32_over_gather=t["fixed"] / t["gather"],
     )
-    del small, flat, index
 
     large = photo_like(128, 224, seed=1).to(device)
     flat = large.view(128, -1)
-    index = torch.stack([torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(128)]).to(device)
+    index = torch.stack(
+        [torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(128)]
+    ).to(device)
     mixer224 = VisualMixer(BENCH_KEY, region_size=16, block_sizes=(8, 4, 2), target_ratio=2.0)
     ids = torch.arange(128, device=device)
     t = timed(
@@ -99,10 +105,13 @@ def main() -> None:
             "mix": lambda i: mixer224(large, ids + 128 * i),
             "vfe": lambda i: vfe(large, 14, "reference"),
         },
-        max(3, args.repeats // 2), device,
+        max(3, args.repeats // 2),
+        device,
     )
     results.update(
-        gather_224_s_per_batch=t["gather"], vmix_224_s_per_batch=t["mix"], vfe_224_s_per_batch=t["vfe"],
+        gather_224_s_per_batch=t["gather"],
+        vmix_224_s_per_batch=t["mix"],
+        vfe_224_s_per_batch=t["vfe"],
         vmix_224_over_gather=t["mix"] / t["gather"],
     )
 

@@ -15,12 +15,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from fl_vmix.data import load_dataset  # noqa: E402
-from fl_vmix.privacy import VisualMixer, vfe  # noqa: E402
+from fl_vmix.data import load_dataset
+from fl_vmix.privacy import VisualMixer, vfe
 
 
 def one_per_class(labels: np.ndarray, count: int) -> np.ndarray:
@@ -34,7 +34,13 @@ def main() -> None:
     parser.add_argument("--root", default=None, help="data root (default: $FL_VMIX_DATA, then ~/.cache/fl_vmix/data)")
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--out", default="outputs/vmix_grid.png")
-    parser.add_argument("--ratios", type=float, nargs="+", default=[1.5, 3.0, 5.0], help="target VFE ratios (multiples of the clear VFE)")
+    parser.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=[1.5, 3.0, 5.0],
+        help="target VFE ratios (multiples of the clear VFE)",
+    )
     parser.add_argument("--count", type=int, default=10)
     parser.add_argument("--region-size", type=int, default=8)
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[2, 1])
@@ -64,7 +70,10 @@ def main() -> None:
             ax.set_xticks([])
             ax.set_yticks([])
         axes[row][0].set_ylabel(data.classes[int(data.labels[index[row]])], fontsize=8)
-    fig.suptitle(f"VisualMixer on {args.dataset} (region {args.region_size}, blocks {args.block_sizes}, corrected VFE)", fontsize=9)
+    fig.suptitle(
+        f"VisualMixer on {args.dataset} (region {args.region_size}, blocks {args.block_sizes}, corrected VFE)",
+        fontsize=9,
+    )
     fig.tight_layout()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_shared
 from PIL import Image
 
+from conftest import require_shared
 from fl_vmix.data import (
     CIFAR10_CLASSES,
     SPLIT_ID_OFFSET,
@@ -127,7 +127,10 @@ def test_cifar10_clients_cover_train_exactly_once(
         ids += [client.train_ids, client.test_ids]
     joined = np.concatenate(ids)
     assert len(joined) == 50_000 and np.array_equal(np.sort(joined), np.arange(50_000))
-    print(f"\n[fl_vmix.data] load_client_data repeat, cifar10 {scheme} x{num_partitions}: max {max(repeat_s) * 1000:.0f} ms")
+    print(
+        f"\n[fl_vmix.data] load_client_data repeat, cifar10 {scheme} x{num_partitions}: max "
+        f"{max(repeat_s) * 1000:.0f} ms"
+    )
     assert max(repeat_s) < 1.0
 
 
@@ -164,7 +167,9 @@ def test_cifar10_many_client_processes_at_once(cifar10: dict, cifar_root: Path, 
     assert all(r["load_s"] < 1.0 and r["n"] > 0 for r in results)
 
 
-def _check_medmnist(name: str, counts: dict[str, list[int]], channels: int, classes: list[str], cache_dir: Path) -> None:
+def _check_medmnist(
+    name: str, counts: dict[str, list[int]], channels: int, classes: list[str], cache_dir: Path
+) -> None:
     npz_path = require_shared(f"medmnist/{name}.npz")
     raw = np.load(npz_path)
     for split, expected in counts.items():
@@ -205,5 +210,7 @@ def test_too_many_clients_for_retinamnist(cache_dir: Path) -> None:
     from fl_vmix.data import DataError
 
     root = require_shared("medmnist/retinamnist.npz").parent.parent
-    with pytest.raises(DataError, match=r"num_partitions=100000 exceeds the 1080 samples of retinamnist/train: use at most 1080"):
+    with pytest.raises(
+        DataError, match=r"num_partitions=100000 exceeds the 1080 samples of retinamnist/train: use at most 1080"
+    ):
         load_client_data("retinamnist", 0, 100_000, root=root, cache_dir=cache_dir, download=False)

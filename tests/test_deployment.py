@@ -22,11 +22,11 @@ from typing import Self
 import pytest
 
 from conftest import require_shared
-from fl_vmix.apps.launcher import _descendants, free_port, stop_processes
-from fl_vmix.deploy.connection import write_connection
 from fl_vmix.deploy.tls import write_certificates
+from fl_vmix.runtime.connection import write_connection
+from fl_vmix.runtime.processes import descendants, free_port, stop_processes
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
 NUM_NODES = 3
 SMALL = [f"num_clients={NUM_NODES}", "dataset.data_fraction=0.05"]
 RUN_TIMEOUT_S = 360
@@ -41,12 +41,14 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def exported(workdir: Path) -> Path:
     """Per-client folders of the real CIFAR-10 data (5% of each client's partition)."""
     root = require_shared("cifar10-jpg.tar.xz").parent
-    from fl_vmix.apps.config import compose_config
     from fl_vmix.deploy.export import export_federation
+    from fl_vmix.experiment import compose
 
-    cfg = compose_config([*SMALL, f"dataset.root={root}", f"dataset.cache_dir={workdir / 'cache'}"])
+    cfg = compose([*SMALL, f"dataset.root={root}", f"dataset.cache_dir={workdir / 'cache'}"])
     clients = export_federation(cfg, workdir / "fed")
-    assert [sorted(p.name for p in c.folder.iterdir()) for c in clients] == [["client.key", "data.npz", "meta.json"]] * NUM_NODES
+    assert [sorted(p.name for p in c.folder.iterdir()) for c in clients] == [
+        ["client.key", "data.npz", "meta.json"]
+    ] * NUM_NODES
     return workdir / "fed"
 
 
@@ -71,7 +73,13 @@ class Launch:
         self.out = out
         self.stdout = out.with_suffix(".out")
         with self.stdout.open("w") as handle:
-            self.process = subprocess.Popen([sys.executable, "-m", "fl_vmix", *args, f"hydra.run.dir={out}"], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "fl_vmix", *args, f"hydra.run.dir={out}"],
+                env=env,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def wait(self, timeout: float) -> int:
         try:
@@ -80,14 +88,18 @@ class Launch:
             pytest.fail(f"python -m fl_vmix did not finish in {timeout:.0f} s; output:\n{self.output()[-3000:]}")
 
     def output(self) -> str:
-        return self.stdout.read_text(errors="replace") + "\n" + (self.out / "flwr.log").read_text(errors="replace") if (self.out / "flwr.log").exists() else self.stdout.read_text(errors="replace")
+        return (
+            self.stdout.read_text(errors="replace") + "\n" + (self.out / "flwr.log").read_text(errors="replace")
+            if (self.out / "flwr.log").exists()
+            else self.stdout.read_text(errors="replace")
+        )
 
     def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.process.poll() is None:
-            stop_processes([self.process.pid, *_descendants(self.process.pid)])
+            stop_processes([self.process.pid, *descendants(self.process.pid)])
         self.process.wait(timeout=30)
 
 
@@ -115,7 +127,11 @@ def rounds_done(out: Path) -> int:
 def test_two_rounds_with_visualmixer_over_tls_and_node_auth(federation, tmp_path):
     out = tmp_path / "run"
     start = time.perf_counter()
-    with Launch(["engine=deployment", f"engine.connection={federation.connection}", "num_rounds=2", *SMALL], launcher_env(federation), out) as run:
+    with Launch(
+        ["engine=deployment", f"engine.connection={federation.connection}", "num_rounds=2", *SMALL],
+        launcher_env(federation),
+        out,
+    ) as run:
         code = run.wait(RUN_TIMEOUT_S)
         assert code == 0, run.output()[-4000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -126,13 +142,22 @@ def test_two_rounds_with_visualmixer_over_tls_and_node_auth(federation, tmp_path
     clients = {pid for r in json.loads((out / "metrics.json").read_text()) for pid in r["clients"]}
     assert clients == {"0", "1", "2"}, "every SuperNode trained on its own partition"
     assert "data-path" not in (out / "run_config.toml").read_text(), "data and keys come from node config only"
-    print(f"\n[deployment] 2 rounds, 3 SuperNodes, TLS + auth: {time.perf_counter() - start:.1f} s, mean round {summary['mean_round_time_s']:.1f} s")
+    print(
+        f"\n[deployment] 2 rounds, 3 SuperNodes, TLS + auth: {time.perf_counter() - start:.1f} s, mean round "
+        f"{summary['mean_round_time_s']:.1f} s"
+    )
 
 
 def test_run_survives_a_supernode_killed_and_restarted(federation, tmp_path):
     out = tmp_path / "run"
-    with Launch(["engine=deployment", f"engine.connection={federation.connection}", "num_rounds=2", *SMALL], launcher_env(federation), out) as run:
-        wait_for(lambda: rounds_done(out) >= 1 or run.process.poll() is not None, RUN_TIMEOUT_S, "round 1 in metrics.json")
+    with Launch(
+        ["engine=deployment", f"engine.connection={federation.connection}", "num_rounds=2", *SMALL],
+        launcher_env(federation),
+        out,
+    ) as run:
+        wait_for(
+            lambda: rounds_done(out) >= 1 or run.process.poll() is not None, RUN_TIMEOUT_S, "round 1 in metrics.json"
+        )
         assert run.process.poll() is None, run.output()[-3000:]
         federation.kill_supernode(2)  # SIGKILL the SuperNode and its processes, as if its host died
         federation.start_supernode(2)  # same key, data and ports: it comes back as the same node
@@ -142,16 +167,25 @@ def test_run_survives_a_supernode_killed_and_restarted(federation, tmp_path):
     assert summary["status"] == "completed" and summary["rounds"] == 2
     assert isinstance(summary["final_accuracy"], float)
     federation.wait_online(NUM_NODES, wait_s=180)  # the restarted SuperNode is back in the federation
-    print(f"\n[deployment] kill + restart of a SuperNode in round 2: completed, {summary['client_failures']} client failure(s)")
+    print(
+        f"\n[deployment] kill + restart of a SuperNode in round 2: completed, {summary['client_failures']} client "
+        "failure(s)"
+    )
 
 
 def test_fewer_supernodes_than_clients_fails_fast(federation, tmp_path):
     out = tmp_path / "run"
     start = time.perf_counter()
-    with Launch(["engine=deployment", f"engine.connection={federation.connection}", "num_clients=4", "engine.wait_nodes_s=2"], launcher_env(federation), out) as run:
+    with Launch(
+        ["engine=deployment", f"engine.connection={federation.connection}", "num_clients=4", "engine.wait_nodes_s=2"],
+        launcher_env(federation),
+        out,
+    ) as run:
         code = run.wait(90)
     assert code != 0
-    assert re.search(r"only \d of the 4 SuperNodes", run.output()) and "register_supernodes.sh" in run.output(), run.output()[-3000:]
+    assert re.search(r"only \d of the 4 SuperNodes", run.output()) and "register_supernodes.sh" in run.output(), (
+        run.output()[-3000:]
+    )
     assert time.perf_counter() - start < 90
 
 
@@ -162,8 +196,14 @@ def test_unregistered_supernode_is_told_to_register(federation, workdir):
     node = federation._spawn(
         "unregistered",
         "start_supernode.sh",
-        {"SUPERLINK": federation.address, "CA_CERT": str(federation.certs / "ca.pem"), "AUTH_KEY": str(key),
-         "DATA_PATH": str(federation.data_dir / "client-0"), "CLIENTAPPIO_PORT": str(free_port()), "ACTIVATION_WAIT_S": "0"},
+        {
+            "SUPERLINK": federation.address,
+            "CA_CERT": str(federation.certs / "ca.pem"),
+            "AUTH_KEY": str(key),
+            "DATA_PATH": str(federation.data_dir / "client-0"),
+            "CLIENTAPPIO_PORT": str(free_port()),
+            "ACTIVATION_WAIT_S": "0",
+        },
     )
     try:
         code = node.process.wait(timeout=90)
@@ -176,11 +216,26 @@ def test_unregistered_supernode_is_told_to_register(federation, workdir):
 def test_supernode_with_wrong_ca_or_missing_data_refuses_to_start(federation, workdir, tmp_path):
     other = write_certificates(tmp_path / "other-ca")
     cases = {
-        "wrong-ca": ({"CA_CERT": str(other.ca_cert), "DATA_PATH": str(federation.data_dir / "client-0")}, "not signed by the root certificate"),
-        "no-data": ({"CA_CERT": str(federation.certs / "ca.pem"), "DATA_PATH": str(tmp_path / "missing")}, "data folder"),
+        "wrong-ca": (
+            {"CA_CERT": str(other.ca_cert), "DATA_PATH": str(federation.data_dir / "client-0")},
+            "not signed by the root certificate",
+        ),
+        "no-data": (
+            {"CA_CERT": str(federation.certs / "ca.pem"), "DATA_PATH": str(tmp_path / "missing")},
+            "data folder",
+        ),
     }
     for name, (env, expected) in cases.items():
-        node = federation._spawn(name, "start_supernode.sh", {"SUPERLINK": federation.address, "AUTH_KEY": str(federation.auth / "supernode-0"), "CLIENTAPPIO_PORT": str(free_port()), **env})
+        node = federation._spawn(
+            name,
+            "start_supernode.sh",
+            {
+                "SUPERLINK": federation.address,
+                "AUTH_KEY": str(federation.auth / "supernode-0"),
+                "CLIENTAPPIO_PORT": str(free_port()),
+                **env,
+            },
+        )
         try:
             code = node.process.wait(timeout=60)
         finally:
@@ -199,7 +254,9 @@ def test_unreachable_superlink_fails_fast(tmp_path):
     with Launch(["engine=deployment", "engine.connection=nowhere", "num_rounds=1"], env, tmp_path / "run") as run:
         code = run.wait(120)
     elapsed = time.perf_counter() - start
-    assert code != 0 and "nothing listens" in run.output() and "start_superlink.sh" in run.output(), run.output()[-2000:]
+    assert code != 0 and "nothing listens" in run.output() and "start_superlink.sh" in run.output(), run.output()[
+        -2000:
+    ]
     assert elapsed < 60, f"took {elapsed:.0f} s"
 
 
@@ -209,6 +266,16 @@ def test_expired_certificates_stop_the_superlink_script(tmp_path):
     from fl_vmix.deploy.local import SCRIPTS
 
     certs = write_certificates(tmp_path / "certs", days=1, valid_from=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
-    env = {**os.environ, "CERT_DIR": str(certs.ca_cert.parent), "HOST": "127.0.0.1", "PORT": str(free_port()), "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(SCRIPTS / "start_superlink.sh")], check=False, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "expired" in done.stderr and "python -m fl_vmix.deploy certs" in done.stderr, done.stderr
+    env = {
+        **os.environ,
+        "CERT_DIR": str(certs.ca_cert.parent),
+        "HOST": "127.0.0.1",
+        "PORT": str(free_port()),
+        "PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / "start_superlink.sh")], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "expired" in done.stderr and "python -m fl_vmix.deploy certs" in done.stderr, (
+        done.stderr
+    )

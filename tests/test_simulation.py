@@ -15,7 +15,7 @@ import pytest
 
 from conftest import require_shared
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 SMALL = ["num_clients=3", "num_rounds=2", "dataset.data_fraction=0.05"]
 
 
@@ -33,7 +33,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def fl_vmix(args: list[str], env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fl_vmix", *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "fl_vmix", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def flower_processes(flwr_home: str) -> list[int]:
@@ -46,7 +48,9 @@ def flower_processes(flwr_home: str) -> list[int]:
                 environ = (entry / "environ").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if flwr_home in environ and any(name in cmdline for name in ("flower-superlink", "flwr-simulation", "ray::", "raylet")):
+            if flwr_home in environ and any(
+                name in cmdline for name in ("flower-superlink", "flwr-simulation", "ray::", "raylet")
+            ):
                 found.append(int(entry.name))
     return found
 
@@ -61,7 +65,15 @@ def test_multirun_of_the_same_seed_is_reproducible(env, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     runs = [tmp_path / "0", tmp_path / "1"]
     for run in runs:
-        for name in ("config.json", "metrics.json", "metrics.csv", "clients.csv", "summary.json", "model.pt", "accuracy.png"):
+        for name in (
+            "config.json",
+            "metrics.json",
+            "metrics.csv",
+            "clients.csv",
+            "summary.json",
+            "model.pt",
+            "accuracy.png",
+        ):
             assert (run / name).exists(), f"{run / name} missing"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["rounds"] == 2
@@ -69,7 +81,9 @@ def test_multirun_of_the_same_seed_is_reproducible(env, tmp_path):
         assert summary["config"]["privacy"]["method"] == "visualmixer"
         assert summary["vfe_corrected"] > 0
     timing = {"round_time_s"}
-    first, second = ([{k: v for k, v in r.items() if k not in timing} for r in rows(run / "metrics.csv")] for run in runs)
+    first, second = (
+        [{k: v for k, v in r.items() if k not in timing} for r in rows(run / "metrics.csv")] for run in runs
+    )
     assert first == second, "same config and seed must give the same metrics"
     drop = {"obfuscation_s", "train_time_s"}
     clients = [[{k: v for k, v in r.items() if k not in drop} for r in rows(run / "clients.csv")] for run in runs]
@@ -78,7 +92,9 @@ def test_multirun_of_the_same_seed_is_reproducible(env, tmp_path):
 
 
 def test_failing_client_is_reported_and_the_round_proceeds(env, tmp_path):
-    result = fl_vmix([*SMALL, "faults.fail_partitions=[1]", "min_success_fraction=0.5", f"hydra.run.dir={tmp_path}"], env)
+    result = fl_vmix(
+        [*SMALL, "faults.fail_partitions=[1]", "min_success_fraction=0.5", f"hydra.run.dir={tmp_path}"], env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 2
@@ -90,8 +106,19 @@ def test_failing_client_is_reported_and_the_round_proceeds(env, tmp_path):
 
 def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
     process = subprocess.Popen(
-        [sys.executable, "-m", "fl_vmix", "num_clients=3", "num_rounds=20", "dataset.data_fraction=0.05", f"hydra.run.dir={tmp_path}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "fl_vmix",
+            "num_clients=3",
+            "num_rounds=20",
+            "dataset.data_fraction=0.05",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 300

@@ -9,27 +9,33 @@ public test set.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 
-from fl_vmix.apps.task import build_image_privacy, evaluate_model, obfuscate
+from fl_vmix.data import load_dataset
+from fl_vmix.experiment import Experiment
+from fl_vmix.factory import build_privacy
+from fl_vmix.training.loops import evaluate_model
+from fl_vmix.training.obfuscation import obfuscate
 
 SERVER_EVALUATION_KEY = b"fl_vmix server evaluation key v1"  # public by design: not a client key
 
 
 class CentralEvaluator:
-    def __init__(self, cfg: dict[str, Any], model: torch.nn.Module, max_images: int = 2000) -> None:
-        from fl_vmix.data import load_dataset
-
-        dataset = cfg["dataset"]
-        data = load_dataset(dataset["name"], dataset.get("root"), "test", cache_dir=dataset.get("cache_dir"))
+    def __init__(self, experiment: Experiment, model: torch.nn.Module, max_images: int = 2000) -> None:
+        dataset = experiment.dataset
+        data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
         index = np.linspace(0, len(data.labels) - 1, min(max_images, len(data.labels))).astype(np.int64)
-        transform = build_image_privacy(cfg["privacy"], SERVER_EVALUATION_KEY)
-        self.split = obfuscate(transform, np.asarray(data.images[index]), np.asarray(data.labels[index]), data.ids[index], epoch=0,
-                               region_size=int(cfg["privacy"].get("region_size", 8)))
+        method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY)
+        self.split = obfuscate(
+            method,
+            np.asarray(data.images[index]),
+            np.asarray(data.labels[index]),
+            data.ids[index],
+            epoch=0,
+            vfe_window=experiment.privacy.region_size,
+        )
         self.model = model
 
     def __call__(self, arrays: ArrayRecord) -> dict[str, float]:

@@ -1,90 +1,61 @@
-"""fl_vmix ClientApp: each client obfuscates its own images with its own key, then trains and evaluates.
+"""fl_vmix ClientApp: a thin adapter from Flower messages to the node's :class:`LocalClient`.
 
-The reply carries the model's arrays and scalar metrics only; images and the key stay on the node.
-In the simulation engine a worker process serves many rounds, so a client's loaded and obfuscated
-data are kept per process; on the Deployment Engine every message runs in a fresh process and the
-client reloads its exported folder from disk.
+Each client protects its own images with its own key, then trains and evaluates
+(:mod:`fl_vmix.training.client`). The reply carries the model's arrays and scalar metrics only;
+images and the key stay on the node. In the simulation engine a worker process serves many rounds
+and nodes, so it keeps its clients (with their protected data) in a bounded cache
+(``engine.client_cache``); on the Deployment Engine every message runs in a fresh process, which
+reloads the node's exported folder from disk.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_vmix.apps.config import experiment_from_run_config
-from fl_vmix.apps.keys import node_key
-from fl_vmix.apps.task import (
-    ObfuscatedSplit,
-    build_image_privacy,
-    evaluate_model,
-    model_from_config,
-    normalise,
-    obfuscate,
-    optimizer_from_config,
-    seed_for,
-    train_epochs,
+from fl_vmix.apps.dp import (
+    UNIFORM_WEIGHT_KEY,
+    load_accountant_history,
+    optional_fixedclipping_mod,
+    save_accountant_history,
 )
-from fl_vmix.apps.validate import client_data_for
-from fl_vmix.evaluation.training_dp import DPSGD, UNIFORM_WEIGHT_KEY, optional_fixedclipping_mod, train_dp_sgd
+from fl_vmix.apps.keys import node_key
+from fl_vmix.experiment import Experiment, experiment_from_run_config
+from fl_vmix.factory import client_data, local_client
+from fl_vmix.training.client import BoundedCache, LocalClient
+
+_CLIENTS: BoundedCache[tuple[str, str, bytes], LocalClient] = BoundedCache(1)
 
 
-@dataclass
-class ClientState:
-    partition_id: int
-    transform: Any
-    train: ObfuscatedSplit
-    test: ObfuscatedSplit
-    raw: Any  # the client's clear data (ClientData), needed again only in dynamic mode
-    num_classes: int
-    dynamic: bool
-
-
-_STATES: dict[tuple[str, int, bytes], ClientState] = {}
-
-
-def _config_digest(cfg: dict[str, Any]) -> str:
-    relevant = {k: cfg[k] for k in ("dataset", "partition", "privacy", "num_clients", "seed")}
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
-
-
-def client_state(cfg: dict[str, Any], context: Context) -> ClientState:
+def client_for(experiment: Experiment, context: Context) -> LocalClient:
+    """This node's client for ``experiment``, from the process's cache when it already protected its data."""
     node_config = dict(context.node_config)
     key = node_key(node_config)
-    data = client_data_for(cfg, node_config)
-    cache_key = (_config_digest(cfg), data.partition_id, hashlib.sha256(key).digest())
-    if cache_key not in _STATES:
-        transform = build_image_privacy(cfg["privacy"], key)
-        region = int(cfg["privacy"].get("region_size", 8))
-        _STATES[cache_key] = ClientState(
-            partition_id=data.partition_id,
-            transform=transform,
-            train=obfuscate(transform, data.train_images, data.train_labels, data.train_ids, epoch=0, region_size=region),
-            test=obfuscate(transform, data.test_images, data.test_labels, data.test_ids, epoch=0, region_size=region),
-            raw=data,
-            num_classes=len(data.classes),
-            dynamic=cfg["privacy"].get("mode", cfg["privacy"].get("noise_mode")) == "dynamic",
-        )
-    return _STATES[cache_key]
+    # The whole experiment: a client holds its model and optimiser settings too, not only its data.
+    digest = hashlib.sha256(json.dumps(experiment.to_dict(), sort_keys=True).encode()).hexdigest()
+    node = json.dumps(node_config, sort_keys=True, default=str)
+    _CLIENTS.resize(experiment.engine.client_cache)
+    return _CLIENTS.get(
+        (digest, node, hashlib.sha256(key).digest()),
+        lambda: local_client(experiment, client_data(experiment, node_config), key),
+    )
 
 
-def _model(cfg: dict[str, Any], state: ClientState, msg: Message) -> torch.nn.Module:
-    images = state.train.images if len(state.train.images) else state.test.images
-    model = model_from_config(cfg, state.num_classes, images.shape[1], images.shape[-1])
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return model
+def _number(config: ConfigRecord, key: str, default: float) -> float:
+    """A number the server put in the message's config (round, local epochs, FedProx's ``proximal-mu``)."""
+    value = config.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"the server sent {key}={value!r}, not a number: is the ServerApp an fl_vmix one?")
+    return value
 
 
-def _maybe_fail(cfg: dict[str, Any], partition_id: int, server_round: int) -> None:
-    faults = cfg.get("faults") or {}
-    if partition_id in (faults.get("fail_partitions") or []) and server_round in (faults.get("fail_rounds") or [server_round]):
-        raise RuntimeError(f"injected failure on partition {partition_id} in round {server_round} (config faults.fail_partitions)")
+def _labels(client: LocalClient) -> dict[str, int]:
+    # Every reply carries the partition (the server orders replies by it) and a uniform weight (central DP).
+    return {UNIFORM_WEIGHT_KEY: 1, "partition-id": client.partition_id}
 
 
 app = ClientApp(mods=[optional_fixedclipping_mod])
@@ -93,57 +64,32 @@ app = ClientApp(mods=[optional_fixedclipping_mod])
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    cfg = experiment_from_run_config(dict(context.run_config))
-    config = msg.content["config"]
-    server_round = int(config.get("server-round", 1))
-    state = client_state(cfg, context)
-    _maybe_fail(cfg, state.partition_id, server_round)
-    train_split = state.train
-    if state.dynamic:  # a new shuffle every round: the model never sees the same arrangement twice
-        raw = state.raw
-        region = int(cfg["privacy"].get("region_size", 8))
-        train_split = obfuscate(state.transform, raw.train_images, raw.train_labels, raw.train_ids, epoch=server_round, region_size=region)
-    model = _model(cfg, state, msg)
-    optimizer = optimizer_from_config(model.parameters(), cfg["optimizer"])
-    torch.manual_seed(seed_for(int(cfg["seed"]), state.partition_id, server_round))
-    start = time.perf_counter()
-    epochs = int(config.get("local-epochs", cfg["local_epochs"]))
-    batch_seed = seed_for(int(cfg["seed"]), state.partition_id, server_round, 1)
-    if isinstance(state.transform, DPSGD):
-        metrics = train_dp_sgd(model, normalise(train_split.images), train_split.labels, optimizer, state.transform, context,
-                               epochs=epochs, batch_size=int(cfg["batch_size"]), seed=batch_seed)
-    else:
-        metrics = train_epochs(model, train_split, optimizer, epochs=epochs, batch_size=int(cfg["batch_size"]), seed=batch_seed,
-                               proximal_mu=float(config.get("proximal-mu", 0.0)))
-        epsilon = state.transform.total_epsilon(server_round) if state.dynamic else state.transform.epsilon
-        if epsilon is not None:
-            metrics["epsilon"] = float(epsilon)  # local DP on images: per image, composed over re-releases
-    metrics.update(
-        {
-            "num-examples": len(train_split.labels),
-            UNIFORM_WEIGHT_KEY: 1,  # central DP's accountant needs uniform aggregation weights
-            "partition-id": state.partition_id,
-            "vfe_corrected": train_split.vfe_corrected,
-            "vfe_reference": train_split.vfe_reference,
-            "ssim": train_split.ssim,
-            "psnr": train_split.psnr,
-            "obfuscation_s": train_split.seconds,
-            "vfe_unreached_fraction": train_split.unreached / max(len(train_split.labels), 1),
-            "train_time_s": time.perf_counter() - start,
-        }
+    experiment = experiment_from_run_config(context.run_config)
+    config = msg.content.config_records["config"]
+    server_round = int(_number(config, "server-round", 1))
+    client = client_for(experiment, context)
+    if experiment.faults.fails(client.partition_id, server_round):
+        raise RuntimeError(
+            f"injected failure on partition {client.partition_id} in round {server_round} (config "
+            "faults.fail_partitions)"
+        )
+    result = client.train(
+        msg.content.array_records["arrays"].to_torch_state_dict(),
+        server_round,
+        epochs=int(_number(config, "local-epochs", experiment.local_epochs)),
+        proximal_mu=float(_number(config, "proximal-mu", 0.0)),
+        accountant_history=load_accountant_history(context),
     )
-    # Opacus wraps the model; the reply carries the plain model's arrays.
-    trained = getattr(model, "_module", model)
-    content = RecordDict({"arrays": ArrayRecord(trained.state_dict()), "metrics": MetricRecord(metrics)})
-    return Message(content=content, reply_to=msg)
+    if result.accountant_history is not None:
+        save_accountant_history(context, result.accountant_history)
+    metrics = MetricRecord({**result.metrics, **_labels(client)})
+    return Message(content=RecordDict({"arrays": ArrayRecord(result.weights), "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     torch.set_num_threads(1)
-    cfg = experiment_from_run_config(dict(context.run_config))
-    state = client_state(cfg, context)
-    model = _model(cfg, state, msg)
-    result = evaluate_model(model, state.test.images, state.test.labels)
-    metrics = {**result, "num-examples": len(state.test.labels), UNIFORM_WEIGHT_KEY: 1, "partition-id": state.partition_id}
-    return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+    experiment = experiment_from_run_config(context.run_config)
+    client = client_for(experiment, context)
+    result = client.evaluate(msg.content.array_records["arrays"].to_torch_state_dict())
+    return Message(content=RecordDict({"metrics": MetricRecord({**result.metrics, **_labels(client)})}), reply_to=msg)

@@ -3,40 +3,58 @@
 from __future__ import annotations
 
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 
 from fl_vmix.apps import client_app
-from fl_vmix.apps.config import experiment_from_run_config, experiment_to_run_config
-from fl_vmix.apps.keys import node_key
-from fl_vmix.apps.server_app import initial_model
-from fl_vmix.apps.task import build_image_privacy, model_from_config, obfuscate, optimizer_from_config, seed_for, train_epochs
-from fl_vmix.apps.validate import client_data_for
+from fl_vmix.apps.keys import NodeKeyError, create_key_file, node_key
+from fl_vmix.data.export import export_client
+from fl_vmix.experiment import Experiment, compose, experiment_from_run_config, to_run_config
+from fl_vmix.factory import build_model, build_optimizer, build_privacy, client_data, initial_model
+from fl_vmix.runtime.flower_app import app_section
+from fl_vmix.training.loops import train_epochs
+from fl_vmix.training.obfuscation import obfuscate
+from fl_vmix.training.seeds import seed_for
 
 
 @pytest.fixture()
-def experiment(tiny_experiment) -> dict:
+def experiment(tiny_experiment) -> Experiment:
     return tiny_experiment()
 
 
 def message(content: RecordDict, message_type: str, node_id: int = 7) -> Message:
     metadata = Metadata(
-        run_id=1, message_id="m", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
-        group_id="1", created_at=time.time(), ttl=600, message_type=message_type,
+        run_id=1,
+        message_id="m",
+        src_node_id=0,
+        dst_node_id=node_id,
+        reply_to_message_id="",
+        group_id="1",
+        created_at=time.time(),
+        ttl=600,
+        message_type=message_type,
     )
     return Message(content=content, metadata=metadata)
 
 
-def context(cfg: dict, partition_id: int = 0, node_config: dict | None = None) -> Context:
-    config = node_config if node_config is not None else {"partition-id": partition_id, "num-partitions": cfg["num_clients"]}
-    return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config=experiment_to_run_config(cfg))
+def context(experiment: Experiment, partition_id: int = 0, node_config: dict | None = None) -> Context:
+    config = (
+        node_config
+        if node_config is not None
+        else {"partition-id": partition_id, "num-partitions": experiment.num_clients}
+    )
+    return Context(run_id=1, node_id=7, node_config=config, state=RecordDict(), run_config=to_run_config(experiment))
 
 
-def train_message(cfg: dict) -> tuple[Message, torch.nn.Module]:
-    model = initial_model(cfg)
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "local-epochs": 1})})
+def train_message(experiment: Experiment) -> tuple[Message, torch.nn.Module]:
+    model = initial_model(experiment)
+    content = RecordDict(
+        {"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1, "local-epochs": 1})}
+    )
     return message(content, "train"), model
 
 
@@ -52,10 +70,12 @@ def test_reply_holds_only_model_arrays_and_metrics(experiment):
     assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in expected.items()}
     assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
     # No tensor in the reply equals or embeds an image, clear or obfuscated, in any layout.
-    data = client_data_for(experiment, dict(ctx.node_config))
+    data = client_data(experiment, dict(ctx.node_config))
     key = node_key(dict(ctx.node_config))
-    obfuscated = obfuscate(build_image_privacy(experiment["privacy"], key), data.train_images, data.train_labels, data.train_ids, 0).images
-    image_vectors = [torch.from_numpy(data.train_images).float().flatten(1), torch.from_numpy(data.train_images).float().flatten(1) / 255, obfuscated.flatten(1)]
+    method = build_privacy(experiment.privacy, key)
+    obfuscated = obfuscate(method, data.train_images, data.train_labels, data.train_ids, 0, vfe_window=8).images
+    clear = torch.from_numpy(data.train_images).float().flatten(1)
+    image_vectors = [clear, clear / 255, obfuscated.flatten(1)]
     size = image_vectors[0].shape[1]
     for name, tensor in state.items():
         flat = tensor.float().flatten()
@@ -73,18 +93,36 @@ def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
     got = reply.content["arrays"].to_torch_state_dict()
 
     def expected_with(key: bytes) -> dict:
-        data = client_data_for(experiment, dict(ctx.node_config))
-        split = obfuscate(build_image_privacy(experiment["privacy"], key), data.train_images, data.train_labels, data.train_ids, 0)
-        model = model_from_config(experiment, 3, 3, 32)
+        # An independent replay of a client round from the library pieces: protect, seed, train.
+        data = client_data(experiment, dict(ctx.node_config))
+        split = obfuscate(
+            build_privacy(experiment.privacy, key),
+            data.train_images,
+            data.train_labels,
+            data.train_ids,
+            0,
+            vfe_window=8,
+        )
+        model = build_model(experiment, 3, 3, 32)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-        torch.manual_seed(seed_for(experiment["seed"], 0, 1))
-        train_epochs(model, split, optimizer_from_config(model.parameters(), experiment["optimizer"]),
-                     epochs=1, batch_size=experiment["batch_size"], seed=seed_for(experiment["seed"], 0, 1, 1))
+        optimizer = build_optimizer(experiment, model.parameters())
+        torch.manual_seed(seed_for(experiment.seed, 0, 1))
+        train_epochs(
+            model,
+            split.images,
+            split.labels,
+            optimizer,
+            epochs=1,
+            batch_size=experiment.batch_size,
+            seed=seed_for(experiment.seed, 0, 1, 1),
+        )
         return model.state_dict()
 
     own = expected_with(node_key(dict(ctx.node_config)))
-    assert all(torch.equal(got[k], own[k]) for k in own), "the update must come from images mixed with this client's key"
-    other = expected_with(b"another client's key, 32 bytes..")
+    assert all(torch.equal(got[k], own[k]) for k in own), (
+        "the update must come from images mixed with this client's key"
+    )
+    other = expected_with(bytes(range(32)))
     assert not all(torch.equal(got[k], other[k]) for k in other)
 
 
@@ -92,15 +130,12 @@ def test_clients_have_distinct_keys_that_the_server_never_sends(experiment):
     first, second = node_key({"partition-id": 0}), node_key({"partition-id": 1})
     assert first != second and len(first) == 32
     assert first == node_key({"partition-id": 0})  # stable across rounds and runs
-    run_config = experiment_to_run_config(experiment)
-    assert first.hex() not in str(run_config) and "key" not in experiment_from_run_config(run_config)["privacy"]
+    run_config = to_run_config(experiment)
+    assert first.hex() not in str(run_config) and "key" not in experiment_from_run_config(run_config).privacy.params
 
 
 def test_deployment_node_reads_key_file_and_exported_data(experiment, tmp_path):
-    from fl_vmix.apps.keys import create_key_file
-    from fl_vmix.data.export import export_client
-
-    data = client_data_for(experiment, {"partition-id": 1, "num-partitions": 2})
+    data = client_data(experiment, {"partition-id": 1, "num-partitions": 2})
     folder = export_client(data, tmp_path / "client-1")
     key = create_key_file(folder / "client.key")
     node_config = {"data-path": str(folder), "key-file": str(folder / "client.key")}
@@ -112,33 +147,53 @@ def test_deployment_node_reads_key_file_and_exported_data(experiment, tmp_path):
 
 
 def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
-    from fl_vmix.apps.keys import NodeKeyError
-
     msg, _ = train_message(experiment)
     # Called directly the exception propagates; under a SuperNode Flower turns it into the error reply
     # the server logs and records (see the fault-tolerance simulation test).
+    node_config = {"key-file": str(tmp_path / "absent.key"), "partition-id": 0, "num-partitions": 2}
     with pytest.raises(NodeKeyError, match="absent.key does not exist.*keygen"):
-        client_app.app(msg, context(experiment, node_config={"key-file": str(tmp_path / "absent.key"), "partition-id": 0, "num-partitions": 2}))
+        client_app.app(msg, context(experiment, node_config=node_config))
 
 
 def test_evaluate_reports_loss_accuracy_and_examples(experiment):
     model = initial_model(experiment)
-    msg = message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate")
+    msg = message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate"
+    )
     reply = client_app.app(msg, context(experiment))
     metrics = reply.content["metrics"]
     assert set(metrics) == {"loss", "accuracy", "num-examples", "uniform-weight", "partition-id"}
     assert 0 <= metrics["accuracy"] <= 1 and metrics["num-examples"] > 0
 
 
+def test_a_worker_keeps_its_clients_up_to_the_configured_bound(tiny_experiment):
+    experiment = tiny_experiment("engine.client_cache=1")
+    model = initial_model(experiment)
+    msg = message(
+        RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate"
+    )
+    first, second = context(experiment, 0), context(experiment, 1)
+    client_app.app(msg, first)
+    kept = client_app.client_for(experiment, first)
+    assert client_app.client_for(experiment, first) is kept  # the same client: its protected data are reused
+    client_app.app(msg, second)  # a second node in the same worker evicts the first (bound 1)
+    assert client_app.client_for(experiment, first) is not kept
+
+
+def test_a_cached_client_is_never_reused_for_another_experiment(tiny_experiment):
+    sgd, adam = tiny_experiment("optimizer=sgd"), tiny_experiment()
+    ctx = context(adam)
+    assert client_app.client_for(adam, ctx) is client_app.client_for(adam, ctx)
+    assert client_app.client_for(sgd, ctx) is not client_app.client_for(adam, ctx), "same data, other optimiser"
+
+
 def test_flwr_run_without_overrides_uses_the_conf_defaults():
-    from fl_vmix.apps.config import compose_config
-
-    assert experiment_from_run_config({"experiment": ""}) == compose_config()
-    import tomllib
-    from pathlib import Path
-
+    assert experiment_from_run_config({"experiment": ""}) == compose()
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
-    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, "conf/ must stay the one source of defaults"
+    assert pyproject["tool"]["flwr"]["app"] == app_section(), "the checkout's Flower app must match the installed one"
+    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, (
+        "conf/ must stay the one source of defaults"
+    )
 
 
 def test_central_evaluation_uses_a_server_key_on_the_test_split(experiment):

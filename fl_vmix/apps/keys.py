@@ -38,7 +38,9 @@ def read_key_file(path: Path) -> bytes:
         )
     key = path.read_bytes()
     if len(key) < 16:
-        raise NodeKeyError(f"key file {path} holds {len(key)} bytes; a key needs at least 16 random bytes: regenerate it")
+        raise NodeKeyError(
+            f"key file {path} holds {len(key)} bytes; a key needs at least 16 random bytes: regenerate it"
+        )
     return key
 
 

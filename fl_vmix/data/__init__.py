@@ -20,7 +20,7 @@ Command line: ``python -m fl_vmix.data stats --dataset cifar10 --root ... --num-
 --scheme dirichlet --alpha 0.3 --seed 0 --plot labels.png`` (and ``prepare`` to fill the cache).
 """
 
-from fl_vmix.data.client import ClientData, load_client_data
+from fl_vmix.data.client import ClientData, load_client_data, subsample
 from fl_vmix.data.errors import DataError
 from fl_vmix.data.partition import (
     SCHEMES,
@@ -60,4 +60,5 @@ __all__ = [
     "partition_dataset",
     "resolve_cache_dir",
     "resolve_data_root",
+    "subsample",
 ]

@@ -17,13 +17,17 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fl_vmix.data.errors import DataError
-from fl_vmix.data.partition import SCHEMES, CLASS_ASSIGNMENTS, cached_partitions, client_split, label_counts
+from fl_vmix.data.partition import CLASS_ASSIGNMENTS, SCHEMES, cached_partitions, client_split, label_counts
 from fl_vmix.data.paths import resolve_cache_dir, resolve_data_root
 from fl_vmix.data.sources import DATASETS, SPLITS, ImageArrays, load_dataset
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MAX_CLASS_COLUMNS = 20
 
@@ -31,7 +35,9 @@ MAX_CLASS_COLUMNS = 20
 def _add_source_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset name (see `list`)")
     parser.add_argument("--root", default=None, help="data root (default: $FL_VMIX_DATA, else ~/.cache/fl_vmix/data)")
-    parser.add_argument("--cache-dir", default=None, help="writable cache (default: $FL_VMIX_CACHE, else ~/.cache/fl_vmix)")
+    parser.add_argument(
+        "--cache-dir", default=None, help="writable cache (default: $FL_VMIX_CACHE, else ~/.cache/fl_vmix)"
+    )
     parser.add_argument("--no-download", action="store_true", help="never try to download missing files")
 
 
@@ -70,18 +76,21 @@ def _print_list() -> None:
 
 def _prepare(args: argparse.Namespace) -> None:
     start = time.perf_counter()
-    data = load_dataset(args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False if args.no_download else None)
+    data = load_dataset(
+        args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False if args.no_download else None
+    )
     first = time.perf_counter() - start
     start = time.perf_counter()
     load_dataset(args.dataset, args.root, "train", cache_dir=args.cache_dir, download=False)
     again = time.perf_counter() - start
     print(
         f"{data.name}: train {data.images.shape} {len(data.classes)} classes; first load {first:.2f} s, "
-        f"cached load {again * 1000:.1f} ms (root {resolve_data_root(args.root)}, cache {resolve_cache_dir(args.cache_dir)})"
+        f"cached load {again * 1000:.1f} ms (root {resolve_data_root(args.root)}, cache "
+        f"{resolve_cache_dir(args.cache_dir)})"
     )
 
 
-def stats_table(data: ImageArrays, partitions: Sequence[np.ndarray], test_fraction: float, seed: int) -> object:
+def stats_table(data: ImageArrays, partitions: Sequence[np.ndarray], test_fraction: float, seed: int) -> Table:
     """A rich Table with one row per client: train/test/total size, classes present and label counts."""
     from rich.table import Table
 
@@ -117,35 +126,46 @@ def coverage_line(num_samples: int, partitions: Sequence[np.ndarray]) -> str:
     )
 
 
-def save_plot(data: ImageArrays, partitions: Sequence[np.ndarray], path: Path, title: str) -> None:
-    """Stacked bar chart: one bar per client, one colour per class (OO matplotlib: no global backend)."""
-    from matplotlib import colormaps
-    from matplotlib.figure import Figure
+def save_plot(data: ImageArrays, partitions: Sequence[np.ndarray], path: Path, title: str) -> np.ndarray:
+    """Stacked bar chart, one bar per client and one colour per class: flwr-datasets' label-distribution plot
+    over our (cached) partitions. Returns the plotted counts, ``[clients, classes]``."""
+    import datasets
+    import matplotlib
 
-    counts = label_counts(data.labels, partitions, data.num_classes)
-    clients = np.arange(len(partitions))
-    figure = Figure(figsize=(max(6.0, 0.35 * len(clients) + 3), 4.5), layout="constrained")
-    axes = figure.add_subplot()
-    cmap = colormaps["tab20" if data.num_classes <= 20 else "viridis"].resampled(max(data.num_classes, 2))
-    bottom = np.zeros(len(clients))
-    for c in range(data.num_classes):
-        axes.bar(clients, counts[:, c], bottom=bottom, color=cmap(c), label=data.classes[c], width=0.8)
-        bottom += counts[:, c]
-    axes.set_xlabel("client (partition id)")
-    axes.set_ylabel("samples")
-    axes.set_title(title)
-    if len(clients) <= 40:
-        axes.set_xticks(clients)
-    if data.num_classes <= 20:
-        axes.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title="label")
+    matplotlib.use("Agg")
+    from flwr_datasets.partitioner import Partitioner
+    from flwr_datasets.visualization import plot_label_distributions
+
+    class Fixed(Partitioner):  # the partitions are computed (and cached) already: hand them over as they are
+        @property
+        def num_partitions(self) -> int:
+            return len(partitions)
+
+        def load_partition(self, partition_id: int) -> datasets.Dataset:
+            return self.dataset.select(partitions[partition_id])
+
+    features = datasets.Features({"label": datasets.ClassLabel(names=list(data.classes))})
+    partitioner = Fixed()
+    partitioner.dataset = datasets.Dataset.from_dict({"label": np.asarray(data.labels).tolist()}, features=features)
+    width = max(6.0, 0.35 * len(partitions) + 3)
+    figure, _, counts = plot_label_distributions(
+        partitioner, "label", plot_type="bar", size_unit="absolute", figsize=(width, 4.5), title=title,
+        legend=data.num_classes <= 20, legend_title="label",
+    )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return counts.to_numpy()
 
 
 def _stats(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    data = load_dataset(args.dataset, args.root, args.split, cache_dir=args.cache_dir, download=False if args.no_download else None)
+    data = load_dataset(
+        args.dataset, args.root, args.split, cache_dir=args.cache_dir, download=False if args.no_download else None
+    )
     partitions = cached_partitions(
         data.labels,
         args.num_partitions,
@@ -166,7 +186,9 @@ def _stats(args: argparse.Namespace) -> None:
     console.print(table)
     console.print(coverage_line(len(data), partitions))
     if args.plot is not None:
-        detail = {"dirichlet": f", alpha={args.alpha}", "pathological": f", k={args.classes_per_partition}"}.get(args.scheme, "")
+        detail = {"dirichlet": f", alpha={args.alpha}", "pathological": f", k={args.classes_per_partition}"}.get(
+            args.scheme, ""
+        )
         title = f"{data.name}/{args.split}: {args.scheme}{detail}, {args.num_partitions} clients, seed {args.seed}"
         save_plot(data, partitions, args.plot, title)
         console.print(f"plot saved to {args.plot}")

@@ -23,6 +23,7 @@ cost more than the load); delete the entry folder to force a rebuild.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -88,6 +89,10 @@ def read_entry(path: Path) -> tuple[Arrays, dict[str, Any]] | None:
         return None
 
 
+def _save_npy(array: np.ndarray, handle: Any) -> None:
+    np.save(handle, array, allow_pickle=False)
+
+
 def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:
     """Write via a unique temporary file in the same folder, fsync, then `os.replace`."""
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
@@ -112,7 +117,7 @@ def write_entry(path: Path, arrays: Mapping[str, np.ndarray], extra: Mapping[str
             raise ValueError(f"cache array name {name!r} must be alphanumeric/underscore: rename it")
         array = np.ascontiguousarray(array)
         target = path / f"{name}.npy"
-        _atomic_write(target, lambda handle, a=array: np.save(handle, a, allow_pickle=False))
+        _atomic_write(target, functools.partial(_save_npy, array))
         info[name] = {"shape": list(array.shape), "dtype": str(array.dtype), "nbytes": target.stat().st_size}
     meta = {"format": CACHE_FORMAT, "arrays": info, "extra": dict(extra)}
     _atomic_write(path / META_NAME, lambda handle: handle.write(json.dumps(meta, indent=1).encode()))

@@ -96,7 +96,8 @@ def test_two_processes_building_at_once_build_once(tmp_path: Path) -> None:
     start_at = time.time() + 0.3
     outs = [str(tmp_path / f"out{i}.npy") for i in range(2)]
     procs = [
-        ctx.Process(target=_build_in_child, args=(str(tmp_path / "c"), str(tmp_path / "log"), start_at, out)) for out in outs
+        ctx.Process(target=_build_in_child, args=(str(tmp_path / "c"), str(tmp_path / "log"), start_at, out))
+        for out in outs
     ]
     for proc in procs:
         proc.start()

@@ -7,6 +7,7 @@ copies out the client's rows: tens of milliseconds after the first call.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -92,4 +93,27 @@ def load_client_data(
         test_labels=np.asarray(data.labels[test_idx]),
         test_ids=test_idx + offset,
         classes=list(data.classes),
+    )
+
+
+def subsample(data: ClientData, fraction: float, seed: int) -> ClientData:
+    """Keep a seeded ``fraction`` of a client's train and test rows (quick runs on a share of the data)."""
+    if not 0 < fraction <= 1:
+        raise DataError(f"data_fraction={fraction} is invalid: use a fraction in (0, 1]")
+    if fraction == 1:
+        return data
+    rng = np.random.default_rng([seed, data.partition_id, 0x5AB])
+
+    def keep(n: int) -> np.ndarray:
+        return np.sort(rng.permutation(n)[: max(1, int(round(fraction * n)))]) if n else np.arange(0)
+
+    train, test = keep(len(data.train_labels)), keep(len(data.test_labels))
+    return dataclasses.replace(
+        data,
+        train_images=data.train_images[train],
+        train_labels=data.train_labels[train],
+        train_ids=data.train_ids[train],
+        test_images=data.test_images[test],
+        test_labels=data.test_labels[test],
+        test_ids=data.test_ids[test],
     )

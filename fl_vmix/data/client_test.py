@@ -47,13 +47,19 @@ def test_deterministic_and_fast_on_repeat(image_folder: Path, tmp_path: Path) ->
 
 
 def test_test_split_ids_are_offset(image_folder: Path, tmp_path: Path) -> None:
-    client = load_client_data("imagefolder", 0, 2, split="test", test_fraction=0.0, root=image_folder, cache_dir=tmp_path)
+    client = load_client_data(
+        "imagefolder", 0, 2, split="test", test_fraction=0.0, root=image_folder, cache_dir=tmp_path
+    )
     assert client.train_ids.min() >= SPLIT_ID_OFFSET["test"] and len(client.test_ids) == 0
 
 
 @pytest.mark.parametrize(
     ("pid", "num", "message"),
-    [(3, 3, r"partition_id=3 is outside 0\.\.2"), (-1, 3, r"partition_id must be an integer >= 0"), (0, 0, "num_partitions")],
+    [
+        (3, 3, r"partition_id=3 is outside 0\.\.2"),
+        (-1, 3, r"partition_id must be an integer >= 0"),
+        (0, 0, "num_partitions"),
+    ],
 )
 def test_bad_partition_id(image_folder: Path, tmp_path: Path, pid: int, num: int, message: str) -> None:
     with pytest.raises(DataError, match=message):
@@ -61,5 +67,7 @@ def test_bad_partition_id(image_folder: Path, tmp_path: Path, pid: int, num: int
 
 
 def test_more_clients_than_samples(image_folder: Path, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"num_partitions=25 exceeds the 24 samples of imagefolder/train: use at most 24"):
+    with pytest.raises(
+        DataError, match=r"num_partitions=25 exceeds the 24 samples of imagefolder/train: use at most 24"
+    ):
         load_client_data("imagefolder", 0, 25, root=image_folder, cache_dir=tmp_path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,12 @@ def export_client(data: ClientData, folder: Path, extra: dict[str, Any] | None =
     tmp = folder / f".{DATA_FILE}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **{name: getattr(data, name) for name in _ARRAYS})
     os.replace(tmp, folder / DATA_FILE)
-    meta = {"partition_id": data.partition_id, "num_partitions": data.num_partitions, "classes": list(data.classes), **(extra or {})}
+    meta = {
+        "partition_id": data.partition_id,
+        "num_partitions": data.num_partitions,
+        "classes": list(data.classes),
+        **(extra or {}),
+    }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
     return folder
 
@@ -55,9 +59,3 @@ def load_exported_client(folder: Path) -> ClientData:
         classes=list(meta["classes"]),
         **values,
     )
-
-
-def describe(data: ClientData) -> dict[str, Any]:
-    summary = {k: v for k, v in asdict(data).items() if k not in _ARRAYS}
-    summary.update(train=len(data.train_labels), test=len(data.test_labels))
-    return summary

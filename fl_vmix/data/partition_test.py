@@ -160,7 +160,9 @@ def test_cached_partitions_match_and_are_reused(tmp_path: Path) -> None:
     again = cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
     assert all(np.array_equal(a, b) for a, b in zip(direct, again))
     cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.4, cache_dir=tmp_path, dataset_name="toy/train")
-    cached_partitions(LABELS[::-1].copy(), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
+    cached_partitions(
+        LABELS[::-1].copy(), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train"
+    )
     assert len(list((tmp_path / "partitions").glob("*/meta.json"))) == 3  # parameters and labels are in the key
     with pytest.raises(DataError, match="alpha must be > 0"):  # validated even when something is cached
         cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.0, cache_dir=tmp_path)

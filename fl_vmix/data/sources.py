@@ -253,11 +253,14 @@ def _archive_source(archive: Path) -> Source:
             if not items:
                 raise DataError(
                     f"archive {archive} has no {split}/<class>/*.jpg members: it is not the CIFAR-10 JPEG archive "
-                    f"(expected cifar10-jpg/train/<class>/NNNN.jpg and cifar10-jpg/test/<class>/NNNN.jpg); copy it again"
+                    "(expected cifar10-jpg/train/<class>/NNNN.jpg and cifar10-jpg/test/<class>/NNNN.jpg); copy it "
+                    "again"
                 )
             _check_cifar10_classes({CIFAR10_CLASSES[label] for label, _, _ in items}, archive)
             items.sort(key=lambda item: (item[0], item[1]))  # class-major, then file name: archive order is not trusted
-            images = decode_images([b for _, _, b in items], [f"{archive}:{split}/{CIFAR10_CLASSES[c]}/{f}" for c, f, _ in items])
+            images = decode_images(
+                [b for _, _, b in items], [f"{archive}:{split}/{CIFAR10_CLASSES[c]}/{f}" for c, f, _ in items]
+            )
             _check_cifar10_images(images, archive)
             arrays |= _split_arrays(split, images, np.array([c for c, _, _ in items]))
         return arrays, {"classes": list(CIFAR10_CLASSES)}
@@ -359,9 +362,13 @@ def _medmnist_source_from_file(flag: str, size: int, file: Path) -> Source:
             elif images.ndim == 4 and images.shape[-1] in (1, 3):
                 images = images.transpose(0, 3, 1, 2)
             else:
-                raise DataError(f"{file} {split}_images has shape {images.shape}, expected [N,H,W] or [N,H,W,C]: replace the file")
+                raise DataError(
+                    f"{file} {split}_images has shape {images.shape}, expected [N,H,W] or [N,H,W,C]: replace the file"
+                )
             if labels.ndim != 2 or labels.shape[1] != 1:
-                raise DataError(f"{file} {split}_labels has shape {labels.shape}, expected [N,1] single labels: replace the file")
+                raise DataError(
+                    f"{file} {split}_labels has shape {labels.shape}, expected [N,1] single labels: replace the file"
+                )
             arrays |= _split_arrays(split, np.ascontiguousarray(images, dtype=np.uint8), labels.reshape(-1))
         classes = [info["label"][key] for key in sorted(info["label"], key=int)]
         for split in SPLITS:
@@ -369,7 +376,8 @@ def _medmnist_source_from_file(flag: str, size: int, file: Path) -> Source:
             if labels.size and not 0 <= labels.min() <= labels.max() < len(classes):
                 raise DataError(
                     f"{file} {split}_labels hold values {labels.min()}..{labels.max()} but {flag} has "
-                    f"{len(classes)} classes: the file is not {flag}; replace it with {file.name} from the MedMNIST release"
+                    f"{len(classes)} classes: the file is not {flag}; replace it with {file.name} from the MedMNIST "
+                    "release"
                 )
         return arrays, {"classes": classes}
 
@@ -396,7 +404,9 @@ def _medmnist_loader(flag: str, size: int) -> DatasetLoader:
             target = candidates[0].parent
             try:
                 target.mkdir(parents=True, exist_ok=True)
-                getattr(medmnist, medmnist.INFO[flag]["python_class"])(split="train", root=str(target), download=True, size=size)
+                getattr(medmnist, medmnist.INFO[flag]["python_class"])(
+                    split="train", root=str(target), download=True, size=size
+                )
                 return _medmnist_source_from_file(flag, size, candidates[0])
             except Exception as error:  # medmnist wraps every download failure in RuntimeError
                 note = f"failed ({type(error).__name__}: {str(error).strip().splitlines()[0]})"
@@ -430,7 +440,7 @@ def _locate_imagefolder(root: Path, download: bool) -> Source:
             f"no class folders in {split_dirs['train']}: expected {root}/train/<class>/<image> "
             f"(and optionally {root}/test/<class>/<image>) or {root}/<class>/<image>; create one folder per class"
         )
-    for split, folder in split_dirs.items():
+    for folder in split_dirs.values():
         extra = sorted(set(_class_dirs(folder)) - set(classes))
         if extra:
             raise DataError(
@@ -503,12 +513,21 @@ class _Registry(Mapping[str, DatasetLoader]):
 
 DATASETS: Mapping[str, DatasetLoader] = _Registry(
     {
-        "cifar10": DatasetLoader("cifar10", "CIFAR-10 (torchvision layout, JPEG folder or JPEG tar archive)", _locate_cifar10),
+        "cifar10": DatasetLoader(
+            "cifar10", "CIFAR-10 (torchvision layout, JPEG folder or JPEG tar archive)", _locate_cifar10
+        ),
         "cifar100": DatasetLoader("cifar100", "CIFAR-100 (torchvision layout)", _locate_cifar100),
-        "imagefolder": DatasetLoader("imagefolder", "your own images: <root>/{train,val,test}/<class>/<image>", _locate_imagefolder),
+        "imagefolder": DatasetLoader(
+            "imagefolder", "your own images: <root>/{train,val,test}/<class>/<image>", _locate_imagefolder
+        ),
     }
 )
-_ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "image_folder": "imagefolder", "image-folder": "imagefolder"}
+_ALIASES = {
+    "cifar-10": "cifar10",
+    "cifar-100": "cifar100",
+    "image_folder": "imagefolder",
+    "image-folder": "imagefolder",
+}
 
 
 def get_loader(name: str) -> DatasetLoader:
@@ -527,7 +546,9 @@ def get_loader(name: str) -> DatasetLoader:
             f"class per image; use a single-label one such as 'retinamnist' or 'pneumoniamnist'"
         )
     if base in _medmnist_info():
-        raise DataError(f"dataset {name!r} is a 3-D MedMNIST volume dataset, not images: use a 2-D flag such as 'organamnist'")
+        raise DataError(
+            f"dataset {name!r} is a 3-D MedMNIST volume dataset, not images: use a 2-D flag such as 'organamnist'"
+        )
     close = difflib.get_close_matches(key, list(DATASETS), n=3)
     hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise DataError(

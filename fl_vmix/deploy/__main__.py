@@ -27,19 +27,31 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fl_vmix.deploy", description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_vmix.deploy",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     export = sub.add_parser("export", help="write each client's partition and key to DIR/client-<i>/")
     export.add_argument("--out", type=Path, required=True, help="output folder (client-<i>/ inside)")
-    export.add_argument("overrides", nargs="*", help="Hydra overrides, as for python -m fl_vmix (num_clients=3 dataset=cifar10 ...)")
+    export.add_argument(
+        "overrides", nargs="*", help="Hydra overrides, as for python -m fl_vmix (num_clients=3 dataset=cifar10 ...)"
+    )
 
     keygen = sub.add_parser("keygen", help="create a client's VisualMixer key file (32 random bytes, mode 0600)")
     keygen.add_argument("path", type=Path)
 
     certs = sub.add_parser("certs", help="create a CA and a SuperLink TLS certificate (ca.pem, server.pem, server.key)")
     certs.add_argument("--out", type=Path, required=True)
-    certs.add_argument("--hosts", nargs="*", default=[], help="names/IPs SuperNodes and flwr use to reach the SuperLink (127.0.0.1 and localhost are always added)")
+    certs.add_argument(
+        "--hosts",
+        nargs="*",
+        default=[],
+        help="names/IPs SuperNodes and flwr use to reach the SuperLink (127.0.0.1 and localhost are always added)",
+    )
     certs.add_argument("--days", type=int, default=365, help="validity in days (default 365)")
 
     auth = sub.add_parser("auth-keys", help="create SuperNode authentication key pairs DIR/supernode-<i>{,.pub}")
@@ -52,16 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     conn.add_argument("--address", required=True, help="SuperLink HOST:PORT (its one HTTPS port)")
     group = conn.add_mutually_exclusive_group(required=True)
     group.add_argument("--root-cert", type=Path, help="ca.pem that signed the SuperLink certificate")
-    group.add_argument("--insecure", action="store_true", help="plain HTTP (only for a SuperLink started with --insecure)")
+    group.add_argument(
+        "--insecure", action="store_true", help="plain HTTP (only for a SuperLink started with --insecure)"
+    )
     conn.add_argument("--default", action="store_true", help="also make it the default connection")
     conn.add_argument("--probe", action="store_true", help="check that the SuperLink answers through this connection")
 
-    node = sub.add_parser("check-node", help="check a SuperNode host: data folder, key, auth key, CA (run before flower-supernode)")
+    node = sub.add_parser(
+        "check-node", help="check a SuperNode host: data folder, key, auth key, CA (run before flower-supernode)"
+    )
     node.add_argument("--data-path", type=Path, required=True)
     node.add_argument("--key-file", type=Path, default=None, help="default: DATA_PATH/client.key")
     node.add_argument("--auth-key", type=Path, default=None, help="SuperNode authentication private key")
     node.add_argument("--ca-cert", type=Path, default=None, help="root certificate used to verify the SuperLink")
-    node.add_argument("--superlink", default=None, help="also probe the SuperLink at HOST:PORT (needs --ca-cert or --insecure)")
+    node.add_argument(
+        "--superlink", default=None, help="also probe the SuperLink at HOST:PORT (needs --ca-cert or --insecure)"
+    )
     node.add_argument("--insecure", action="store_true")
     node.add_argument("--print-node-config", action="store_true", help="print only the --node-config value on success")
 
@@ -81,19 +99,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from fl_vmix.apps.config import compose_config
     from fl_vmix.deploy.export import export_federation
+    from fl_vmix.experiment import compose
 
-    cfg = compose_config(args.overrides)
+    experiment = compose(args.overrides)
     start = time.perf_counter()
-    clients = export_federation(cfg, args.out)
-    table = Table(title=f"{cfg['dataset']['name']} x {cfg['num_clients']} clients ({cfg['partition']['scheme']}, data_fraction={cfg['dataset'].get('data_fraction')}) in {time.perf_counter() - start:.1f} s")
+    clients = export_federation(experiment, args.out)
+    title = (
+        f"{experiment.dataset.name} x {experiment.num_clients} clients ({experiment.partition.scheme}, "
+        f"data_fraction={experiment.dataset.data_fraction}) in {time.perf_counter() - start:.1f} s"
+    )
+    table = Table(title=title)
     for column in ("client", "folder", "train", "test", "data.npz", "key"):
         table.add_column(column)
     for c in clients:
-        table.add_row(str(c.partition_id), str(c.folder), str(c.train), str(c.test), f"{c.size_bytes / 2**20:.1f} MiB", f"{c.key_file.name} ({'new' if c.new_key else 'kept'})")
+        table.add_row(
+            str(c.partition_id),
+            str(c.folder),
+            str(c.train),
+            str(c.test),
+            f"{c.size_bytes / 2**20:.1f} MiB",
+            f"{c.key_file.name} ({'new' if c.new_key else 'kept'})",
+        )
     console.print(table)
-    console.print("Copy each client-<i> folder to its own SuperNode host only; start it with scripts/deploy/start_supernode.sh.")
+    console.print(
+        "Copy each client-<i> folder to its own SuperNode host only; start it with scripts/deploy/start_supernode.sh."
+    )
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -109,7 +140,10 @@ def _certs(args: argparse.Namespace) -> None:
 
     paths = write_certificates(args.out, args.hosts, days=args.days)
     console.print(f"CA: {paths.ca_cert} (key {paths.ca_key}: keep it offline)")
-    console.print(f"SuperLink: {paths.server_cert} + {paths.server_key} for {', '.join(paths.hosts)}, valid until {paths.not_after:%Y-%m-%d} UTC")
+    console.print(
+        f"SuperLink: {paths.server_cert} + {paths.server_key} for {', '.join(paths.hosts)}, valid until "
+        f"{paths.not_after:%Y-%m-%d} UTC"
+    )
     console.print("Give ca.pem (only) to every SuperNode host and to the machine that runs `flwr run`.")
 
 
@@ -119,11 +153,14 @@ def _auth_keys(args: argparse.Namespace) -> None:
     pairs = write_auth_keys(args.out, args.n, overwrite=args.overwrite)
     for private, public in pairs:
         console.print(f"{private} (private, 0600: to that SuperNode host only)  {public} (register it)")
-    console.print("Register the public keys: scripts/deploy/register_supernodes.sh <connection> " + " ".join(str(p) for _, p in pairs))
+    console.print(
+        "Register the public keys: scripts/deploy/register_supernodes.sh <connection> "
+        + " ".join(str(p) for _, p in pairs)
+    )
 
 
 def _connection(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import probe_superlink, write_connection
+    from fl_vmix.runtime.connection import probe_superlink, write_connection
 
     path = write_connection(args.name, args.address, args.root_cert, args.insecure, default=args.default)
     console.print(f"wrote [superlink.{args.name}] address={args.address} to {path}", markup=False)
@@ -133,8 +170,8 @@ def _connection(args: argparse.Namespace) -> None:
 
 
 def _check_node(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import SuperLinkUnreachable, probe_superlink
     from fl_vmix.deploy.preflight import check_node, node_config_string
+    from fl_vmix.runtime.connection import SuperLinkUnreachable, probe_superlink
 
     key_file = args.key_file or args.data_path / "client.key"
     report = check_node(args.data_path, key_file, auth_key=args.auth_key, ca_cert=args.ca_cert)
@@ -150,7 +187,8 @@ def _check_node(args: argparse.Namespace) -> None:
         print(node_config_string(args.data_path, key_file))
         return
     console.print(
-        f"node ready: partition {report.partition_id}/{report.num_partitions}, {report.train} train + {report.test} test images, "
+        f"node ready: partition {report.partition_id}/{report.num_partitions}, {report.train} train + {report.test} "
+        "test images, "
         f"{report.classes} classes, loads in {report.load_ms:.1f} ms; key {report.key_bytes} bytes"
         + (f"; SuperLink {args.superlink} answered in {latency * 1000:.0f} ms" if latency is not None else "")
     )
@@ -158,7 +196,7 @@ def _check_node(args: argparse.Namespace) -> None:
 
 
 def _check_superlink(args: argparse.Namespace) -> None:
-    from fl_vmix.deploy.connection import (
+    from fl_vmix.runtime.connection import (
         ConnectionSetupError,
         probe_superlink,
         read_connection,
@@ -172,7 +210,9 @@ def _check_superlink(args: argparse.Namespace) -> None:
     else:
         raise ConnectionSetupError("give --connection NAME or --address HOST:PORT (with --root-cert or --insecure)")
     latency = probe_superlink(address, root, insecure, timeout_s=args.timeout)
-    console.print(f"SuperLink {address} answered over {'HTTP' if insecure else 'verified HTTPS'} in {latency * 1000:.0f} ms")
+    console.print(
+        f"SuperLink {address} answered over {'HTTP' if insecure else 'verified HTTPS'} in {latency * 1000:.0f} ms"
+    )
 
 
 def _check_certs(args: argparse.Namespace) -> None:

@@ -33,7 +33,9 @@ def write_auth_key(private_path: Path, overwrite: bool = False) -> tuple[Path, P
         return private_path, public_path
     private_path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
     private_path.unlink(missing_ok=True)
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
@@ -62,7 +64,10 @@ def _load_private(path: Path) -> ec.EllipticCurvePrivateKey:
             "`python -m fl_vmix.deploy auth-keys --out <dir> --n <N>`"
         ) from err
     if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise AuthKeyError(f"{path} holds a {type(key).__name__}; Flower needs an ECDSA key: create one with `python -m fl_vmix.deploy auth-keys`")
+        raise AuthKeyError(
+            f"{path} holds a {type(key).__name__}; Flower needs an ECDSA key: create one with `python -m "
+            "fl_vmix.deploy auth-keys`"
+        )
     return key
 
 

@@ -24,7 +24,9 @@ def test_flower_loads_both_halves(tmp_path: Path) -> None:
     assert private.stat().st_mode & 0o777 == 0o600
     assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
     assert try_load_public_key(public)  # what `flwr supernode register` sends to the SuperLink
-    key, _ = _try_setup_client_authentication(argparse.Namespace(auth_supernode_private_key=str(private), auth_supernode_public_key=None))
+    key, _ = _try_setup_client_authentication(
+        argparse.Namespace(auth_supernode_private_key=str(private), auth_supernode_public_key=None)
+    )
     assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
     assert check_auth_key(private) == public.read_text().strip()
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fl_vmix.apps.keys import create_key_file
-from fl_vmix.apps.validate import client_data_for
 from fl_vmix.data.export import DATA_FILE, export_client
+from fl_vmix.experiment import Experiment
+from fl_vmix.factory import client_data
 
 KEY_FILE = "client.key"
 
@@ -31,22 +31,22 @@ class ExportedClient:
     new_key: bool
 
 
-def export_federation(cfg: dict[str, Any], out: Path) -> list[ExportedClient]:
-    """Write ``out/client-<i>`` for every client of ``cfg`` (a composed Hydra config)."""
+def export_federation(experiment: Experiment, out: Path) -> list[ExportedClient]:
+    """Write ``out/client-<i>`` for every client of ``experiment``."""
     out = Path(out).expanduser().resolve()
-    num_clients = int(cfg["num_clients"])
-    dataset = cfg["dataset"]
+    num_clients = experiment.num_clients
+    dataset = experiment.dataset
     extra = {
-        "dataset": dataset["name"],
-        "scheme": cfg["partition"]["scheme"],
-        "seed": int(cfg["seed"]),
-        "data_fraction": float(dataset.get("data_fraction", 1.0)),
-        "test_fraction": float(dataset.get("test_fraction", 0.2)),
-        "experiment": cfg.get("experiment"),
+        "dataset": dataset.name,
+        "scheme": experiment.partition.scheme,
+        "seed": experiment.seed,
+        "data_fraction": dataset.data_fraction,
+        "test_fraction": dataset.test_fraction,
+        "experiment": experiment.experiment,
     }
     exported = []
     for partition_id in range(num_clients):
-        data = client_data_for(cfg, {"partition-id": partition_id, "num-partitions": num_clients})
+        data = client_data(experiment, {"partition-id": partition_id, "num-partitions": num_clients})
         folder = out / f"client-{partition_id}"
         folder.mkdir(parents=True, exist_ok=True)
         os.chmod(folder, 0o700)  # a data owner's images: not for other users of the machine

@@ -6,18 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
-from fl_vmix.apps.config import compose_config
-from fl_vmix.apps.validate import client_data_for
 from fl_vmix.data.conftest import write_cifar_tree
 from fl_vmix.data.export import load_exported_client
 from fl_vmix.deploy.__main__ import main
 from fl_vmix.deploy.export import export_federation
+from fl_vmix.experiment import compose
+from fl_vmix.factory import client_data
 
 
 def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
     root = write_cifar_tree(tmp_path / "root" / "cifar10-jpg", {"train": 6, "test": 1}).parent
-    overrides = ["num_clients=3", "dataset.data_fraction=0.5", f"dataset.root={root}", f"dataset.cache_dir={tmp_path / 'cache'}"]
-    cfg = compose_config(overrides)
+    overrides = [
+        "num_clients=3",
+        "dataset.data_fraction=0.5",
+        f"dataset.root={root}",
+        f"dataset.cache_dir={tmp_path / 'cache'}",
+    ]
+    cfg = compose(overrides)
     clients = export_federation(cfg, tmp_path / "fed")
     keys = set()
     seen_ids: list[np.ndarray] = []
@@ -25,7 +30,7 @@ def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
         assert sorted(p.name for p in client.folder.iterdir()) == ["client.key", "data.npz", "meta.json"]
         assert client.folder.stat().st_mode & 0o077 == 0 and client.key_file.stat().st_mode & 0o077 == 0
         exported = load_exported_client(client.folder)
-        simulated = client_data_for(cfg, {"partition-id": client.partition_id, "num-partitions": 3})
+        simulated = client_data(cfg, {"partition-id": client.partition_id, "num-partitions": 3})
         assert exported.partition_id == client.partition_id
         np.testing.assert_array_equal(exported.train_ids, simulated.train_ids)
         np.testing.assert_array_equal(exported.test_images, simulated.test_images)
@@ -34,6 +39,8 @@ def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
     assert len(keys) == 3, "every client has its own key"
     assert len(np.unique(np.concatenate(seen_ids))) == sum(len(i) for i in seen_ids), "no sample in two folders"
     again = export_federation(cfg, tmp_path / "fed")
-    assert not any(c.new_key for c in again) and {c.key_file.read_bytes() for c in again} == keys, "re-export keeps keys"
+    assert not any(c.new_key for c in again) and {c.key_file.read_bytes() for c in again} == keys, (
+        "re-export keeps keys"
+    )
     assert main(["export", "--out", str(tmp_path / "cli"), *overrides]) == 0
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["client-0", "client-1", "client-2"]

@@ -22,15 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
-from fl_vmix.apps.launcher import OFFLINE_ENV, _descendants, free_port, stop_processes
 from fl_vmix.deploy.auth import write_auth_keys
-from fl_vmix.deploy.connection import (
-    ConnectionSetupError,
-    probe_superlink,
-    write_connection,
-)
-from fl_vmix.deploy.federation import wait_for_supernodes
 from fl_vmix.deploy.tls import write_certificates
+from fl_vmix.runtime.connection import ConnectionSetupError, probe_superlink, write_connection
+from fl_vmix.runtime.launcher import OFFLINE_ENV
+from fl_vmix.runtime.processes import alive, descendants, free_port, stop_processes
+from fl_vmix.runtime.superlink import wait_for_supernodes
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 SCRIPTS = PROJECT_DIR / "scripts" / "deploy"
@@ -48,14 +45,6 @@ class Managed:
     seen: set[int] = field(default_factory=set)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
@@ -66,7 +55,14 @@ def _tail(path: Path, lines: int = 30) -> str:
 class LocalFederation:
     """One SuperLink and ``num_nodes`` SuperNodes on 127.0.0.1 (node i serves ``data_dir/client-<i>``)."""
 
-    def __init__(self, workdir: Path, data_dir: Path, num_nodes: int, connection: str = "fl-vmix-local", python: str | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        data_dir: Path,
+        num_nodes: int,
+        connection: str = "fl-vmix-local",
+        python: str | None = None,
+    ) -> None:
         if not (SCRIPTS / "start_superlink.sh").exists():
             raise FederationError(f"{SCRIPTS} not found: LocalFederation runs from a checkout of fl_vmix")
         self.workdir = Path(workdir).resolve()
@@ -116,7 +112,11 @@ class LocalFederation:
         return Managed(name, process, log)
 
     def start_superlink(self, wait_s: float = 60.0) -> None:
-        self.superlink = self._spawn("superlink", "start_superlink.sh", {"CERT_DIR": str(self.certs), "HOST": "127.0.0.1", "PORT": str(self.port)})
+        self.superlink = self._spawn(
+            "superlink",
+            "start_superlink.sh",
+            {"CERT_DIR": str(self.certs), "HOST": "127.0.0.1", "PORT": str(self.port)},
+        )
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -124,12 +124,21 @@ class LocalFederation:
                 return
             except ConnectionSetupError as err:
                 if self.superlink.process.poll() is not None or time.monotonic() > deadline:
-                    raise FederationError(f"SuperLink did not come up ({err}); log:\n{_tail(self.superlink.log)}") from err
+                    raise FederationError(
+                        f"SuperLink did not come up ({err}); log:\n{_tail(self.superlink.log)}"
+                    ) from err
             time.sleep(0.5)
 
     def register(self, nodes: list[int] | None = None) -> None:
         keys = [str(self.auth / f"supernode-{i}.pub") for i in (range(self.num_nodes) if nodes is None else nodes)]
-        done = subprocess.run(["bash", str(SCRIPTS / "register_supernodes.sh"), self.connection, *keys], env=self.env, capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(
+            ["bash", str(SCRIPTS / "register_supernodes.sh"), self.connection, *keys],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if done.returncode != 0:
             raise FederationError(f"registering SuperNodes failed: {done.stderr or done.stdout}")
 
@@ -169,12 +178,12 @@ class LocalFederation:
     def _ours(self, pid: int) -> bool:
         """Alive and started with this federation's FLWR_HOME (so a reused PID is never signalled)."""
         try:
-            return _alive(pid) and f"FLWR_HOME={self.flwr_home}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
+            return alive(pid) and f"FLWR_HOME={self.flwr_home}\0".encode() in Path(f"/proc/{pid}/environ").read_bytes()
         except OSError:
             return False
 
     def _tree(self, managed: Managed) -> list[int]:
-        managed.seen.update([managed.process.pid, *_descendants(managed.process.pid)])
+        managed.seen.update([managed.process.pid, *descendants(managed.process.pid)])
         return [p for p in sorted(managed.seen) if self._ours(p)]
 
     def _stop(self, managed: Managed, sig: int = signal.SIGTERM, grace_s: float = 10.0) -> None:
@@ -211,7 +220,11 @@ class LocalFederation:
 
     def leftover_pids(self) -> list[int]:
         """Live processes started for this federation (they all run with its FLWR_HOME)."""
-        return sorted(int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and int(e.name) != os.getpid() and self._ours(int(e.name)))
+        return sorted(
+            int(e.name)
+            for e in Path("/proc").iterdir()
+            if e.name.isdigit() and int(e.name) != os.getpid() and self._ours(int(e.name))
+        )
 
     def __enter__(self) -> Self:
         return self

@@ -41,7 +41,9 @@ def node_config_string(data_path: Path, key_file: Path) -> str:
     for name, value in (("data-path", data_path), ("key-file", key_file)):
         text = str(Path(value).expanduser().resolve())
         if "'" in text or "\n" in text:
-            raise NodeSetupError(f"{name} {text!r} contains a quote or newline, which --node-config cannot carry: move it")
+            raise NodeSetupError(
+                f"{name} {text!r} contains a quote or newline, which --node-config cannot carry: move it"
+            )
         parts.append(f"{name}='{text}'")
     return " ".join(parts)
 

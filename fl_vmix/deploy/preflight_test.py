@@ -17,9 +17,14 @@ from fl_vmix.deploy.preflight import NodeSetupError, check_node, node_config_str
 def _client_folder(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     data = ClientData(
-        partition_id=1, num_partitions=3,
-        train_images=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8), train_labels=np.arange(8) % 10, train_ids=np.arange(8),
-        test_images=rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8), test_labels=np.arange(2), test_ids=np.arange(8, 10),
+        partition_id=1,
+        num_partitions=3,
+        train_images=rng.integers(0, 256, (8, 3, 32, 32), dtype=np.uint8),
+        train_labels=np.arange(8) % 10,
+        train_ids=np.arange(8),
+        test_images=rng.integers(0, 256, (2, 3, 32, 32), dtype=np.uint8),
+        test_labels=np.arange(2),
+        test_ids=np.arange(8, 10),
         classes=[str(c) for c in range(10)],
     )
     export_client(data, folder)
@@ -36,7 +41,9 @@ def test_ready_node_reports_its_partition(tmp_path: Path) -> None:
 
 def test_every_problem_is_listed_with_its_fix(tmp_path: Path) -> None:
     with pytest.raises(NodeSetupError) as err:
-        check_node(tmp_path / "nowhere", tmp_path / "no.key", auth_key=tmp_path / "no-auth", ca_cert=tmp_path / "no-ca.pem")
+        check_node(
+            tmp_path / "nowhere", tmp_path / "no.key", auth_key=tmp_path / "no-auth", ca_cert=tmp_path / "no-ca.pem"
+        )
     message = str(err.value)
     assert "data folder" in message and "python -m fl_vmix.deploy export" in message
     assert "keygen" in message and "auth-keys" in message and "certs --out" in message
@@ -56,7 +63,10 @@ def test_flower_parses_the_node_config(tmp_path: Path) -> None:
 
     folder = _client_folder(tmp_path / "client 1")  # spaces survive the quoting
     text = node_config_string(folder, folder / "client.key")
-    assert parse_config_args([text]) == {"data-path": str(folder.resolve()), "key-file": str((folder / "client.key").resolve())}
+    assert parse_config_args([text]) == {
+        "data-path": str(folder.resolve()),
+        "key-file": str((folder / "client.key").resolve()),
+    }
     with pytest.raises(NodeSetupError, match="quote"):
         node_config_string(tmp_path / "it's", tmp_path / "k")
 

@@ -68,7 +68,9 @@ def _unique_hosts(hosts: list[str] | tuple[str, ...]) -> tuple[str, ...]:
         if not host:
             continue
         if host.startswith("[") or "://" in host or (host.count(":") == 1):
-            raise CertificateError(f"host {host!r} is not a bare host name or IP address: drop the scheme, port and brackets")
+            raise CertificateError(
+                f"host {host!r} is not a bare host name or IP address: drop the scheme, port and brackets"
+            )
         if host not in ordered:
             ordered.append(host)
     return tuple(ordered)
@@ -92,7 +94,12 @@ def write_certificates(
     end = start + dt.timedelta(days=days)
 
     ca_key = _new_key()
-    ca_name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fl_vmix"), x509.NameAttribute(NameOID.COMMON_NAME, "fl_vmix federation CA")])
+    ca_name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fl_vmix"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "fl_vmix federation CA"),
+        ]
+    )
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -104,8 +111,15 @@ def write_certificates(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
@@ -116,7 +130,14 @@ def write_certificates(
     server_key = _new_key()
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fl_vmix"), x509.NameAttribute(NameOID.COMMON_NAME, names[-1])]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fl_vmix"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, names[-1]),
+                ]
+            )
+        )
         .issuer_name(ca_name)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
@@ -139,15 +160,22 @@ def write_certificates(
 
 def _load_cert(path: Path, role: str) -> x509.Certificate:
     if not Path(path).is_file():
-        raise CertificateError(f"{role} {path} does not exist: create it with `python -m fl_vmix.deploy certs --out <dir>`")
+        raise CertificateError(
+            f"{role} {path} does not exist: create it with `python -m fl_vmix.deploy certs --out <dir>`"
+        )
     try:
         return x509.load_pem_x509_certificate(Path(path).read_bytes())
     except ValueError as err:
-        raise CertificateError(f"{role} {path} is not a PEM certificate ({err}): regenerate it with `python -m fl_vmix.deploy certs`") from err
+        raise CertificateError(
+            f"{role} {path} is not a PEM certificate ({err}): regenerate it with `python -m fl_vmix.deploy certs`"
+        ) from err
 
 
 def _check_dates(cert: x509.Certificate, path: Path, role: str, now: dt.datetime) -> None:
-    fix = "regenerate the certificates with `python -m fl_vmix.deploy certs --out <dir> --hosts ...` and restart the SuperLink"
+    fix = (
+        "regenerate the certificates with `python -m fl_vmix.deploy certs --out <dir> --hosts ...` "
+        "and restart the SuperLink"
+    )
     if now > cert.not_valid_after_utc:
         raise CertificateError(f"{role} {path} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC: {fix}")
     if now < cert.not_valid_before_utc:
@@ -195,15 +223,24 @@ def check_certificates(
         try:
             key = serialization.load_pem_private_key(Path(server_key).read_bytes(), password=None)
         except (OSError, ValueError, TypeError) as err:
-            raise CertificateError(f"server key {server_key} is unreadable ({err}): regenerate the certificates") from err
-        ours = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        theirs = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            raise CertificateError(
+                f"server key {server_key} is unreadable ({err}): regenerate the certificates"
+            ) from err
+        ours = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        theirs = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
         if ours != theirs:
-            raise CertificateError(f"server key {server_key} does not belong to {server_cert}: use the key created with it")
+            raise CertificateError(
+                f"server key {server_key} does not belong to {server_cert}: use the key created with it"
+            )
     hosts = _hosts_of(cert)
     if host is not None and host not in hosts:
         raise CertificateError(
-            f"server certificate {server_cert} is for {', '.join(hosts) or 'no host'}, not {host!r}: regenerate it with "
+            f"server certificate {server_cert} is for {', '.join(hosts) or 'no host'}, not {host!r}: regenerate it "
+            "with "
             f"`python -m fl_vmix.deploy certs --out <dir> --hosts {host}` or connect by one of those names"
         )
     return hosts

@@ -12,16 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from fl_vmix.deploy.connection import (
-    SuperLinkUnreachable,
-    SuperLinkUntrusted,
-    probe_superlink,
-)
 from fl_vmix.deploy.tls import (
     CertificateError,
     CertificatePaths,
     check_certificates,
     write_certificates,
+)
+from fl_vmix.runtime.connection import (
+    SuperLinkUnreachable,
+    SuperLinkUntrusted,
+    probe_superlink,
 )
 
 
@@ -59,7 +59,12 @@ def https_server(cert: Path, key: Path) -> Iterator[str]:
 def test_files_modes_and_hosts(certs: CertificatePaths) -> None:
     assert certs.hosts == ("127.0.0.1", "localhost", "superlink.example.org", "10.0.0.5")
     assert certs.ca_key.stat().st_mode & 0o077 == 0 and certs.server_key.stat().st_mode & 0o077 == 0
-    assert check_certificates(certs.ca_cert, certs.server_cert, certs.server_key, "10.0.0.5") == ["127.0.0.1", "10.0.0.5", "localhost", "superlink.example.org"]
+    assert check_certificates(certs.ca_cert, certs.server_cert, certs.server_key, "10.0.0.5") == [
+        "127.0.0.1",
+        "10.0.0.5",
+        "localhost",
+        "superlink.example.org",
+    ]
 
 
 def test_handshake_verifies_with_the_ca(certs: CertificatePaths) -> None:
@@ -69,7 +74,10 @@ def test_handshake_verifies_with_the_ca(certs: CertificatePaths) -> None:
 
 def test_other_ca_is_rejected_with_the_fix(certs: CertificatePaths, tmp_path: Path) -> None:
     other = write_certificates(tmp_path)
-    with https_server(certs.server_cert, certs.server_key) as address, pytest.raises(SuperLinkUntrusted, match="not signed by the root"):
+    with (
+        https_server(certs.server_cert, certs.server_key) as address,
+        pytest.raises(SuperLinkUntrusted, match="not signed by the root"),
+    ):
         probe_superlink(address, other.ca_cert, timeout_s=5)
     with pytest.raises(CertificateError, match="not issued by the CA"):
         check_certificates(other.ca_cert, certs.server_cert)
@@ -106,9 +114,12 @@ def test_bad_inputs_name_the_fix(tmp_path: Path) -> None:
 
 
 def test_probe_distinguishes_plain_http_and_nothing_listening(certs: CertificatePaths) -> None:
-    from fl_vmix.apps.launcher import free_port
+    from fl_vmix.runtime.processes import free_port
 
-    with https_server(certs.server_cert, certs.server_key) as address, pytest.raises(SuperLinkUntrusted, match="serves HTTPS"):
+    with (
+        https_server(certs.server_cert, certs.server_key) as address,
+        pytest.raises(SuperLinkUntrusted, match="serves HTTPS"),
+    ):
         probe_superlink(address, insecure=True, timeout_s=5)
     with pytest.raises(SuperLinkUnreachable, match="nothing listens"):
         probe_superlink(f"127.0.0.1:{free_port()}", certs.ca_cert, timeout_s=5)

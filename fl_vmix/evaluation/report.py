@@ -5,37 +5,63 @@
 
 ``run`` launches a Hydra multirun of ``python -m fl_vmix`` (runs kept under
 ``outputs/experiments/<experiment>/``) and then collects it; ``collect`` gathers any finished runs
-(folders holding ``summary.json``, searched recursively). Both write to
-``experiments/results/<experiment>/``: ``results.csv`` (one row per run), ``report.md`` (table and
-findings), ``accuracy_vs_vfe.png``, ``accuracy_vs_ssim.png`` and ``samples.png`` (images as each
-method's clients train on them). Accuracy loss is measured against the run with ``privacy=none``
-and otherwise identical settings and seed. VFE is the corrected definition (window 8 px) of the
-images the model trained on; ``vfe_reference`` is the prototype's definition.
+(folders holding ``summary.json``, searched recursively). Both write to ``--out`` (default
+``experiments/results``) ``/<experiment>/``: ``results.csv`` (one row per run), ``report.md`` (table
+and findings), ``accuracy_vs_vfe.png``, ``accuracy_vs_ssim.png`` and ``samples.png`` (images as each
+method's clients train on them). Each row is labelled with its method and every setting in which the
+rows differ (:mod:`fl_vmix.evaluation.labels`). Accuracy loss is measured against the run with
+``privacy=none`` and otherwise identical settings (the same model, optimiser, data and seed); rows
+without such a clear run show no loss. VFE is the corrected definition (window 8 px) of the images
+the model trained on; ``vfe_reference`` is the prototype's definition.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fl_vmix.data import load_dataset
+from fl_vmix.evaluation.labels import baseline_key, labels
+from fl_vmix.experiment import ConfigError, PrivacySettings, from_recorded
+from fl_vmix.factory import build_privacy
+from fl_vmix.tables import format_value, write_csv
+
+DEMO_KEY = b"report-demo-key-not-a-client-key"  # public: the sample grid only illustrates each method
 RESULTS_DIR = Path("experiments/results")
 RUNS_DIR = Path("outputs/experiments")
 COLUMNS = [
-    "method", "params", "dataset", "model", "num_clients", "rounds", "data_fraction", "seed",
-    "accuracy", "accuracy_loss_pp", "best_accuracy", "vfe", "vfe_reference", "ssim", "psnr", "epsilon", "delta",
-    "wall_time_s", "run_dir",
+    "method",
+    "label",
+    "params",
+    "dataset",
+    "model",
+    "optimizer",
+    "num_clients",
+    "rounds",
+    "data_fraction",
+    "seed",
+    "accuracy",
+    "accuracy_loss_pp",
+    "best_accuracy",
+    "vfe",
+    "vfe_reference",
+    "ssim",
+    "psnr",
+    "epsilon",
+    "delta",
+    "wall_time_s",
+    "run_dir",
+    "baseline_run",
 ]
 PLOT_METRICS = ("vfe", "vfe_reference", "ssim", "psnr", "epsilon")
-# Settings that must match for a clear run to be a method's baseline.
-SAME_SETTINGS = ("dataset", "partition", "model", "optimizer", "strategy", "num_clients", "num_rounds", "seed", "local_epochs", "batch_size", "fraction_train")
 
 
 class ReportError(ValueError):
@@ -43,71 +69,84 @@ class ReportError(ValueError):
 
 
 def find_runs(paths: list[Path]) -> list[Path]:
-    runs = sorted({p.parent for path in paths for p in ([path / "summary.json"] if (path / "summary.json").exists() else path.rglob("summary.json"))})
-    if not runs:
-        raise ReportError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}: run python -m fl_vmix first")
-    return runs
+    found = {
+        p.parent
+        for path in paths
+        for p in ([path / "summary.json"] if (path / "summary.json").exists() else path.rglob("summary.json"))
+    }
+    if not found:
+        raise ReportError(
+            f"no finished runs (summary.json) under {', '.join(map(str, paths))}: run python -m fl_vmix first"
+        )
+    return sorted(found)
 
 
 def method_params(privacy: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(privacy.items()) if k != "method" and v is not None) or "-"
 
 
-def _setting_key(cfg: dict[str, Any]) -> str:
-    relevant = {k: cfg.get(k) for k in SAME_SETTINGS}
-    relevant["dataset"] = {k: v for k, v in cfg["dataset"].items() if k not in ("root", "cache_dir")}
-    return json.dumps(relevant, sort_keys=True)
-
-
 def _num(value: Any) -> float:
     return float(value) if value is not None else math.nan
 
 
+def _row(run: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
+    if summary.get("status") != "completed":
+        print(f"skipping {run}: status {summary.get('status')} ({summary.get('error')})", file=sys.stderr)
+        return None
+    try:
+        experiment = from_recorded(summary["config"])
+    except ConfigError as err:
+        print(f"skipping {run}: its config cannot be read ({err})", file=sys.stderr)
+        return None
+    return {
+        "method": experiment.privacy.method,
+        "params": method_params(experiment.to_dict()["privacy"]),
+        "dataset": experiment.dataset.name,
+        "model": experiment.model.name,
+        "optimizer": experiment.optimizer.name,
+        "num_clients": experiment.num_clients,
+        "rounds": summary["rounds"],
+        "data_fraction": experiment.dataset.data_fraction,
+        "seed": experiment.seed,
+        "accuracy": _num(summary["final_accuracy"]),
+        "best_accuracy": _num(summary.get("best_accuracy")),
+        "vfe": _num(summary.get("vfe_corrected")),
+        "vfe_reference": _num(summary.get("vfe_reference")),
+        "ssim": _num(summary.get("ssim")),
+        "psnr": _num(summary.get("psnr")),
+        "epsilon": _num(summary.get("epsilon")),
+        "delta": _num(summary.get("delta")),
+        "wall_time_s": _num(summary.get("wall_time_s")),
+        "run_dir": str(run),
+        "_experiment": experiment,
+    }
+
+
 def collect_rows(runs: list[Path]) -> list[dict[str, Any]]:
-    rows, baselines = [], {}
-    for run in runs:
-        summary = json.loads((run / "summary.json").read_text())
-        if summary.get("status") != "completed":
-            print(f"skipping {run}: status {summary.get('status')} ({summary.get('error')})", file=sys.stderr)
-            continue
-        cfg = summary["config"]
-        row = {
-            "method": cfg["privacy"]["method"], "params": method_params(cfg["privacy"]), "dataset": cfg["dataset"]["name"],
-            "model": cfg["model"]["name"], "num_clients": cfg["num_clients"], "rounds": summary["rounds"],
-            "data_fraction": cfg["dataset"].get("data_fraction", 1.0), "seed": cfg["seed"],
-            "accuracy": _num(summary["final_accuracy"]), "best_accuracy": _num(summary.get("best_accuracy")),
-            "vfe": _num(summary.get("vfe_corrected")), "vfe_reference": _num(summary.get("vfe_reference")),
-            "ssim": _num(summary.get("ssim")), "psnr": _num(summary.get("psnr")), "epsilon": _num(summary.get("epsilon")),
-            "delta": _num(summary.get("delta")), "wall_time_s": _num(summary.get("wall_time_s")), "run_dir": str(run),
-            "_key": _setting_key(cfg), "_cfg": cfg,
-        }
-        rows.append(row)
-        if row["method"] == "none":
-            baselines[row["_key"]] = row["accuracy"]
+    """One row per completed run, labelled, with its accuracy loss against its own clear run."""
+    rows = [row for run in runs if (row := _row(run, json.loads((run / "summary.json").read_text()))) is not None]
     datasets = sorted({r["dataset"] for r in rows})
     if len(datasets) > 1:
         raise ReportError(
             f"these runs mix datasets ({', '.join(datasets)}); accuracy is not comparable across datasets: "
             "write one report per dataset (collect each dataset's runs under its own --experiment)"
         )
+    clear: dict[str, dict[str, Any]] = {}
     for row in rows:
-        clear = baselines.get(row["_key"])
-        row["accuracy_loss_pp"] = 100 * (clear - row["accuracy"]) if clear is not None else math.nan
+        if row["method"] == "none":
+            clear.setdefault(baseline_key(row["_experiment"]), row)
+    for row, label in zip(rows, labels([r["_experiment"] for r in rows]), strict=True):
+        baseline = clear.get(baseline_key(row["_experiment"]))
+        row["label"] = label
+        row["accuracy_loss_pp"] = 100 * (baseline["accuracy"] - row["accuracy"]) if baseline is not None else math.nan
+        row["baseline_run"] = baseline["run_dir"] if baseline is not None else ""
     order = {"none": 0, "visualmixer": 1, "block_shuffle": 2}
-    return sorted(rows, key=lambda r: (order.get(r["method"], 9), r["method"], r["params"]))
+    return sorted(rows, key=lambda r: (order.get(r["method"], 9), r["method"], r["label"]))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if isinstance(value, float):
-        return "–" if math.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
-    return str(value)
+def wrapped(label: str, width: int = 34) -> str:
+    """A label broken into lines at spaces: plots show all of it."""
+    return "\n".join(textwrap.wrap(label, width)) or label
 
 
 def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
@@ -118,7 +157,7 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
 
     if metric not in PLOT_METRICS:
         raise ReportError(f"unknown metric {metric!r} to plot: choose one of {', '.join(PLOT_METRICS)}")
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     methods = sorted({r["method"] for r in rows})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for row in rows:
@@ -126,12 +165,15 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
         if math.isnan(x) or math.isnan(y):
             continue
         ax.scatter(x, y, color=colours[row["method"]], s=40, label=row["method"])
-        ax.annotate(row["params"][:28] if row["method"] != "none" else "clear", (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+        ax.annotate(wrapped(row["label"]), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
-    ax.set(xlabel=metric + (" (corrected, window 8)" if metric == "vfe" else ""), ylabel="final accuracy (federated eval)",
-           title=f"accuracy against {metric}: {rows[0]['dataset']}")
+    ax.set(
+        xlabel=metric + (" (corrected, window 8)" if metric == "vfe" else ""),
+        ylabel="final accuracy (federated eval)",
+        title=f"accuracy against {metric}: {rows[0]['dataset']}",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -139,34 +181,37 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
 
 
 def plot_samples(rows: list[dict[str, Any]], path: Path, count: int = 6) -> None:
-    """Each method applied (with a demo key) to the same test images, as its clients train on them."""
+    """Each privacy setting applied (with a demo key) to the same test images, as its clients train on them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch
 
-    from fl_vmix.apps.task import build_image_privacy
-    from fl_vmix.data import load_dataset
-
-    cfg = rows[0]["_cfg"]
-    data = load_dataset(cfg["dataset"]["name"], cfg["dataset"].get("root"), "test", cache_dir=cfg["dataset"].get("cache_dir"))
+    dataset = rows[0]["_experiment"].dataset
+    data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
     index = np.linspace(0, len(data.labels) - 1, count).astype(int)
     clear = torch.from_numpy(np.asarray(data.images[index])).float() / 255
     ids = torch.from_numpy(index.astype(np.int64) + 10_000_000)
-    unique = {}
-    for row in rows:
-        unique.setdefault((row["method"], row["params"]), row["_cfg"]["privacy"])
-    fig, axes = plt.subplots(len(unique), count, figsize=(1.3 * count, 1.35 * len(unique)), squeeze=False)
-    for r, ((method, params), privacy) in enumerate(unique.items()):
-        images = build_image_privacy(privacy, b"report-demo-key-not-a-client-key")(clear, ids, 0)
+    settings: dict[tuple[str, str], tuple[PrivacySettings, str]] = {}
+    for row in rows:  # one row of pictures per privacy setting: other settings do not change the images
+        settings.setdefault(
+            (row["method"], row["params"]), (row["_experiment"].privacy, f"{row['method']} {row['params']}")
+        )
+    fig, axes = plt.subplots(len(settings), count, figsize=(1.3 * count + 1.6, 1.35 * len(settings)), squeeze=False)
+    for r, (privacy, label) in enumerate(settings.values()):
+        images = build_privacy(privacy, DEMO_KEY)(clear, ids, 0)
         for c in range(count):
             picture = images[c].permute(1, 2, 0).clamp(0, 1).numpy()
-            axes[r][c].imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", interpolation="nearest")
+            axes[r][c].imshow(
+                picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", interpolation="nearest"
+            )
             axes[r][c].set_xticks([])
             axes[r][c].set_yticks([])
-        axes[r][0].set_ylabel(f"{method}\n{params[:30]}", fontsize=5, rotation=0, ha="right", va="center")
-    fig.suptitle(f"{cfg['dataset']['name']} test images as each method's clients see them (training-level methods: clear)", fontsize=7)
+        axes[r][0].set_ylabel(wrapped(label, 30), fontsize=5, rotation=0, ha="right", va="center")
+    fig.suptitle(
+        f"{dataset.name} test images as each method's clients see them (training-level methods: clear)", fontsize=7
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -175,30 +220,34 @@ def plot_samples(rows: list[dict[str, Any]], path: Path, count: int = 6) -> None
 def findings(rows: list[dict[str, Any]]) -> list[str]:
     notes = []
     clear = [r for r in rows if r["method"] == "none"]
-    if clear:
-        notes.append(f"Clear images: final accuracy {clear[0]['accuracy']:.3f}, VFE {clear[0]['vfe']:.2f}.")
-    else:
+    for row in clear:
+        notes.append(f"Clear images ({row['label']}): final accuracy {row['accuracy']:.3f}, VFE {row['vfe']:.2f}.")
+    if not clear:
         notes.append("No clear (privacy=none) run among these runs: accuracy loss cannot be computed.")
+    clear_vfe = {r["run_dir"]: r["vfe"] for r in clear}
     for row in rows:
         if row["method"] == "none":
             continue
         parts = [f"accuracy {row['accuracy']:.3f}"]
         if not math.isnan(row["accuracy_loss_pp"]):
-            parts.append(f"{row['accuracy_loss_pp']:+.1f} pp lost against clear")
+            parts.append(f"{row['accuracy_loss_pp']:+.1f} pp lost against its clear run")
+        else:
+            parts.append("no clear run with the same settings")
         if not math.isnan(row["vfe"]):
-            ratio = f" ({row['vfe'] / clear[0]['vfe']:.1f}x clear)" if clear and clear[0]["vfe"] > 0 else ""
+            base = clear_vfe.get(row["baseline_run"], math.nan)
+            ratio = f" ({row['vfe'] / base:.1f}x clear)" if base > 0 else ""
             parts.append(f"VFE {row['vfe']:.2f}{ratio}")
         if not math.isnan(row["ssim"]):
             parts.append(f"SSIM {row['ssim']:.3f}")
         if not math.isnan(row["epsilon"]):
-            parts.append(f"epsilon {_fmt(row['epsilon'])}")
-        notes.append(f"{row['method']} ({row['params']}): " + ", ".join(parts) + ".")
+            parts.append(f"epsilon {format_value(row['epsilon'])}")
+        notes.append(f"{row['label']}: " + ", ".join(parts) + ".")
     return notes
 
 
 def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, out / "results.csv")
+    write_csv(out / "results.csv", COLUMNS, rows)
     plot_accuracy_against(rows, "vfe", out / "accuracy_vs_vfe.png")
     plot_accuracy_against(rows, "ssim", out / "accuracy_vs_ssim.png")
     plot_samples(rows, out / "samples.png")
@@ -207,23 +256,39 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         f"# {experiment}: privacy methods compared on {first['dataset']}",
         "",
         f"Scale: {first['num_clients']} clients, {first['rounds']} rounds, data fraction {first['data_fraction']}, "
-        f"model {first['model']}, seed {first['seed']} (one run per row; see `results.csv` for paths). "
-        "Accuracy is the final federated evaluation on the clients' own (protected) test splits. "
-        "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear images "
-        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run (DP-SGD: largest client, example-level; "
+        f"model {first['model']}, seed {first['seed']} unless a row's setting says otherwise (one run per row; see "
+        "`results.csv` for paths). Accuracy is the final federated evaluation on the clients' own (protected) test "
+        "splits; "
+        "its loss is against the clear run with the same settings (model, optimiser, data, seed), '–' where there is "
+        "none. "
+        "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear "
+        "images "
+        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run (DP-SGD: largest client, "
+        "example-level; "
         "central DP: server accountant, client-level; pixel DP / DP-Pix: per image, m-neighbourhood).",
         "",
     ]
     if notes:
         lines += [notes, ""]
-    lines += ["| method | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon | time (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         lines.append(
-            f"| {r['method']} | {r['params']} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_loss_pp'], 2)} | {_fmt(r['vfe'])} | "
-            f"{_fmt(r['vfe_reference'])} | {_fmt(r['ssim'])} | {_fmt(r['psnr'])} | {_fmt(r['epsilon'])} | {_fmt(r['wall_time_s'], 0)} |"
+            f"| {r['label']} | {r['params']} | {format_value(r['accuracy'])} | "
+            f"{format_value(r['accuracy_loss_pp'], 2)} | "
+            f"{format_value(r['vfe'])} | {format_value(r['vfe_reference'])} | {format_value(r['ssim'])} | "
+            f"{format_value(r['psnr'])} | {format_value(r['epsilon'])} | {format_value(r['wall_time_s'], 0)} |"
         )
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(rows)]
-    lines += ["", "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)", "", "![samples](samples.png)", ""]
+    lines += [
+        "",
+        "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)",
+        "",
+        "![samples](samples.png)",
+        "",
+    ]
     if (out / "attacks.md").exists():
         lines += ["", (out / "attacks.md").read_text()]
     (out / "report.md").write_text("\n".join(lines))
@@ -231,7 +296,11 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fl_vmix.evaluation.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m fl_vmix.evaluation.report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     collect = sub.add_parser("collect", help="report on finished runs")
     collect.add_argument("--experiment", required=True)
@@ -250,7 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             sweep = (args.runs_dir / args.experiment / args.part).resolve()
-            command = [sys.executable, "-m", "fl_vmix", "--multirun", f"experiment={args.experiment}", *args.overrides, f"hydra.sweep.dir={sweep}"]
+            command = [
+                sys.executable,
+                "-m",
+                "fl_vmix",
+                "--multirun",
+                f"experiment={args.experiment}",
+                *args.overrides,
+                f"hydra.sweep.dir={sweep}",
+            ]
             print("running:", " ".join(command), flush=True)
             subprocess.run(command, check=False)
             runs = find_runs([sweep.parent, *args.include])

@@ -3,32 +3,47 @@ from pathlib import Path
 
 import pytest
 
-from fl_vmix.apps.recorder import RunRecorder
-from fl_vmix.apps.server_app import initial_model
 from fl_vmix.evaluation.report import COLUMNS, ReportError, collect_rows, find_runs, main, plot_accuracy_against
+from fl_vmix.experiment import Experiment
+from fl_vmix.factory import initial_model
+from fl_vmix.recording import RunRecorder
 
 
-def finished_run(folder: Path, cfg: dict, accuracy: float, vfe: float, ssim: float, epsilon: float | None = None) -> Path:
+def finished_run(
+    folder: Path, experiment: Experiment, accuracy: float, vfe: float, ssim: float, epsilon: float | None = None
+) -> Path:
     """A run folder written by the same recorder the ServerApp uses, for a two-round run."""
-    recorder = RunRecorder(folder, {**cfg, "output_dir": str(folder)})
+    recorder = RunRecorder(folder, experiment.replace(output_dir=str(folder)).to_dict())
     for server_round in (1, 2):
-        client = {"partition-id": 0, "num-examples": 10, "train_loss": 1.0, "train_accuracy": accuracy, "vfe_corrected": vfe,
-                  "vfe_reference": vfe * 2, "ssim": ssim, "psnr": 20.0}
+        client = {
+            "partition-id": 0,
+            "num-examples": 10,
+            "train_loss": 1.0,
+            "train_accuracy": accuracy,
+            "vfe_corrected": vfe,
+            "vfe_reference": vfe * 2,
+            "ssim": ssim,
+            "psnr": 20.0,
+        }
         if epsilon is not None:
             client["epsilon"] = epsilon * server_round
         recorder.start_round(server_round)
         recorder.record_replies(server_round, "train", [client], [])
         recorder.record_aggregate(server_round, "train", {k: v for k, v in client.items() if k != "partition-id"})
-        recorder.record_replies(server_round, "eval", [{"partition-id": 0, "loss": 1.0, "accuracy": accuracy, "num-examples": 5}], [])
+        recorder.record_replies(
+            server_round, "eval", [{"partition-id": 0, "loss": 1.0, "accuracy": accuracy, "num-examples": 5}], []
+        )
         recorder.record_aggregate(server_round, "evaluate", {"loss": 1.0, "accuracy": accuracy})
         recorder.end_round(server_round, None)
-    recorder.finish(initial_model(cfg).state_dict())
+    recorder.finish(initial_model(experiment).state_dict())
     return folder
 
 
 def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     clear = finished_run(tmp_path / "runs" / "0", tiny_experiment("privacy=none"), accuracy=0.9, vfe=1.0, ssim=1.0)
-    finished_run(tmp_path / "runs" / "1", tiny_experiment("privacy=dp_sgd"), accuracy=0.6, vfe=1.0, ssim=1.0, epsilon=1.5)
+    finished_run(
+        tmp_path / "runs" / "1", tiny_experiment("privacy=dp_sgd"), accuracy=0.6, vfe=1.0, ssim=1.0, epsilon=1.5
+    )
     assert main(["collect", "--experiment", "tiny", "--out", str(tmp_path / "results"), str(clear.parent)]) == 0
     out = tmp_path / "results" / "tiny"
     with (out / "results.csv").open() as handle:
@@ -36,6 +51,7 @@ def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     assert list(rows[0].keys()) == COLUMNS
     by_method = {r["method"]: r for r in rows}
     assert float(by_method["dp_sgd"]["accuracy_loss_pp"]) == pytest.approx(30.0)
+    assert by_method["dp_sgd"]["baseline_run"] == str(clear)
     assert float(by_method["dp_sgd"]["epsilon"]) == pytest.approx(3.0)  # cumulative after round 2
     assert float(by_method["none"]["accuracy_loss_pp"]) == 0.0
     for name in ("report.md", "accuracy_vs_vfe.png", "accuracy_vs_ssim.png", "samples.png"):
@@ -43,10 +59,46 @@ def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     assert "| dp_sgd |" in (out / "report.md").read_text()
 
 
+def test_rows_differing_outside_privacy_are_labelled_and_compared_with_their_own_clear_run(tiny_experiment, tmp_path):
+    # The four-rows-read-the-same case: one privacy setting under two optimisers and two models.
+    runs = tmp_path / "runs"
+    finished_run(runs / "clear", tiny_experiment("privacy=none"), 0.50, 1.0, 1.0)
+    finished_run(runs / "clear_inv", tiny_experiment("privacy=none", "model.invariant=true"), 0.43, 1.0, 1.0)
+    finished_run(runs / "vm", tiny_experiment(), 0.40, 3.0, 0.2)
+    finished_run(runs / "vm_inv", tiny_experiment("model.invariant=true"), 0.43, 3.0, 0.2)
+    finished_run(runs / "vm_sgd", tiny_experiment("optimizer=sgd"), 0.31, 3.0, 0.2)
+    rows = {Path(r["run_dir"]).name: r for r in collect_rows(find_runs([runs]))}
+    labels = [r["label"] for r in rows.values()]
+    assert len(set(labels)) == len(labels), f"rows must not read the same: {labels}"
+    assert "optimizer=sgd" in rows["vm_sgd"]["label"] and "optimizer=adam" in rows["vm"]["label"]
+    assert "model.invariant=true" in rows["vm_inv"]["label"] and "model.invariant=false" in rows["vm"]["label"]
+    # Each loss against the clear run with the same model and optimiser (computed here by hand).
+    assert rows["vm"]["accuracy_loss_pp"] == pytest.approx(100 * (0.50 - 0.40))
+    assert rows["vm_inv"]["accuracy_loss_pp"] == pytest.approx(0.0) and rows["vm_inv"]["baseline_run"].endswith(
+        "clear_inv"
+    )
+    assert rows["clear_inv"]["accuracy_loss_pp"] == 0.0
+    assert rows["vm_sgd"]["accuracy_loss_pp"] != rows["vm_sgd"]["accuracy_loss_pp"]  # NaN: no clear SGD run
+    assert rows["vm_sgd"]["baseline_run"] == ""
+
+
+def test_an_invariant_model_with_another_region_is_another_model(tiny_experiment, tmp_path):
+    runs = tmp_path / "runs"
+    finished_run(runs / "clear_inv", tiny_experiment("privacy=none", "model.invariant=true"), 0.43, 1.0, 1.0)
+    finished_run(runs / "vm16_inv", tiny_experiment("model.invariant=true", "privacy.region_size=16"), 0.40, 3.0, 0.2)
+    rows = {Path(r["run_dir"]).name: r for r in collect_rows(find_runs([runs]))}
+    assert rows["vm16_inv"]["baseline_run"] == "", (
+        "the clear invariant model sorts 8-px regions, this one 16-px regions"
+    )
+
+
 def test_mixed_datasets_are_refused(tiny_experiment, tmp_path):
-    cfg = tiny_experiment()
-    finished_run(tmp_path / "a", cfg, 0.5, 1.0, 1.0)
-    finished_run(tmp_path / "b", {**cfg, "dataset": {**cfg["dataset"], "name": "cifar10"}}, 0.5, 1.0, 1.0)
+    experiment = tiny_experiment()
+    finished_run(tmp_path / "a", experiment, 0.5, 1.0, 1.0)
+    cifar = experiment.replace(
+        dataset=experiment.dataset.__class__(**{**experiment.dataset.__dict__, "name": "cifar10"})
+    )
+    finished_run(tmp_path / "b", cifar, 0.5, 1.0, 1.0)
     with pytest.raises(ReportError, match="mix datasets.*one report per dataset"):
         collect_rows(find_runs([tmp_path]))
 

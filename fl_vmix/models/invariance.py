@@ -66,8 +66,10 @@ def region_sort(images: Tensor, region_size: int, sort_channels_jointly: bool = 
         padded = F.pad(images, (0, pad_w, 0, pad_h), mode="constant", value=_largest_value(images.dtype))
     # [B, C, Hb, r, Wb, r] -> [B, Hb, Wb, C, r, r]: one row per region, then its (channel, row, col).
     windows = padded.reshape(batch, channels, blocks_h, r, blocks_w, r).permute(0, 2, 4, 1, 3, 5)
-    group_shape = (batch, blocks_h, blocks_w, 1, channels * r * r) if sort_channels_jointly else (
-        batch, blocks_h, blocks_w, channels, r * r
+    group_shape = (
+        (batch, blocks_h, blocks_w, 1, channels * r * r)
+        if sort_channels_jointly
+        else (batch, blocks_h, blocks_w, channels, r * r)
     )
     values = windows.reshape(group_shape).sort(dim=-1).values
 

@@ -4,7 +4,9 @@ Every model ends in global average pooling, so one architecture serves 28x28 (Me
 32x32 (CIFAR) and larger images. For small images (``image_size <= SMALL_INPUT_MAX``) the
 torchvision networks get CIFAR-style stems (stride-1 first convolution, no stem max-pool): their
 ImageNet stems would shrink a 32 px image 4x before the first block and waste most of the network.
-Larger images keep the ImageNet stems. No pretrained weights are ever downloaded.
+Larger images keep the ImageNet stems. No pretrained weights are ever downloaded. torchvision is
+imported only when one of its networks is built: importing it costs seconds (it loads torch._dynamo),
+which a ClientApp process training the small CNN should not pay.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torchvision
 from torch import nn
 
 from fl_vmix.models.cnn import SmallCNN
@@ -40,6 +41,8 @@ def _cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 
 
 def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
     if image_size <= SMALL_INPUT_MAX:
         model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
@@ -50,6 +53,8 @@ def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
 
 
 def _shufflenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.shufflenet_v2_x0_5(weights=None, num_classes=num_classes)
     stem_out = model.conv1[0].out_channels
     if image_size <= SMALL_INPUT_MAX:
@@ -61,6 +66,8 @@ def _shufflenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Mo
 
 
 def _mobilenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.mobilenet_v2(weights=None, num_classes=num_classes)
     stem_out = model.features[0][0].out_channels
     stride = 1 if image_size <= SMALL_INPUT_MAX else 2

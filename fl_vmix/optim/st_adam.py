@@ -71,9 +71,9 @@ of one dense gradient per step. Complex parameters are handled as their real vie
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -115,9 +115,7 @@ def _validate_hyperparameters(group: dict[str, Any]) -> None:
         raise ValueError(f"STAdam: betas must be a pair (beta1, beta2), got {betas!r}; pass e.g. (0.9, 0.999)")
     for index, beta in enumerate(betas):
         if not _is_real_number(beta) or not 0.0 <= beta < 1.0:
-            raise ValueError(
-                f"STAdam: betas[{index}] must lie in [0, 1), got {beta!r}; pass e.g. betas=(0.9, 0.999)"
-            )
+            raise ValueError(f"STAdam: betas[{index}] must lie in [0, 1), got {beta!r}; pass e.g. betas=(0.9, 0.999)")
     if not _is_real_number(strength) or not 0.0 <= strength <= 1.0:
         raise ValueError(
             f"STAdam: agreement_strength must lie in [0, 1], got {strength!r}; "

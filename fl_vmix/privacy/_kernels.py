@@ -20,11 +20,24 @@ def use_torch_threads() -> None:
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
 
 
-
 @njit(parallel=True, cache=True, nogil=True)
 def sources_kernel(
-    words, region_origin, region_shape, pixels_of_shape, units_of_shape, unit_origin, local_to_global, pixel_level,
-    single_group, rep_group, seq_index, delta, group_base, word_offset, chan_offset, out,
+    words,
+    region_origin,
+    region_shape,
+    pixels_of_shape,
+    units_of_shape,
+    unit_origin,
+    local_to_global,
+    pixel_level,
+    single_group,
+    rep_group,
+    seq_index,
+    delta,
+    group_base,
+    word_offset,
+    chan_offset,
+    out,
 ):  # pragma: no cover - compiled; checked against the PyTorch implementation in the tests
     batch = words.shape[0]
     num_levels = out.shape[0]

@@ -40,27 +40,27 @@ _SEED_PERSON = b"fl_vmix.seed.v2"
 _UINT32 = 1 << 32
 
 
-def check_key(key: object) -> bytes:
-    """The key as ``bytes`` after checking its type and length (16-64 bytes); never stored elsewhere."""
+def check_key(key: object, owner: str = "VisualMixer") -> bytes:
+    """The key as ``bytes`` after checking its type and length (16-64 bytes); ``owner`` names the caller."""
     if key is None:
         raise ValueError(
-            "no key given: there are no default keys. Pass the client's secret key, 16-64 random bytes: "
-            "a SuperNode reads it from its key file (node config key-file, made by `python -m fl_vmix.deploy "
-            "export` or `keygen`), a simulated client from the simulation key folder (fl_vmix.apps.keys."
-            "node_key); for your own use, secrets.token_bytes(32)"
+            f"{owner} needs the client's secret key and none was given: there are no default keys. Keys come from "
+            "the node: a SuperNode's key file (node config key-file, written by `python -m fl_vmix.deploy export` "
+            "or `keygen`), a simulated client's key folder ($FL_VMIX_KEY_DIR, fl_vmix.apps.keys.node_key); "
+            "for your own use, secrets.token_bytes(32)"
         )
     if isinstance(key, bytearray):
         key = bytes(key)
     if not isinstance(key, bytes):
         raise ValueError(
-            f"a key must be bytes (16-64 random bytes), got {type(key).__name__}: generate one with "
+            f"{owner}: a key must be bytes (16-64 random bytes), got {type(key).__name__}: generate one with "
             "secrets.token_bytes(32); federated clients read theirs from their key file "
             "(`python -m fl_vmix.deploy keygen`, or the simulation key folder)"
         )
     if not MIN_KEY_BYTES <= len(key) <= MAX_KEY_BYTES:
         raise ValueError(
-            f"a key needs {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes (128-512 bits), got {len(key)}: "
-            "use secrets.token_bytes(32)"
+            f"{owner}: a key needs {MIN_KEY_BYTES} to {MAX_KEY_BYTES} bytes (128-512 bits), got {len(key)}: "
+            "use secrets.token_bytes(32) or a key file from `python -m fl_vmix.deploy keygen`"
         )
     return key
 
@@ -108,7 +108,9 @@ class KeyedPRF:
         keyed BLAKE2b under this context's subkey, separate from the AES stream by its personalisation."""
         if not fields or any(isinstance(f, bool) or not isinstance(f, (int, np.integer)) for f in fields):
             raise ValueError(f"seed fields must be integers, got {fields!r}")
-        digest = hashlib.blake2b(context_bytes(*(int(f) for f in fields)), key=self._subkey, digest_size=8, person=_SEED_PERSON)
+        digest = hashlib.blake2b(
+            context_bytes(*(int(f) for f in fields)), key=self._subkey, digest_size=8, person=_SEED_PERSON
+        )
         return int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1)
 
 

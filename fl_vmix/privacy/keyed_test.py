@@ -87,7 +87,7 @@ def test_context_encoding_is_unambiguous():
 @pytest.mark.parametrize(
     "key, message",
     [
-        (None, "no key given"),
+        (None, "none was given"),
         ("a passphrase of many chars", "must be bytes"),
         (12345678901234567890, "must be bytes"),
         (b"short key", "16 to 64 bytes"),

@@ -15,11 +15,12 @@ VFE). When even the finest setting everywhere misses, that setting is used and t
 
 As in Kornia augmentations, sampled parameters are replayable: :meth:`VisualMixer.mix` returns the
 parameters it chose (a :class:`MixParams`, the level of every region) with the images, and
-:meth:`VisualMixer.apply` replays them. The permutations themselves are a pure function of (secret
-key, public settings, image shape, sample id, epoch in ``dynamic`` mode): every (image, epoch,
-channel, region) gets a fresh uniform permutation from a keyed cryptographic PRF
-(:mod:`fl_vmix.privacy.keyed`, :mod:`fl_vmix.privacy.permutations`). No global RNG is touched, a
-sample's shuffle does not depend on its batch, CPU and CUDA agree bit for bit, and the key holder
+:meth:`VisualMixer.replay` replays them (named so as not to shadow ``nn.Module.apply``). The
+permutations themselves are a pure function of (secret key, public settings, image shape, sample id,
+epoch in ``dynamic`` mode): every (image, epoch, channel, region) gets a fresh uniform permutation from
+a keyed cryptographic PRF (:mod:`fl_vmix.privacy.keyed`, :mod:`fl_vmix.privacy.permutations`). No
+global RNG is touched, a sample's shuffle does not depend on its batch, CPU and CUDA agree bit for bit
+(the level choice uses exact integer energies, :mod:`fl_vmix.privacy.region_energy`), and the key holder
 inverts exactly with :meth:`VisualMixer.invert`.
 """
 
@@ -194,8 +195,11 @@ class VisualMixer(nn.Module):
 
     def extra_repr(self) -> str:
         target = (
-            f"target_vfe={self.target_vfe}" if self.target_vfe is not None
-            else f"target_ratio={self.target_ratio}" if self.target_ratio is not None else "fixed finest"
+            f"target_vfe={self.target_vfe}"
+            if self.target_vfe is not None
+            else f"target_ratio={self.target_ratio}"
+            if self.target_ratio is not None
+            else "fixed finest"
         )
         return (
             f"region_size={self.region_size}, block_sizes={self.block_sizes}, {target}, "
@@ -266,10 +270,18 @@ class VisualMixer(nn.Module):
         shapes the permutations, so no two settings or shapes share key-derived numbers."""
         cache_key = (height, width, channels, str(device))
         if cache_key not in self._layouts:
-            geometry = ShuffleGeometry(height, width, channels, self.region_size, self.block_sizes, bool(self.permute_channels))
+            geometry = ShuffleGeometry(
+                height, width, channels, self.region_size, self.block_sizes, bool(self.permute_channels)
+            )
             context = context_bytes(
-                "visualmixer.shuffle", self.region_size, self.block_sizes, bool(self.permute_channels), self.mode,
-                channels, height, width,
+                "visualmixer.shuffle",
+                self.region_size,
+                self.block_sizes,
+                bool(self.permute_channels),
+                self.mode,
+                channels,
+                height,
+                width,
             )
             self._layouts[cache_key] = _Layout(geometry, KeyedPRF(self._key, context), device)
         return self._layouts[cache_key]
@@ -300,7 +312,8 @@ class VisualMixer(nn.Module):
         if self.target_ratio is not None:
             target = clear_totals.double() * self.target_ratio
         else:
-            target = torch.full_like(clear_totals, 0, dtype=torch.float64) + self.target_vfe * channels * layout.num_regions * float(SCALE) ** 2
+            absolute = float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
+            target = torch.full_like(clear_totals, absolute, dtype=torch.float64)
         return torch.ceil(target).to(torch.int64)
 
     @staticmethod
@@ -340,7 +353,9 @@ class VisualMixer(nn.Module):
             return self._finish(self._take(images, source[0]).view_as(images), MixParams(ids, epoch, levels), report)
 
         values = quantize(images).view(-1)
-        clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[:, 0]
+        clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[
+            :, 0
+        ]
         clear_totals = clear_region.sum(1)
 
         target = self._target_totals(clear_totals, layout, channels)
@@ -377,7 +392,9 @@ class VisualMixer(nn.Module):
             mixed = self._straight_through(mixed, coarse, fine, scores, order, state, layout)
         # Unreached targets are counted in the report, not logged here: callers log once per round.
         clear_vfe, achieved_vfe = self._to_vfe(clear_totals, layout, channels), self._to_vfe(achieved, layout, channels)
-        report = MixReport(self._to_vfe(target, layout, channels), achieved >= target, lambda: (clear_vfe, achieved_vfe))
+        report = MixReport(
+            self._to_vfe(target, layout, channels), achieved >= target, lambda: (clear_vfe, achieved_vfe)
+        )
         return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
     def _straight_through(self, mixed, coarse, fine, scores, order, state, layout) -> torch.Tensor:
@@ -394,14 +411,16 @@ class VisualMixer(nn.Module):
         self.last_params, self.last_report = params, report
         return MixResult(mixed, params, report)
 
-    def apply(self, images: torch.Tensor, params: MixParams) -> torch.Tensor:
+    def replay(self, images: torch.Tensor, params: MixParams) -> torch.Tensor:
         """Replay a shuffle: apply the parameters a :meth:`mix` call returned to images."""
         return self._replay(images, params, invert=False)
 
     def forward(self, images: torch.Tensor, sample_ids: object, epoch: int | None = None) -> torch.Tensor:
         return self.mix(images, sample_ids, epoch).images
 
-    def invert(self, obfuscated: torch.Tensor, sample_ids: object, epoch: int | None = None, params: MixParams | None = None) -> torch.Tensor:
+    def invert(
+        self, obfuscated: torch.Tensor, sample_ids: object, epoch: int | None = None, params: MixParams | None = None
+    ) -> torch.Tensor:
         """Exact inverse for the key holder.
 
         With a VFE target the level of each region depends on the clear image, so the parameters
@@ -416,7 +435,11 @@ class VisualMixer(nn.Module):
                 regions = self._layout(height, width, channels, obfuscated.device).num_regions
                 levels = torch.full((ids.numel(), regions), len(self.block_sizes) - 1, device=obfuscated.device)
                 params = MixParams(ids, self._epoch(epoch), levels)
-            elif self.last_params is not None and torch.equal(self.last_params.sample_ids, ids) and (epoch is None or self._epoch(epoch) == self.last_params.epoch):
+            elif (
+                self.last_params is not None
+                and torch.equal(self.last_params.sample_ids, ids)
+                and (epoch is None or self._epoch(epoch) == self.last_params.epoch)
+            ):
                 params = self.last_params
             else:
                 raise ValueError(
@@ -444,7 +467,7 @@ class VisualMixer(nn.Module):
         out = torch.empty_like(images).view(-1).index_copy_(0, source.reshape(-1).long(), images.reshape(-1))
         return out.view_as(images)
 
-    def as_transform(self) -> "VisualMixerTransform":
+    def as_transform(self) -> VisualMixerTransform:
         """A single-image transform for ``torchvision.transforms.v2`` pipelines."""
         return VisualMixerTransform(self)
 

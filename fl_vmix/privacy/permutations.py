@@ -9,8 +9,9 @@ Construction and argument (also in ``docs/threat_model.md``):
 
 1. **Master arrangement.** Regions are tiled by units of ``u x u`` pixels, ``u`` the greatest common
    divisor of the block sizes (1 for the default (2, 1); 2 for (8, 4, 2)), so every block of every level
-   starts at a unit. For each (channel, region) of ``n`` units, a Fisher-Yates shuffle of ``0..n-1``: for ``i = n-1, ..., 1`` swap positions ``i`` and ``j = floor(w * (i+1) /
-   2^32)`` with the next 32-bit PRF word ``w``. With exact uniform ``j`` this is a uniform permutation;
+   starts at a unit. For each (channel, region) of ``n`` units, a Fisher-Yates shuffle of ``0..n-1``:
+   for ``i = n-1, ..., 1`` swap positions ``i`` and ``j = floor(w * (i+1) / 2^32)`` with the next 32-bit
+   PRF word ``w``. With exact uniform ``j`` this is a uniform permutation;
    multiply-shift makes each ``j`` at most ``1 / 2^32`` away from uniform per value, so the arrangement is
    within total-variation distance ``n (n+1) / 2^33`` of uniform (2.4e-7 for 64 units).
 2. **Block levels by compaction.** At block size ``b`` the blocks of a region fall into shape groups
@@ -118,7 +119,7 @@ class ShuffleGeometry:
         """``[S, units_max]``: local pixel index of each unit's top-left pixel."""
         u = self.unit
         table = np.zeros((len(self.shapes), int(self.units_of_shape.max())), dtype=np.int64)
-        for s, (h, w) in enumerate(self.shapes):
+        for s, (_, w) in enumerate(self.shapes):
             uy, ux = np.divmod(np.arange(int(self.units_of_shape[s])), -(-w // u))
             table[s, : len(uy)] = uy * u * w + ux * u
         return table
@@ -222,9 +223,22 @@ def _sources_numba(geometry: ShuffleGeometry, words: np.ndarray, levels: list[in
     groups = rep_group[selected]
     single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
     sources_kernel(
-        np.ascontiguousarray(words), geometry.region_origin, geometry.region_shape, geometry.pixels_of_shape,
-        geometry.units_of_shape, geometry.unit_origin, geometry.local_to_global, pixel_level, single_group, groups,
-        seq_index[selected], delta[selected], group_base[selected], word_offset, chan_offset, out,
+        np.ascontiguousarray(words),
+        geometry.region_origin,
+        geometry.region_shape,
+        geometry.pixels_of_shape,
+        geometry.units_of_shape,
+        geometry.unit_origin,
+        geometry.local_to_global,
+        pixel_level,
+        single_group,
+        groups,
+        seq_index[selected],
+        delta[selected],
+        group_base[selected],
+        word_offset,
+        chan_offset,
+        out,
     )
     return torch.from_numpy(out)
 
@@ -254,7 +268,9 @@ def _sources_torch(geometry: ShuffleGeometry, words: torch.Tensor, levels: list[
         rows = batch * channels * len(members)
         arrangement = fisher_yates_torch(words[:, index].reshape(rows, units - 1), units)  # [B*C*R_s, units]
         to_global = local_to_global[s, :n]
-        plane = (image * channels + source_channel[:, members].transpose(1, 2)) * pixels + origin[members]  # [B, C, R_s]
+        plane = (image * channels + source_channel[:, members].transpose(1, 2)) * pixels + origin[
+            members
+        ]  # [B, C, R_s]
         outputs = (origin[members].view(-1, 1) + to_global).view(-1)  # output pixels of these regions
         for li, level in enumerate(levels):
             rep = rep_group[level, s, :units][arrangement]

@@ -66,11 +66,17 @@ def test_numba_kernel_equals_torch_implementation(channels, height, width, regio
 
 
 @pytest.mark.parametrize("channels, height, width, region, blocks, permute", GEOMETRIES)
-def test_each_level_moves_whole_blocks_of_one_shape_inside_their_region(channels, height, width, region, blocks, permute):
+def test_each_level_moves_whole_blocks_of_one_shape_inside_their_region(
+    channels, height, width, region, blocks, permute
+):
     geometry = ShuffleGeometry(height, width, channels, region, blocks, permute)
     batch = 3
-    out = sources(geometry, KeyedPRF(KEY, b"blk").words(np.arange(batch), 0, geometry.words_per_sample),
-                  list(range(len(blocks))), torch.device("cpu")).long()
+    out = sources(
+        geometry,
+        KeyedPRF(KEY, b"blk").words(np.arange(batch), 0, geometry.words_per_sample),
+        list(range(len(blocks))),
+        torch.device("cpu"),
+    ).long()
     plane = height * width
     y = torch.arange(height).view(-1, 1).expand(height, width).reshape(-1)
     x = torch.arange(width).view(1, -1).expand(height, width).reshape(-1)
@@ -80,7 +86,9 @@ def test_each_level_moves_whole_blocks_of_one_shape_inside_their_region(channels
         assert torch.equal(image, torch.arange(batch).view(-1, 1, 1).expand_as(image))
         pix = src % plane
         sy, sx = pix // width, pix % width
-        assert torch.equal(sy // region, (y // region).expand_as(sy)) and torch.equal(sx // region, (x // region).expand_as(sx))
+        assert torch.equal(sy // region, (y // region).expand_as(sy)) and torch.equal(
+            sx // region, (x // region).expand_as(sx)
+        )
         # Within a block the offsets are kept: the source of (y, x) is (source block origin) + (y, x) - origin.
         oy, ox = y % region % block, x % region % block
         assert torch.equal(sy % region % block, oy.expand_as(sy)) and torch.equal(sx % region % block, ox.expand_as(sx))

@@ -40,7 +40,9 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     else:
         wide = flat.double()
         bad = int((~(wide.abs() <= MAX_ABS)).sum())
-        quantised = torch.round(wide.clamp(-MAX_ABS, MAX_ABS).nan_to_num(0.0) * SCALE).to(torch.int32).view(images.shape)
+        quantised = (
+            torch.round(wide.clamp(-MAX_ABS, MAX_ABS).nan_to_num(0.0) * SCALE).to(torch.int32).view(images.shape)
+        )
     if bad:
         finite = bool(torch.isfinite(flat).all())
         if not finite:
@@ -58,7 +60,9 @@ def identity_sources(batch: int, channels: int, pixels: int, device: torch.devic
     return torch.arange(batch * channels * pixels, device=device, dtype=torch.int32).view(1, batch, channels, pixels)
 
 
-def region_energies(values: torch.Tensor, sources: torch.Tensor, geometry: ShuffleGeometry, reference: bool) -> torch.Tensor:
+def region_energies(
+    values: torch.Tensor, sources: torch.Tensor, geometry: ShuffleGeometry, reference: bool
+) -> torch.Tensor:
     """Energy of every region under every source map: int64 ``[B, N, R]`` for ``sources`` ``[N, B, C, P]``,
     summed over channels. ``values`` is the flattened output of :func:`quantize`."""
     maps, batch = sources.shape[:2]
@@ -72,7 +76,9 @@ def region_energies(values: torch.Tensor, sources: torch.Tensor, geometry: Shuff
     return _region_energies_torch(values, sources, geometry, reference)
 
 
-def _region_energies_torch(values: torch.Tensor, sources: torch.Tensor, geometry: ShuffleGeometry, reference: bool) -> torch.Tensor:
+def _region_energies_torch(
+    values: torch.Tensor, sources: torch.Tensor, geometry: ShuffleGeometry, reference: bool
+) -> torch.Tensor:
     maps, batch, channels, _ = sources.shape
     height, width, region = geometry.height, geometry.width, geometry.region
     v = values.to(torch.int64)[sources.long()].view(maps, batch, channels, height, width)
@@ -97,29 +103,47 @@ def _region_energies_torch(values: torch.Tensor, sources: torch.Tensor, geometry
     return per_region.transpose(0, 1).contiguous()
 
 
-def selected_energies(values: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry,
-                      reference: bool) -> torch.Tensor:
+def selected_energies(
+    values: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry, reference: bool
+) -> torch.Tensor:
     """Region energies ``[B, R]`` of the batch shuffled with each region at its level (``levels`` ``[B, R]``)."""
     if values.device.type == "cpu":
         from fl_vmix.privacy._kernels import selected_energies_kernel, use_torch_threads
 
         use_torch_threads()
         out = np.empty((sources.shape[1], geometry.num_regions), dtype=np.int64)
-        selected_energies_kernel(values.numpy(), sources.numpy(), levels.to(torch.int64).contiguous().numpy(),
-                                 geometry.width, geometry.region, reference, out)
+        selected_energies_kernel(
+            values.numpy(),
+            sources.numpy(),
+            levels.to(torch.int64).contiguous().numpy(),
+            geometry.width,
+            geometry.region,
+            reference,
+            out,
+        )
         return torch.from_numpy(out)
-    return _region_energies_torch(values, select_sources(sources, levels, geometry).unsqueeze(0), geometry, reference)[:, 0]
+    return _region_energies_torch(values, select_sources(sources, levels, geometry).unsqueeze(0), geometry, reference)[
+        :, 0
+    ]
 
 
-def take_selected(images: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry) -> torch.Tensor:
+def take_selected(
+    images: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry
+) -> torch.Tensor:
     """The batch shuffled with each region at its level: ``images`` gathered through the selected sources."""
     if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32, torch.float64):
         from fl_vmix.privacy._kernels import select_take_kernel, use_torch_threads
 
         use_torch_threads()
         out = torch.empty_like(images, memory_format=torch.contiguous_format)
-        select_take_kernel(images.contiguous().view(-1).numpy(), sources.numpy(), levels.to(torch.int64).contiguous().numpy(),
-                           geometry.width, geometry.region, out.view(images.shape[0], images.shape[1], -1).numpy())
+        select_take_kernel(
+            images.contiguous().view(-1).numpy(),
+            sources.numpy(),
+            levels.to(torch.int64).contiguous().numpy(),
+            geometry.width,
+            geometry.region,
+            out.view(images.shape[0], images.shape[1], -1).numpy(),
+        )
         return out
     source = select_sources(sources, levels, geometry)
     return images.reshape(-1).index_select(0, source.reshape(-1)).view_as(images)

@@ -32,8 +32,12 @@ def test_clear_energies_match_the_float_vfe_definition(channels, height, width, 
     images = images_of(3, channels, height, width)
     geometry = ShuffleGeometry(height, width, channels, region, (1,), False)
     values = quantize(images).view(-1)
-    energy = region_energies(values, identity_sources(3, channels, geometry.pixels, torch.device("cpu")), geometry,
-                             reference=method == "reference")[:, 0]
+    energy = region_energies(
+        values,
+        identity_sources(3, channels, geometry.pixels, torch.device("cpu")),
+        geometry,
+        reference=method == "reference",
+    )[:, 0]
     expected = vfe_map(images.double(), region, method).flatten(1) * channels  # window energy summed over channels
     assert torch.allclose(energy.double() / SCALE**2, expected, rtol=1e-3, atol=1e-6)
 
@@ -50,7 +54,9 @@ def test_compiled_and_torch_energies_are_identical(channels, height, width, regi
     assert compiled.dtype == vectorised.dtype == torch.int64
     assert torch.equal(compiled, vectorised)
     # a shuffled image is more energetic than the clear one
-    clear = region_energies(values, identity_sources(4, channels, geometry.pixels, torch.device("cpu")), geometry, reference)
+    clear = region_energies(
+        values, identity_sources(4, channels, geometry.pixels, torch.device("cpu")), geometry, reference
+    )
     assert bool((compiled[:, 1].sum(1) > clear[:, 0].sum(1)).all())
 
 

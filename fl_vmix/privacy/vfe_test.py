@@ -97,7 +97,9 @@ def test_map_shape_and_mean():
 
 def test_shuffling_raises_corrected_vfe():
     smooth = torch.linspace(0, 1, 32).view(1, 1, 1, 32).expand(1, 3, 32, 32).contiguous()
-    shuffled = smooth.flatten(2)[..., torch.randperm(32 * 32, generator=torch.Generator().manual_seed(0))].view_as(smooth)
+    shuffled = smooth.flatten(2)[..., torch.randperm(32 * 32, generator=torch.Generator().manual_seed(0))].view_as(
+        smooth
+    )
     assert vfe(shuffled, 8, "corrected") > 10 * vfe(smooth, 8, "corrected")
 
 

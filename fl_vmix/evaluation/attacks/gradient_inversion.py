@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -70,7 +70,7 @@ class InversionResult:
 
 
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    params: dict[str, torch.Tensor] = {name: p for name, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("model has no trainable parameters; unfreeze the layers whose update the client sends")
     return params
@@ -138,7 +138,9 @@ def _as_list(target_update: Update, params: dict[str, torch.Tensor]) -> list[tor
     if isinstance(target_update, Mapping):
         missing = [n for n in params if n not in target_update]
         if missing:
-            raise ValueError(f"target_update lacks entries for {missing[:3]}...; give one tensor per trainable parameter")
+            raise ValueError(
+                f"target_update lacks entries for {missing[:3]}...; give one tensor per trainable parameter"
+            )
         tensors = [target_update[n] for n in params]
     else:
         tensors = list(target_update)
@@ -198,8 +200,8 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 def _cosine_distance(update: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
     """1 - cosine similarity of the two updates flattened over all parameters together."""
     dot = sum((u * t).sum() for u, t in zip(update, target))
-    nu = torch.sqrt(sum(u.pow(2).sum() for u in update))
-    nt = torch.sqrt(sum(t.pow(2).sum() for t in target))
+    nu = torch.sqrt(cast(torch.Tensor, sum(u.pow(2).sum() for u in update)))
+    nt = torch.sqrt(cast(torch.Tensor, sum(t.pow(2).sum() for t in target)))
     return 1 - dot / (nu * nt + 1e-12)
 
 
@@ -245,7 +247,8 @@ def invert_gradients(
     """
     if len(image_shape) != 3:
         raise ValueError(f"image_shape must be (C, H, W), got {image_shape}")
-    for name, value in {"batch_size": batch_size, "local_steps": local_steps, "iterations": iterations, "restarts": restarts}.items():
+    counts = {"batch_size": batch_size, "local_steps": local_steps, "iterations": iterations, "restarts": restarts}
+    for name, value in counts.items():
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
     if parametrisation not in ("clamp", "sigmoid"):
@@ -287,6 +290,7 @@ def invert_gradients(
             optimiser.zero_grad(set_to_none=True)
             objective(images_of(z)).backward()
             if signed:
+                assert z.grad is not None  # backward() just filled it
                 z.grad.sign_()
             optimiser.step()
             schedule.step()
@@ -320,7 +324,9 @@ def analytic_linear_inversion(
         )
     numel = image_shape[0] * image_shape[1] * image_shape[2]
     if weight_update.shape[1] != numel:
-        raise ValueError(f"the layer has {weight_update.shape[1]} inputs but image_shape {image_shape} has {numel} pixels")
+        raise ValueError(
+            f"the layer has {weight_update.shape[1]} inputs but image_shape {image_shape} has {numel} pixels"
+        )
     denom = bias_update.double().pow(2).sum()
     if denom == 0:
         raise ValueError("bias update is all zeros (no loss signal); the input cannot be recovered from this update")

@@ -10,7 +10,7 @@ from fl_vmix.evaluation.attacks.gradient_inversion import (
     invert_gradients,
 )
 from fl_vmix.evaluation.attacks.jigsaw import random_block_permutation, shuffle_blocks
-from fl_vmix.evaluation.metrics import ssim
+from fl_vmix.privacy.similarity import ssim
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 

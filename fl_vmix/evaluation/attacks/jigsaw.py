@@ -82,7 +82,9 @@ def _check(images: torch.Tensor, region_size: int, block_size: int) -> tuple[int
         )
     ry, rx = images.shape[-2] // region_size, images.shape[-1] // region_size
     if ry == 0 or rx == 0:
-        raise ValueError(f"images of {tuple(images.shape[-2:])} px hold no full {region_size}-px region; use a smaller region_size")
+        raise ValueError(
+            f"images of {tuple(images.shape[-2:])} px hold no full {region_size}-px region; use a smaller region_size"
+        )
     return ry, rx, region_size // block_size
 
 
@@ -152,7 +154,9 @@ def _pair_cost(cost: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     return cost.reshape(p, n * n).gather(1, flat).reshape(a.shape)
 
 
-def _greedy(right: torch.Tensor, below: torch.Tensor, n: int, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _greedy(
+    right: torch.Tensor, below: torch.Tensor, n: int, starts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Raster-order greedy boards for every (puzzle, start): ``([P, S, N] boards, [P, S] costs)``."""
     p, nb, _ = right.shape
     s = starts.shape[1]
@@ -188,7 +192,9 @@ def _neighbour_table(n: int, device: torch.device) -> tuple[torch.Tensor, torch.
     return nb.where(valid, torch.zeros_like(nb)), valid
 
 
-def _local_cost(right: torch.Tensor, below: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _local_cost(
+    right: torch.Tensor, below: torch.Tensor, centre: torch.Tensor, nbr: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """Sum of the <= 4 seam costs around a position holding ``centre`` with neighbour blocks ``nbr``
     (``[..., 4]`` in left, right, up, down order; ``valid`` masks missing neighbours)."""
     c = centre.unsqueeze(-1).expand_as(nbr)
@@ -330,7 +336,8 @@ def solve_jigsaw_per_region(
     """
     ry, rx, _ = _check(images, region_size, region_size)
     b = images.shape[0]
-    if block_size_map.dim() != 3 or block_size_map.shape[0] != b or block_size_map.shape[1] < ry or block_size_map.shape[2] < rx:
+    shape = block_size_map.shape
+    if block_size_map.dim() != 3 or shape[0] != b or shape[1] < ry or shape[2] < rx:
         raise ValueError(
             f"block_size_map must be [B, rows, cols] covering at least the {ry} x {rx} full regions of "
             f"{b} images, got {tuple(block_size_map.shape)}"
@@ -357,7 +364,9 @@ def blocks_in_place(placement: torch.Tensor, true_permutation: torch.Tensor) -> 
     ``placement[..., p]`` is in place iff it came from position ``p``.
     """
     if placement.shape != true_permutation.shape:
-        raise ValueError(f"placement {tuple(placement.shape)} and true_permutation {tuple(true_permutation.shape)} must match")
+        raise ValueError(
+            f"placement {tuple(placement.shape)} and true_permutation {tuple(true_permutation.shape)} must match"
+        )
     origin = true_permutation.long().gather(-1, placement.long())
     return float((origin == torch.arange(placement.shape[-1], device=placement.device)).double().mean())
 
@@ -366,7 +375,9 @@ def neighbours_correct(placement: torch.Tensor, true_permutation: torch.Tensor) 
     """Fraction of horizontal and vertical adjacencies in the solution that are true adjacencies
     ("neighbour comparison"): insensitive to a correctly assembled part sitting at the wrong offset."""
     if placement.shape != true_permutation.shape:
-        raise ValueError(f"placement {tuple(placement.shape)} and true_permutation {tuple(true_permutation.shape)} must match")
+        raise ValueError(
+            f"placement {tuple(placement.shape)} and true_permutation {tuple(true_permutation.shape)} must match"
+        )
     nb = placement.shape[-1]
     n = int(round(nb**0.5))
     if n * n != nb:

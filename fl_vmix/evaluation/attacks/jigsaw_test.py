@@ -11,14 +11,15 @@ from fl_vmix.evaluation.attacks.jigsaw import (
     shuffle_blocks,
     solve_jigsaw,
 )
-from fl_vmix.evaluation.metrics import ssim
+from fl_vmix.privacy.similarity import ssim
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
 def _shuffled(clear: torch.Tensor, region: int, block: int, seed: int = 0):
     b, c, h, w = clear.shape
-    perm = random_block_permutation((b, c, h // region, w // region), (region // block) ** 2, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    perm = random_block_permutation((b, c, h // region, w // region), (region // block) ** 2, generator)
     return perm, shuffle_blocks(clear, region, block, perm)
 
 
@@ -102,7 +103,8 @@ def _seam_cost(right: torch.Tensor, below: torch.Tensor, board: torch.Tensor, n:
     """Brute-force total seam cost of boards ``[P, N]`` (the quantity refinement must lower)."""
     grid = board.view(-1, n, n)
     rows = torch.arange(board.shape[0]).view(-1, 1, 1)
-    return right[rows, grid[:, :, :-1], grid[:, :, 1:]].sum((1, 2)) + below[rows, grid[:, :-1, :], grid[:, 1:, :]].sum((1, 2))
+    across = right[rows, grid[:, :, :-1], grid[:, :, 1:]].sum((1, 2))
+    return across + below[rows, grid[:, :-1, :], grid[:, 1:, :]].sum((1, 2))
 
 
 def test_swap_refinement_reaches_a_true_local_optimum():

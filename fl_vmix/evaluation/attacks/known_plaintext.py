@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fl_vmix.evaluation.metrics import ssim
+from fl_vmix.privacy.similarity import ssim
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ def reused_permutation_shuffle(images: torch.Tensor, bank_size: int, region: int
     return _place_regions(images, rows.gather(1, bank[pick]), region)
 
 
-def learn_permutations(clear: torch.Tensor, obfuscated: torch.Tensor, region: int, pool_channels: bool = False) -> torch.Tensor:
+def learn_permutations(
+    clear: torch.Tensor, obfuscated: torch.Tensor, region: int, pool_channels: bool = False
+) -> torch.Tensor:
     """Distinct permutations ``[M, n]`` seen in the known pairs: ``obfuscated_row = clear_row[perm]``."""
     if clear.shape != obfuscated.shape or clear.dim() != 4:
         raise ValueError(

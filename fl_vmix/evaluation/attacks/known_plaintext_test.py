@@ -4,7 +4,6 @@ import torch
 from conftest import require_shared
 from fl_vmix.evaluation.attacks._testing import smooth_images
 from fl_vmix.evaluation.attacks.known_plaintext import (
-    _place_regions,
     _regions,
     known_plaintext_attack,
     learn_permutations,

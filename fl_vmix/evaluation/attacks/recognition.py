@@ -52,7 +52,7 @@ def recognition_accuracy(
     model.eval()
     try:
         correct = 0
-        width = None
+        width = 0  # set by the first batch (there is at least one image)
         for lo in range(0, images.shape[0], batch_size):
             x = images[lo : lo + batch_size].to(device)
             if input_transform is not None:
@@ -64,7 +64,9 @@ def recognition_accuracy(
         model.train(was_training)
     k = num_classes if num_classes is not None else width
     if labels.min() < 0 or labels.max() >= k:
-        raise ValueError(f"labels must lie in [0, {k}); pass num_classes if the model's output width is not the class count")
+        raise ValueError(
+            f"labels must lie in [0, {k}); pass num_classes if the model's output width is not the class count"
+        )
     majority = torch.bincount(labels.cpu().long(), minlength=k).max().item() / labels.shape[0]
     return {
         "accuracy": correct / images.shape[0],

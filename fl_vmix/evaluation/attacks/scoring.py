@@ -11,7 +11,7 @@ Gradient inversion on a protected client is expected to score high against the o
 against the clear one; on an unprotected client the two references coincide. Every attack therefore
 reports both, computed by :func:`score_reconstruction`.
 
-SSIM/PSNR are ``fl_vmix.evaluation.metrics.ssim/psnr`` (standard 11-px Gaussian window, data range 1,
+SSIM/PSNR are ``fl_vmix.privacy.similarity.ssim/psnr`` (standard 11-px Gaussian window, data range 1,
 images in [0, 1] and at least 11 px a side), so attack numbers are comparable with every other report.
 """
 
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fl_vmix.evaluation.metrics import psnr, ssim
+from fl_vmix.privacy.similarity import psnr, ssim
 
 
 def _check_pair(recon: torch.Tensor, reference: torch.Tensor, name: str) -> None:

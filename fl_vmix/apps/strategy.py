@@ -1,0 +1,129 @@
+"""The server's strategy: a Flower strategy from the experiment, wrapped by :class:`RecordingStrategy`.
+
+``RecordingStrategy`` wraps any Flower strategy the way Flower's DP wrappers do (it is a
+``Strategy`` that holds another and delegates to it): replies are aggregated in partition order (so
+floating-point sums, and thus metrics, are reproducible), every client's metrics and failures go to
+the run's recorder, and a round with too few successful clients stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, cast
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, PrivacySpent
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Strategy
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from fl_vmix.apps.dp import UNIFORM_WEIGHT_KEY, wrap_central_dp
+from fl_vmix.experiment import Experiment
+from fl_vmix.factory import build_privacy
+from fl_vmix.privacy.training_level import CentralDP
+from fl_vmix.recording import RunRecorder
+
+logger = logging.getLogger("fl_vmix.server")
+
+STRATEGIES: dict[str, type[FedAvg]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM}
+PARTITION_KEY = "partition-id"
+
+
+def aggregate_without_partition(records: list[RecordDict], weighting_key: str) -> MetricRecord:
+    """Weighted mean of client metrics; the partition id is a label, not a metric."""
+    aggregated = aggregate_metricrecords(records, weighting_key)
+    if PARTITION_KEY in aggregated:
+        del aggregated[PARTITION_KEY]
+    return aggregated
+
+
+def build_strategy(experiment: Experiment) -> Strategy:
+    """The experiment's Flower strategy (FedAvg, FedProx or FedAvgM), DP-wrapped for central DP."""
+    kwargs: dict[str, Any] = dict(
+        fraction_train=experiment.fraction_train,
+        fraction_evaluate=experiment.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1 if experiment.fraction_evaluate > 0 else 0,
+        min_available_nodes=experiment.num_clients,
+        train_metrics_aggr_fn=aggregate_without_partition,
+        evaluate_metrics_aggr_fn=aggregate_without_partition,
+        **experiment.strategy.params,
+    )
+    base = STRATEGIES[experiment.strategy.name]
+    if experiment.privacy.method == CentralDP.name:
+        method = build_privacy(experiment.privacy, None)
+        assert isinstance(method, CentralDP)  # the registry maps the name to this class
+        # Flower's accountant needs FedAvg's own aggregation with equal client weights.
+        return wrap_central_dp(base(**kwargs, weighted_by_key=UNIFORM_WEIGHT_KEY), method, experiment.num_clients)
+    return base(**kwargs)
+
+
+def _partition_of(msg: Message) -> int:
+    if msg.has_error():
+        return 1 << 30
+    for record in msg.content.metric_records.values():
+        if PARTITION_KEY in record:
+            return int(cast(int, record[PARTITION_KEY]))
+    return 1 << 30
+
+
+class RecordingStrategy(Strategy):
+    """Records every round of the wrapped ``strategy`` and stops the run on too many failures."""
+
+    def __init__(self, strategy: Strategy, recorder: RunRecorder, min_success_fraction: float) -> None:
+        if not 0 <= min_success_fraction <= 1:
+            raise ValueError(f"min_success_fraction must be in [0, 1], got {min_success_fraction}")
+        self.strategy, self.recorder, self.min_success_fraction = strategy, recorder, min_success_fraction
+
+    def __repr__(self) -> str:
+        return f"RecordingStrategy({self.strategy!r})"
+
+    def summary(self) -> None:
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        self.recorder.start_round(server_round)
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        arrays, metrics = self.strategy.aggregate_train(server_round, self._record(server_round, "train", replies))
+        self.recorder.record_aggregate(server_round, "train", dict(metrics) if metrics else {})
+        spent = self.privacy_spent()
+        if spent is not None:
+            self.recorder.record_server_dp(server_round, spent.epsilon, spent.delta, spent.num_releases)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        metrics = self.strategy.aggregate_evaluate(server_round, self._record(server_round, "eval", replies))
+        self.recorder.record_aggregate(server_round, "evaluate", dict(metrics) if metrics else {})
+        return metrics
+
+    def privacy_spent(self) -> PrivacySpent | None:
+        """The wrapped strategy's cumulative DP guarantee (Flower's DP wrappers account it), else None."""
+        spent = getattr(self.strategy, "privacy_spent", None)
+        return cast("PrivacySpent | None", spent()) if callable(spent) else None
+
+    def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
+        ordered = sorted(replies, key=_partition_of)
+        ok = [m for m in ordered if not m.has_error()]
+        errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in ordered if m.has_error()]
+        metrics = [dict(next(iter(m.content.metric_records.values()))) for m in ok if m.content.metric_records]
+        self.recorder.record_replies(server_round, phase, metrics, errors)
+        for error in errors:
+            logger.warning("round %d %s failed on %s", server_round, phase, error)
+        if ordered and len(ok) < self.min_success_fraction * len(ordered):
+            self.recorder.flush()
+            raise RuntimeError(
+                f"round {server_round}: only {len(ok)} of {len(ordered)} clients succeeded in {phase} "
+                f"(min_success_fraction={self.min_success_fraction}); first error: {errors[0] if errors else '?'}"
+            )
+        return ordered

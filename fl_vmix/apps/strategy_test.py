@@ -1,0 +1,122 @@
+"""RecordingStrategy wraps any Flower strategy: ordered aggregation, recorded replies and failures, server DP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx
+
+from fl_vmix.apps.dp import wrap_central_dp
+from fl_vmix.apps.strategy import RecordingStrategy, aggregate_without_partition, build_strategy
+from fl_vmix.experiment import compose
+from fl_vmix.privacy.training_level import CentralDP
+from fl_vmix.recording import RunRecorder
+
+
+def request(node_id: int, server_round: int = 1) -> Message:
+    metadata = Metadata(
+        run_id=1, message_id=f"m{node_id}", src_node_id=0, dst_node_id=node_id, reply_to_message_id="",
+        group_id=str(server_round), created_at=time.time(), ttl=600, message_type="train",
+    )  # fmt: skip
+    return Message(content=RecordDict(), metadata=metadata)
+
+
+def reply(partition: int, value: float, examples: int, node_id: int | None = None) -> Message:
+    arrays = ArrayRecord({"w": torch.full((3,), value)})
+    metrics = MetricRecord(
+        {"train_loss": value, "num-examples": examples, "partition-id": partition, "uniform-weight": 1}
+    )
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=request(node_id or 10 + partition))
+
+
+def failure(node_id: int) -> Message:
+    return Message(Error(code=1, reason="injected failure"), reply_to=request(node_id))
+
+
+class Configured(FedAvg):
+    """FedAvg with fl_vmix's metric aggregation that, without a Flower runtime to address messages,
+    configures a round with ready-made messages to nodes 11 and 12."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(min_available_nodes=1, train_metrics_aggr_fn=aggregate_without_partition, **kwargs)  # type: ignore[arg-type]
+        self.configured: list[tuple[int, ConfigRecord]] = []
+
+    def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        self.configured.append((server_round, config))
+        return [request(11, server_round), request(12, server_round)]
+
+
+class Spy(Configured):
+    """Also remembers the order in which it was handed the replies."""
+
+    seen: list[int] = []
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):  # type: ignore[no-untyped-def]
+        replies = list(replies)
+        self.seen = [int(next(iter(m.content.metric_records.values()))["partition-id"]) for m in replies]
+        return super().aggregate_train(server_round, replies)
+
+
+@pytest.fixture()
+def recorder(tmp_path: Path) -> RunRecorder:
+    return RunRecorder(tmp_path, {"experiment": "test"})
+
+
+def test_replies_reach_the_wrapped_strategy_in_partition_order(recorder):
+    spy = Spy()
+    strategy = RecordingStrategy(spy, recorder, min_success_fraction=0.5)
+    arrays, metrics = strategy.aggregate_train(1, [reply(2, 3.0, 30), reply(0, 1.0, 10), reply(1, 2.0, 20)])
+    assert spy.seen == [0, 1, 2]
+    # Oracle: the example-weighted mean, computed by hand.
+    expected = (1.0 * 10 + 2.0 * 20 + 3.0 * 30) / 60
+    assert arrays is not None and np.allclose(arrays["w"].numpy(), expected)
+    assert metrics is not None and metrics["train_loss"] == pytest.approx(expected) and "partition-id" not in metrics
+    record = recorder.round(1)
+    assert record["train_ok"] == 3 and record["train_failed"] == 0
+    assert record["clients"]["1"]["train_loss"] == 2.0 and record["train"]["train_loss"] == pytest.approx(expected)
+
+
+def test_failures_are_recorded_and_too_many_stop_the_run(recorder, tmp_path):
+    strategy = RecordingStrategy(FedAvg(min_available_nodes=1), recorder, min_success_fraction=0.5)
+    strategy.aggregate_train(1, [reply(0, 1.0, 10), failure(11)])
+    assert recorder.round(1)["train_failed"] == 1 and "injected failure" in recorder.round(1)["failures"][0]
+    with pytest.raises(RuntimeError, match=r"round 2: only 1 of 3 clients succeeded in train.*injected failure"):
+        strategy.aggregate_train(2, [reply(0, 1.0, 10), failure(11), failure(12)])
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    assert records[-1]["round"] == 2 and records[-1]["train_failed"] == 2, "the failing round is on disk"
+
+
+def test_the_wrapper_delegates_configuration_and_times_the_round(recorder):
+    spy = Spy()
+    strategy = RecordingStrategy(spy, recorder, min_success_fraction=0.5)
+    config = ConfigRecord({"local-epochs": 2})
+    messages = list(strategy.configure_train(3, ArrayRecord({"w": torch.zeros(3)}), config, grid=None))  # type: ignore[arg-type]
+    assert [m.metadata.dst_node_id for m in messages] == [11, 12] and spy.configured == [(3, config)]
+    assert "started" in recorder.round(3)
+
+
+def test_central_dp_wrapped_strategies_record_the_servers_epsilon(recorder):
+    experiment = compose(["privacy=central_dp", "num_clients=2", "privacy.noise_multiplier=1.0"])
+    assert isinstance(build_strategy(experiment), DifferentialPrivacyClientSideFixedClipping)
+    # The same wrapping around a strategy that can configure rounds without a Flower runtime.
+    dp = wrap_central_dp(Configured(weighted_by_key="uniform-weight"), CentralDP(noise_multiplier=1.0), num_clients=2)
+    strategy = RecordingStrategy(dp, recorder, min_success_fraction=0.5)
+    spent = []
+    for server_round in (1, 2):
+        list(strategy.configure_train(server_round, ArrayRecord({"w": torch.zeros(3)}), ConfigRecord({}), grid=None))  # type: ignore[arg-type]
+        strategy.aggregate_train(server_round, [reply(0, 0.1, 10), reply(1, 0.2, 20)])
+        spent.append(recorder.round(server_round)["server_dp"])
+    assert 0 < spent[0]["epsilon"] < spent[1]["epsilon"] and spent[1]["releases"] == 2 and spent[1]["delta"] == 1e-5
+
+
+def test_plain_strategies_take_the_experiments_settings():
+    fedprox = build_strategy(compose(["strategy=fedprox", "strategy.proximal_mu=0.5", "fraction_evaluate=0"]))
+    assert isinstance(fedprox, FedProx) and fedprox.proximal_mu == 0.5
+    assert fedprox.min_evaluate_nodes == 0 and fedprox.min_available_nodes == 5

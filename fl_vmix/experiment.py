@@ -1,0 +1,475 @@
+"""The experiment: one frozen, typed description of a federated run, parsed and checked once.
+
+``fl_vmix/conf/`` (Hydra, shipped inside the package) is the one source of defaults: every field
+here is required, and :meth:`Experiment.from_dict` refuses a missing or unknown key with the key's
+name and the fix. ``python -m fl_vmix`` composes ``conf/`` with the user's overrides
+(:func:`compose`), and the Flower apps receive the resolved experiment as the single run-config
+value ``experiment`` (JSON: Flower run configs are flat and reject unknown keys, so one string keeps
+every Hydra value overridable); :func:`experiment_from_run_config` parses it once per process.
+``flwr run .`` on its own sends an empty ``experiment``; the apps then compose ``conf/`` unchanged.
+
+Adding a setting (say ``device``): add it to ``conf/config.yaml`` (or a group's YAML), add the field
+to the dataclass below, and check its value in ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from fl_vmix.models import MODELS
+from fl_vmix.optim import OPTIMIZERS
+from fl_vmix.privacy.methods import PRIVACY_METHODS, method_parameters
+
+RUN_CONFIG_KEY = "experiment"
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm")  # Flower classes: fl_vmix.apps.strategy.STRATEGIES
+ENGINE_NAMES = ("simulation", "deployment")
+DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods without regions of their own
+SECRET_PARAMS = ("key", "seed")  # a keyed method's secret comes from its node, never from the config
+
+
+class ConfigError(ValueError):
+    """An experiment setting that cannot work; the message names the setting and the fix."""
+
+
+# --------------------------------------------------------------------------------------------- reading
+def _frozen(value: Any) -> Any:
+    """Lists become tuples and dicts read-only mappings, so a frozen dataclass is frozen all the way down."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({k: _frozen(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """The inverse of :func:`_frozen`: JSON-ready dicts and lists."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+class _Group:
+    """Reads one config group (``dataset``, ``privacy``, ...) and names its keys in every error."""
+
+    def __init__(self, raw: Any, prefix: str, known: Sequence[str] | None = None) -> None:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{prefix or 'the experiment'} must be a mapping of settings, got {raw!r}")
+        self.raw, self.prefix = dict(raw), prefix
+        if known is not None:
+            unknown = sorted(set(self.raw) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"unknown setting(s) {', '.join(self._name(k) for k in unknown)}: the valid ones are "
+                    f"{', '.join(self._name(k) for k in known)} (fl_vmix/conf/ defines each)"
+                )
+
+    def _name(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str) -> Any:
+        if key not in self.raw:
+            raise ConfigError(
+                f"{self._name(key)} is missing: every setting has its default in fl_vmix/conf/; "
+                "compose the experiment with python -m fl_vmix (or fl_vmix.experiment.compose)"
+            )
+        return self.raw[key]
+
+    def integer(self, key: str, low: int) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{self._name(key)}={value!r} is invalid: set {self._name(key)} to an integer >= {low}")
+        return value
+
+    def number(self, key: str, low: float, high: float | None = None, *, open_low: bool = False) -> float:
+        value = self.get(key)
+        bad = isinstance(value, bool) or not isinstance(value, (int, float))
+        if not bad:
+            bad = value <= low if open_low else value < low
+            bad = bad or (high is not None and value > high)
+        if bad:
+            bounds = (
+                f"{'>' if open_low else '>='} {low}" if high is None else f"in {'(' if open_low else '['}{low}, {high}]"
+            )
+            raise ConfigError(f"{self._name(key)}={value!r} is invalid: set {self._name(key)} to a number {bounds}")
+        return float(value)
+
+    def text(self, key: str, choices: Sequence[str] | None = None) -> str:
+        value = self.get(key)
+        if not isinstance(value, str) or (choices is not None and value not in choices):
+            valid = f"one of {', '.join(choices)}" if choices is not None else "a string"
+            raise ConfigError(f"unknown {self._name(key)} {value!r}: choose {valid}")
+        return value
+
+    def optional_text(self, key: str) -> str | None:
+        value = self.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError(f"{self._name(key)}={value!r} is invalid: give a path or null")
+        return value
+
+    def flag(self, key: str) -> bool:
+        value = self.get(key)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)}={value!r} is invalid: use true or false")
+        return value
+
+    def integers(self, key: str) -> tuple[int, ...]:
+        value = self.get(key)
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(f"{self._name(key)}={value!r} is invalid: give a list of integers, e.g. [1]")
+        return tuple(value)
+
+
+# ------------------------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class DatasetSettings:
+    name: str
+    root: str | None  # None: $FL_VMIX_DATA, then ~/.cache/fl_vmix/data
+    cache_dir: str | None  # None: $FL_VMIX_CACHE, then ~/.cache/fl_vmix
+    data_fraction: float  # share of each client's partition used (train and local test)
+    test_fraction: float  # each client's local test split
+
+    @classmethod
+    def parse(cls, raw: Any) -> DatasetSettings:
+        g = _Group(raw, "dataset", [f.name for f in fields(cls)])
+        root = g.optional_text("root")
+        name = g.text("name")
+        if root == "???":
+            raise ConfigError(f"dataset.root is required for dataset {name!r}: pass dataset.root=/path/to/images")
+        return cls(
+            name,
+            root,
+            g.optional_text("cache_dir"),
+            g.number("data_fraction", 0.0, 1.0, open_low=True),
+            g.number("test_fraction", 0.0, 1.0),
+        )
+
+
+@dataclass(frozen=True)
+class PartitionSettings:
+    scheme: str
+    alpha: float | None = None  # dirichlet only
+    classes_per_partition: int | None = None  # pathological only
+
+    @classmethod
+    def parse(cls, raw: Any) -> PartitionSettings:
+        g = _Group(raw, "partition", [f.name for f in fields(cls)])
+        alpha = g.number("alpha", 0.0, open_low=True) if "alpha" in g.raw else None
+        classes = g.integer("classes_per_partition", 1) if "classes_per_partition" in g.raw else None
+        return cls(g.text("scheme"), alpha, classes)
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    name: str
+    invariant: bool  # prepend the region-sorting, shuffle-invariant input stage
+
+    @classmethod
+    def parse(cls, raw: Any) -> ModelSettings:
+        g = _Group(raw, "model", [f.name for f in fields(cls)])
+        return cls(g.text("name", sorted(MODELS)), g.flag("invariant"))
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str
+    lr: float
+    weight_decay: float
+    extra: Mapping[str, float]  # the optimizer's own settings (momentum, agreement_strength, ...)
+
+    @classmethod
+    def parse(cls, raw: Any) -> OptimizerSettings:
+        g = _Group(raw, "optimizer")
+        name = g.text("name", OPTIMIZERS)
+        value = g.get("lr")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"optimizer.lr must be > 0, got {value!r}")
+        extra = {k: g.number(k, 0.0) for k in sorted(g.raw) if k not in ("name", "lr", "weight_decay")}
+        return cls(name, float(value), g.number("weight_decay", 0.0), MappingProxyType(extra))
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    method: str
+    params: Mapping[str, Any]  # the method's constructor arguments, without its secret
+
+    @classmethod
+    def parse(cls, raw: Any) -> PrivacySettings:
+        g = _Group(raw, "privacy")
+        method = g.text("method", sorted(PRIVACY_METHODS))
+        params = {k: v for k, v in g.raw.items() if k != "method"}
+        accepted = method_parameters(method)
+        secret = sorted(set(params) & set(SECRET_PARAMS) & set(accepted))
+        if secret:
+            raise ConfigError(
+                f"privacy.{secret[0]} must not be in the experiment: each client's secret comes from its node "
+                "(key file or simulation key dir), never from the server's config; remove it"
+            )
+        unknown = sorted(set(params) - set(accepted))
+        if unknown:
+            valid = [n for n in accepted if n not in SECRET_PARAMS]
+            raise ConfigError(
+                f"privacy.{unknown[0]} is not a parameter of {method!r}: use {', '.join(valid) or 'none'}"
+            )
+        return cls(method, _frozen(params))
+
+    @property
+    def region_size(self) -> int:
+        """The method's region side, else ``DEFAULT_REGION_SIZE``: the VFE window, and the invariant model's region."""
+        return int(self.params.get("region_size", DEFAULT_REGION_SIZE))
+
+    @property
+    def dynamic(self) -> bool:
+        """True when the method re-protects each image every round (VisualMixer ``mode``, DP ``noise_mode``)."""
+        return self.params.get("mode", self.params.get("noise_mode")) == "dynamic"
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    name: str
+    params: Mapping[str, float]  # the strategy's own arguments (proximal_mu, server_momentum, ...)
+
+    @classmethod
+    def parse(cls, raw: Any) -> StrategySettings:
+        g = _Group(raw, "strategy")
+        name = g.text("name", STRATEGY_NAMES)
+        return cls(name, MappingProxyType({k: g.number(k, 0.0) for k in sorted(g.raw) if k != "name"}))
+
+
+_ENGINE_KEYS = {
+    "simulation": ("name", "timeout_s", "client_cache", "num_cpus_per_client"),
+    "deployment": ("name", "timeout_s", "client_cache", "connection", "connect_timeout_s", "wait_nodes_s"),
+}
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    name: str
+    timeout_s: float  # the launcher stops the run (and its processes) after this
+    client_cache: int  # clients whose protected data one ClientApp process keeps (LRU)
+    num_cpus_per_client: int | None = None  # simulation
+    connection: str | None = None  # deployment: a SuperLink connection in $FLWR_HOME/config.toml
+    connect_timeout_s: float | None = None  # deployment: probe of the SuperLink before flwr run
+    wait_nodes_s: float | None = None  # deployment: wait this long for num_clients SuperNodes
+
+    @classmethod
+    def parse(cls, raw: Any) -> EngineSettings:
+        name = _Group(raw, "engine").text("name", ENGINE_NAMES)
+        g = _Group(raw, "engine", _ENGINE_KEYS[name])
+        timeout_s, client_cache = g.number("timeout_s", 0.0, open_low=True), g.integer("client_cache", 1)
+        if name == "simulation":
+            return cls(name, timeout_s, client_cache, num_cpus_per_client=g.integer("num_cpus_per_client", 1))
+        return cls(
+            name,
+            timeout_s,
+            client_cache,
+            connection=g.text("connection"),
+            connect_timeout_s=g.number("connect_timeout_s", 0.0, open_low=True),
+            wait_nodes_s=g.number("wait_nodes_s", 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class FaultSettings:
+    """Fault injection for testing failure tolerance: these partitions raise in train."""
+
+    fail_partitions: tuple[int, ...]
+    fail_rounds: tuple[int, ...]  # () = every round
+
+    @classmethod
+    def parse(cls, raw: Any) -> FaultSettings:
+        g = _Group(raw, "faults", [f.name for f in fields(cls)])
+        return cls(g.integers("fail_partitions"), g.integers("fail_rounds"))
+
+    def fails(self, partition_id: int, server_round: int) -> bool:
+        return partition_id in self.fail_partitions and (not self.fail_rounds or server_round in self.fail_rounds)
+
+
+# ----------------------------------------------------------------------------------------- experiment
+@dataclass(frozen=True)
+class Experiment:
+    experiment: str  # name used in output folders and reports
+    seed: int
+    num_clients: int
+    num_rounds: int
+    local_epochs: int
+    batch_size: int
+    fraction_train: float
+    fraction_evaluate: float
+    min_success_fraction: float
+    central_eval: bool
+    output_dir: str | None
+    dataset: DatasetSettings
+    partition: PartitionSettings
+    model: ModelSettings
+    optimizer: OptimizerSettings
+    privacy: PrivacySettings
+    strategy: StrategySettings
+    engine: EngineSettings
+    faults: FaultSettings
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Experiment:
+        """Parse and check a resolved config (Hydra's composed tree, or a run's ``config.json``)."""
+        g = _Group(raw, "", [f.name for f in fields(cls)])
+        for key in ("dataset", "partition", "model", "optimizer", "privacy", "strategy", "engine", "faults"):
+            g.get(key)
+        return cls(
+            experiment=g.text("experiment"),
+            seed=g.integer("seed", 0),
+            num_clients=g.integer("num_clients", 1),
+            num_rounds=g.integer("num_rounds", 1),
+            local_epochs=g.integer("local_epochs", 1),
+            batch_size=g.integer("batch_size", 1),
+            fraction_train=g.number("fraction_train", 0.0, 1.0, open_low=True),
+            fraction_evaluate=g.number("fraction_evaluate", 0.0, 1.0),
+            min_success_fraction=g.number("min_success_fraction", 0.0, 1.0),
+            central_eval=g.flag("central_eval"),
+            output_dir=g.optional_text("output_dir"),
+            dataset=DatasetSettings.parse(raw["dataset"]),
+            partition=PartitionSettings.parse(raw["partition"]),
+            model=ModelSettings.parse(raw["model"]),
+            optimizer=OptimizerSettings.parse(raw["optimizer"]),
+            privacy=PrivacySettings.parse(raw["privacy"]),
+            strategy=StrategySettings.parse(raw["strategy"]),
+            engine=EngineSettings.parse(raw["engine"]),
+            faults=FaultSettings.parse(raw["faults"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config tree again (the layout of ``conf/`` and of every run's ``config.json``)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (PrivacySettings,)):
+                out[f.name] = {"method": value.method, **_plain(value.params)}
+            elif isinstance(value, StrategySettings):
+                out[f.name] = {"name": value.name, **dict(value.params)}
+            elif isinstance(value, OptimizerSettings):
+                out[f.name] = {
+                    "name": value.name,
+                    "lr": value.lr,
+                    "weight_decay": value.weight_decay,
+                    **dict(value.extra),
+                }
+            elif isinstance(value, (PartitionSettings, EngineSettings)):
+                out[f.name] = {
+                    k.name: _plain(getattr(value, k.name)) for k in fields(value) if getattr(value, k.name) is not None
+                }
+            elif isinstance(value, (DatasetSettings, ModelSettings, FaultSettings)):
+                out[f.name] = {k.name: _plain(getattr(value, k.name)) for k in fields(value)}
+            else:
+                out[f.name] = value
+        return out
+
+    def replace(self, **changes: Any) -> Experiment:
+        return replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------- Hydra, run config
+def conf_dir() -> Path:
+    """``fl_vmix/conf`` inside the installed package (a wheel ships it as package data)."""
+    path = Path(__file__).resolve().with_name("conf")
+    if not (path / "config.yaml").is_file():
+        raise ConfigError(f"Hydra configuration not found at {path}: reinstall fl_vmix (its wheel ships fl_vmix/conf)")
+    return path
+
+
+def compose_config(overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Compose ``conf/`` with Hydra's compose API (outside ``@hydra.main``) into a plain dict."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def compose(overrides: Sequence[str] = ()) -> Experiment:
+    """The experiment of ``conf/`` with Hydra overrides (``["privacy=none", "num_rounds=2"]``)."""
+    return Experiment.from_dict(compose_config(overrides))
+
+
+# Settings renamed since earlier fl_vmix versions wrote their runs' config.json: old dotted name -> new.
+RENAMED = {"partition.classes_per_client": "partition.classes_per_partition"}
+# The config group whose option each group's YAML file is named after (conf/<group>/<option>.yaml).
+_GROUP_OPTION = {
+    "dataset": "name",
+    "partition": "scheme",
+    "model": "name",
+    "optimizer": "name",
+    "privacy": "method",
+    "strategy": "name",
+    "engine": "name",
+}
+
+
+def from_recorded(raw: Mapping[str, Any]) -> Experiment:
+    """The experiment of a finished run's ``config.json``, also one written by an earlier fl_vmix.
+
+    Settings renamed since are renamed (:data:`RENAMED`); settings added since are taken from
+    ``conf/`` for the run's own choices (its engine, privacy method, ...), so reports and attacks
+    can read old runs. Values the run recorded are never changed.
+    """
+    cfg = json.loads(json.dumps(dict(raw)))  # a deep copy
+    for old, new in RENAMED.items():
+        group, old_key = old.split(".")
+        new_key = new.split(".")[1]
+        if isinstance(cfg.get(group), dict) and old_key in cfg[group]:
+            cfg[group][new_key] = cfg[group].pop(old_key)
+    choices = [
+        f"{g}={cfg[g][k]}"
+        for g, k in _GROUP_OPTION.items()
+        if isinstance(cfg.get(g), dict)
+        and isinstance(cfg[g].get(k), str)
+        and (conf_dir() / g / f"{cfg[g][k]}.yaml").is_file()
+    ]
+    defaults = compose_config(choices)
+
+    def fill(into: dict[str, Any], source: Mapping[str, Any]) -> None:
+        for key, value in source.items():
+            if key not in into:
+                into[key] = value
+            elif isinstance(into[key], dict) and isinstance(value, Mapping):
+                fill(into[key], value)
+
+    fill(cfg, defaults)
+    return Experiment.from_dict(cfg)
+
+
+def to_run_config(experiment: Experiment) -> dict[str, str]:
+    return {RUN_CONFIG_KEY: json.dumps(experiment.to_dict(), sort_keys=True)}
+
+
+def experiment_from_run_config(run_config: Mapping[str, Any]) -> Experiment:
+    """The experiment a Flower app was started with (``conf/`` defaults when none was sent); parsed once per value."""
+    raw = run_config.get(RUN_CONFIG_KEY, "")
+    if not isinstance(raw, str):
+        raise ConfigError(f"run config '{RUN_CONFIG_KEY}' must be a JSON string: launch with python -m fl_vmix")
+    return _parse_run_config(raw)
+
+
+@lru_cache(maxsize=8)
+def _parse_run_config(raw: str) -> Experiment:
+    if not raw:
+        return compose()
+    try:
+        cfg = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            f"run config '{RUN_CONFIG_KEY}' is not valid JSON ({err}): launch with python -m fl_vmix"
+        ) from err
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"run config '{RUN_CONFIG_KEY}' must hold a JSON object, got {type(cfg).__name__}")
+    return Experiment.from_dict(cfg)

@@ -1,0 +1,96 @@
+"""The typed experiment: every shipped config parses, round-trips, and bad settings are named with their fix."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fl_vmix.checks import check_experiment
+from fl_vmix.experiment import (
+    ConfigError,
+    Experiment,
+    compose,
+    compose_config,
+    conf_dir,
+    experiment_from_run_config,
+    from_recorded,
+    to_run_config,
+)
+
+
+def every_option() -> list[str]:
+    """Every group option shipped in conf/ (imagefolder needs a root, so it is composed in other tests)."""
+    options = [(group.name, option.stem) for group in sorted(conf_dir().iterdir()) if group.is_dir()
+               for option in sorted(group.glob("*.yaml"))]  # fmt: skip
+    return [f"{group}={option}" for group, option in options if (group, option) != ("dataset", "imagefolder")]
+
+
+@pytest.mark.parametrize("override", every_option())
+def test_every_shipped_option_parses_and_round_trips(override):
+    raw = compose_config([override])
+    experiment = Experiment.from_dict(raw)
+    assert experiment.to_dict() == raw, "to_dict gives back the composed tree (config.json keeps its layout)"
+    assert Experiment.from_dict(json.loads(json.dumps(experiment.to_dict()))) == experiment
+    assert experiment_from_run_config(to_run_config(experiment)) == experiment
+
+
+def test_settings_are_typed_and_frozen():
+    experiment = compose(["privacy.mode=dynamic", "partition=dirichlet", "optimizer=sgd"])
+    assert experiment.privacy.dynamic and experiment.privacy.region_size == 8
+    assert experiment.partition.alpha == 0.5 and experiment.partition.classes_per_partition is None
+    assert experiment.optimizer.extra == {"momentum": 0.9}
+    assert experiment.engine.client_cache == 16 and experiment.engine.connection is None
+    with pytest.raises(AttributeError):
+        experiment.seed = 1  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        experiment.privacy.params["region_size"] = 4  # type: ignore[index]
+    assert compose(["privacy=none"]).privacy.region_size == 8, "the VFE window of methods without regions"
+    assert compose(["privacy=pixel_dp_gaussian", "privacy.noise_mode=dynamic"]).privacy.dynamic
+
+
+def test_faults_name_partitions_and_rounds():
+    faults = compose(["faults.fail_partitions=[1]", "faults.fail_rounds=[2]"]).faults
+    assert faults.fails(1, 2) and not faults.fails(1, 1) and not faults.fails(0, 2)
+    assert compose(["faults.fail_partitions=[1]"]).faults.fails(1, 7), "no rounds given: every round"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(num_clients=0), "num_clients=0 is invalid: set num_clients to an integer >= 1"),
+        (lambda c: c.update(fraction_train=0.0), r"fraction_train=0.0 is invalid: .* in \(0.0, 1.0\]"),
+        (lambda c: c.pop("seed"), "seed is missing: every setting has its default in fl_vmix/conf/"),
+        (lambda c: c.update(rounds=3), "unknown setting.*rounds: the valid ones are experiment, seed"),
+        (lambda c: c["optimizer"].update(lr=-1), "optimizer.lr must be > 0"),
+        (lambda c: c["model"].update(name="transformer"), "unknown model.name 'transformer': choose one of cnn"),
+        (lambda c: c["privacy"].update(key="secret"), "privacy.key must not be in the experiment"),
+        (
+            lambda c: c["privacy"].update(region=4),
+            "privacy.region is not a parameter of 'visualmixer': use region_size",
+        ),
+        (lambda c: c["partition"].update(classes_per_client=2), "unknown setting.*partition.classes_per_client"),
+        (lambda c: c["engine"].update(connection="x"), "unknown setting.*engine.connection"),
+        (lambda c: c["dataset"].update(root="???"), "dataset.root is required for dataset 'cifar10'"),
+    ],
+)
+def test_bad_settings_are_named_with_the_fix(change, message):
+    raw = compose_config()
+    change(raw)
+    with pytest.raises(ConfigError, match=message):
+        Experiment.from_dict(raw)
+
+
+def test_runs_recorded_by_earlier_versions_are_read():
+    old = compose_config(["partition=pathological"])
+    old["partition"]["classes_per_client"] = old["partition"].pop("classes_per_partition")
+    del old["engine"]["client_cache"]  # added by this version
+    experiment = from_recorded(old)
+    assert experiment.partition.classes_per_partition == 2 and experiment.engine.client_cache == 16
+    assert from_recorded(compose_config()) == compose(), "a current config is read as it is"
+
+
+def test_the_probe_catches_what_parsing_cannot(tiny_experiment):
+    with pytest.raises(ValueError, match="target_ratio must be >= 1"):
+        check_experiment(tiny_experiment("privacy.target_ratio=0.5"))
+    check_experiment(tiny_experiment())

@@ -1,0 +1,37 @@
+"""Optimisers by name: ``sgd`` (with momentum), ``adam`` and our ``st_adam``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+
+from fl_vmix.optim.st_adam import STAdam
+
+OPTIMIZERS = ("sgd", "adam", "st_adam")
+
+
+def build_optimizer(
+    name: str,
+    params: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float = 0.0,
+    extra: Mapping[str, float] | None = None,
+) -> torch.optim.Optimizer:
+    """An optimiser over ``params``; ``extra`` holds its own settings (SGD ``momentum``; ST-Adam's)."""
+    extra = dict(extra or {})
+    if name == "sgd":
+        unknown = sorted(set(extra) - {"momentum"})
+        if unknown:
+            raise ValueError(f"optimizer sgd has no setting {unknown[0]!r}: it takes lr, weight_decay, momentum")
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=float(extra.get("momentum", 0.0)))
+    if name == "adam":
+        if extra:
+            raise ValueError(f"optimizer adam has no setting {sorted(extra)[0]!r}: it takes lr, weight_decay")
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "st_adam":
+        settings: dict[str, Any] = {k: float(v) for k, v in extra.items()}
+        return STAdam(params, lr=lr, weight_decay=weight_decay, **settings)
+    raise ValueError(f"unknown optimizer {name!r}: choose one of {', '.join(OPTIMIZERS)}")

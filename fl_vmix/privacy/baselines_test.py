@@ -1,0 +1,347 @@
+"""Tests for the image privacy baselines: contract, determinism, noise calibration and statistics, validation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from opacus.accountants.analysis.gdp import delta_eps_mu, eps_from_mu
+from scipy import stats
+
+from fl_vmix.privacy.baselines import cell_means, pixelate
+from fl_vmix.privacy.calibration import gaussian_delta, gaussian_epsilon, gaussian_sigma
+from fl_vmix.privacy.methods import (
+    PRIVACY_METHODS,
+    PrivacyMethod,
+    TrainingLevelMethod,
+    build_privacy_method,
+    register_privacy_method,
+)
+from fl_vmix.privacy.noise import per_sample_noise
+
+# Parameters that make every registered method buildable (DP methods need a budget).
+BUILD_PARAMS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "pixel_dp_gaussian": {"epsilon": 2.0},
+    "pixel_dp_laplace": {"epsilon": 2.0},
+    "dp_pix": {"epsilon": 2.0, "b": 4},
+    "gaussian_blur": {"kernel_size": 5, "sigma": 1.5},
+    "mosaic": {"cell_size": 4},
+}
+NOISY = ["pixel_dp_gaussian", "pixel_dp_laplace", "dp_pix"]
+
+
+@pytest.fixture
+def registry() -> Iterator[dict[str, type[PrivacyMethod]]]:
+    """Let a test register methods without leaking them into other tests."""
+    saved = dict(PRIVACY_METHODS)
+    yield PRIVACY_METHODS
+    PRIVACY_METHODS.clear()
+    PRIVACY_METHODS.update(saved)
+
+
+def _batch(b: int = 6, c: int = 3, h: int = 32, w: int = 32, seed: int = 0, dtype: torch.dtype = torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, c, h, w, generator=g, dtype=dtype), torch.arange(100, 100 + b, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------- registry / contract
+
+
+def test_registry_holds_the_builtin_methods() -> None:
+    assert set(BUILD_PARAMS) <= set(PRIVACY_METHODS)
+    for name, cls in PRIVACY_METHODS.items():
+        assert cls.name == name
+
+
+@pytest.mark.parametrize("name", sorted(BUILD_PARAMS))
+def test_attributes_and_rebuild_from_params(name: str) -> None:
+    method = build_privacy_method(name, **BUILD_PARAMS[name])
+    assert method.name == name and method.level == "image"
+    assert isinstance(method.params, dict)
+    assert (method.epsilon is None) == (name not in NOISY)
+    rebuilt = build_privacy_method(name, **method.params)
+    x, ids = _batch()
+    assert torch.equal(rebuilt(x, ids, 2), method(x, ids, 2))
+    assert name in repr(method)
+
+
+@pytest.mark.parametrize("name", sorted(BUILD_PARAMS))
+@pytest.mark.parametrize(("c", "h", "w"), [(1, 28, 28), (3, 32, 32), (3, 30, 27)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_shape_dtype_range(name: str, c: int, h: int, w: int, dtype: torch.dtype) -> None:
+    x, ids = _batch(c=c, h=h, w=w, dtype=dtype)
+    out = build_privacy_method(name, **BUILD_PARAMS[name])(x, ids, 0)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    if name != "none":
+        assert not torch.equal(out, x)
+
+
+def test_unknown_name_lists_valid_names() -> None:
+    with pytest.raises(ValueError, match=r"unknown privacy method 'dp_magic'.*'dp_pix'.*'mosaic'"):
+        build_privacy_method("dp_magic")
+
+
+def test_unknown_parameter_lists_accepted_ones() -> None:
+    with pytest.raises(ValueError, match=r"bad parameters for .*'mosaic'.*accepted parameters: \['cell_size'\]"):
+        build_privacy_method("mosaic", cell=4)
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_noise_is_a_function_of_seed_id_and_epoch_only(name: str) -> None:
+    x, ids = _batch()
+    static = build_privacy_method(name, **BUILD_PARAMS[name], seed=7)
+    dynamic = build_privacy_method(name, **BUILD_PARAMS[name], seed=7, noise_mode="dynamic")
+    out = dynamic(x, ids, 3)
+    assert torch.equal(out, dynamic(x.clone(), ids.clone(), 3))  # same inputs -> same output
+    perm = torch.tensor([4, 2, 0, 5, 1, 3])
+    assert torch.equal(dynamic(x[perm], ids[perm], 3), out[perm])  # batch order does not matter
+    assert torch.equal(dynamic(x[1:3], ids[1:3], 3), out[1:3])  # nor batch composition
+    assert not torch.equal(dynamic(x, ids, 4), out)  # dynamic: fresh noise every epoch
+    assert torch.equal(static(x, ids, 0), static(x, ids, 9))  # static: one release
+    other_seed = build_privacy_method(name, **BUILD_PARAMS[name], seed=8, noise_mode="dynamic")
+    assert not torch.equal(other_seed(x, ids, 3), out)
+
+
+def test_global_rng_is_untouched() -> None:
+    x, ids = _batch()
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    for name in NOISY:
+        build_privacy_method(name, **BUILD_PARAMS[name])(x, ids, 1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(("kind", "cdf"), [("gaussian", stats.norm.cdf), ("laplace", stats.laplace.cdf)])
+def test_per_sample_noise_has_the_right_distribution(kind: str, cdf: Any) -> None:
+    z = per_sample_noise(torch.arange(50), (40, 50), seed=3, kind=kind, dtype=torch.float64)  # type: ignore[arg-type]
+    assert z.shape == (50, 40, 50)
+    flat = z.flatten().numpy()
+    assert stats.kstest(flat, cdf).pvalue > 1e-3
+    # Neighbouring positions and neighbouring ids are uncorrelated.
+    assert abs(float(torch.corrcoef(torch.stack([z[:, :, :-1].flatten(), z[:, :, 1:].flatten()]))[0, 1])) < 0.02
+    assert abs(float(torch.corrcoef(torch.stack([z[:-1].flatten(), z[1:].flatten()]))[0, 1])) < 0.02
+
+
+def test_methods_with_the_same_seed_draw_different_noise() -> None:
+    x = torch.full((1, 1, 64, 64), 0.5)
+    ids = torch.tensor([0])
+    g = build_privacy_method("pixel_dp_gaussian", noise_scale=0.05)(x, ids) - 0.5
+    lap = build_privacy_method("pixel_dp_laplace", noise_scale=0.05)(x, ids) - 0.5
+    assert abs(float(torch.corrcoef(torch.stack([g.flatten(), lap.flatten()]))[0, 1])) < 0.1
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+
+def test_laplace_scale_is_sensitivity_over_epsilon() -> None:
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5).scale == pytest.approx(2.0)
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, m=3).scale == pytest.approx(6.0)
+    assert build_privacy_method("pixel_dp_laplace", noise_scale=0.25, m=2).epsilon == pytest.approx(8.0)
+
+
+def test_classical_gaussian_sigma_formula() -> None:
+    expected = math.sqrt(2 * math.log(1.25 / 1e-5)) / 0.5
+    assert expected == pytest.approx(9.6896, abs=1e-4)
+    method = build_privacy_method("pixel_dp_gaussian", epsilon=0.5, delta=1e-5, calibration="classical")
+    assert method.sigma == pytest.approx(expected, rel=1e-12)
+    doubled = gaussian_sigma(epsilon=0.5, delta=1e-5, sensitivity=2.0, calibration="classical")
+    assert doubled == pytest.approx(2 * expected)
+    assert gaussian_epsilon(sigma=expected, delta=1e-5, calibration="classical") == pytest.approx(0.5)
+
+
+def test_analytic_gaussian_matches_known_value_and_opacus() -> None:
+    sigma = gaussian_sigma(epsilon=1.0, delta=1e-5)
+    assert sigma == pytest.approx(3.7306, abs=1e-3)  # Balle & Wang 2018 analytic Gaussian at (1, 1e-5)
+    assert delta_eps_mu(eps=1.0, mu=1 / sigma) == pytest.approx(1e-5, rel=1e-6)  # independent implementation
+    assert gaussian_delta(epsilon=1.0, sigma=sigma) == pytest.approx(1e-5, rel=1e-9)
+    for eps in (0.1, 0.5, 0.9):  # analytic is never worse than classical where both apply
+        classical = gaussian_sigma(epsilon=eps, delta=1e-5, calibration="classical")
+        assert gaussian_sigma(epsilon=eps, delta=1e-5) < classical
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 3.0, 20.0])
+def test_gaussian_epsilon_inverts_sigma_and_matches_opacus(sigma: float) -> None:
+    eps = gaussian_epsilon(sigma=sigma, delta=1e-5)
+    assert eps == pytest.approx(eps_from_mu(mu=1 / sigma, delta=1e-5), rel=1e-6)
+    assert gaussian_sigma(epsilon=eps, delta=1e-5) == pytest.approx(sigma, rel=1e-8)
+
+
+def test_image_level_neighbourhood_gives_large_but_finite_epsilons() -> None:
+    d = 3 * 32 * 32
+    method = build_privacy_method("pixel_dp_gaussian", noise_scale=0.1, m=d)
+    assert 1e4 < method.epsilon < 1e6 and math.isfinite(method.epsilon)  # beyond opacus' eps_from_mu bracket
+    assert gaussian_sigma(epsilon=method.epsilon, delta=1e-5, sensitivity=math.sqrt(d)) == pytest.approx(0.1, rel=1e-6)
+
+
+def test_dynamic_noise_composes() -> None:
+    gauss = build_privacy_method("pixel_dp_gaussian", epsilon=1.0, noise_mode="dynamic")
+    assert gauss.total_epsilon(1) == pytest.approx(1.0)
+    # E Gaussian releases = one release with mu * sqrt(E) (exact Gaussian composition).
+    assert gauss.total_epsilon(4) == pytest.approx(eps_from_mu(mu=2 / gauss.sigma, delta=1e-5), rel=1e-6)
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, noise_mode="dynamic").total_epsilon(10) == 5.0
+    assert build_privacy_method("dp_pix", epsilon=0.5).total_epsilon(10) == 0.5  # static: one release
+    assert build_privacy_method("mosaic").total_epsilon(10) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "expected_std"),
+    [
+        ("pixel_dp_gaussian", {"noise_scale": 0.05}, 0.05),
+        ("pixel_dp_gaussian", {"epsilon": 50.0}, gaussian_sigma(epsilon=50.0, delta=1e-5)),
+        ("pixel_dp_laplace", {"noise_scale": 0.05}, 0.05 * math.sqrt(2)),
+        ("pixel_dp_laplace", {"epsilon": 20.0}, math.sqrt(2) / 20.0),
+    ],
+)
+def test_empirical_noise_std(name: str, params: dict[str, Any], expected_std: float) -> None:
+    x = torch.full((1, 3, 256, 256), 0.5, dtype=torch.float64)  # noise small enough that clamping is negligible
+    noise = build_privacy_method(name, **params)(x, torch.tensor([11])) - 0.5
+    assert float(noise.mean()) == pytest.approx(0.0, abs=4 * expected_std / math.sqrt(noise.numel()))
+    assert float(noise.std()) == pytest.approx(expected_std, rel=0.02)
+
+
+def test_dp_pix_scale_and_cells() -> None:
+    method = build_privacy_method("dp_pix", epsilon=0.5, b=4, m=2)
+    assert method.scale == pytest.approx(2 / (16 * 0.5))
+    # 30 x 30 with b = 4: 7 full cells per side plus a 2-px partial one (cells of 8 or 4 pixels at the edge).
+    x = torch.full((400, 1, 30, 30), 0.5, dtype=torch.float64)
+    out = build_privacy_method("dp_pix", epsilon=400.0, b=4, m=1)(x, torch.arange(400))
+    cells = out[..., ::4, ::4]  # one value per cell
+    torch.testing.assert_close(pixelate(out, 4), out)  # constant inside every cell, partial ones included
+    noise = cells - 0.5
+    full, edge, corner = noise[..., :7, :7], noise[..., :7, 7], noise[..., 7, 7]
+    assert float(full.std()) == pytest.approx(math.sqrt(2) / (16 * 400.0), rel=0.05)
+    assert float(edge.std()) == pytest.approx(math.sqrt(2) / (8 * 400.0), rel=0.1)
+    assert float(corner.std()) == pytest.approx(math.sqrt(2) / (4 * 400.0), rel=0.2)
+
+
+# ---------------------------------------------------------------------------------------------- deterministic methods
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(1, 13), w=st.integers(1, 13), cell=st.integers(1, 6))
+def test_cell_means_match_a_naive_reference(h: int, w: int, cell: int) -> None:
+    x = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(h * 100 + w * 10 + cell), dtype=torch.float64)
+    means, counts = cell_means(x, cell)
+    for i in range(math.ceil(h / cell)):
+        for j in range(math.ceil(w / cell)):
+            block = x[..., i * cell : (i + 1) * cell, j * cell : (j + 1) * cell]
+            torch.testing.assert_close(means[..., i, j], block.mean(dim=(-2, -1)))
+            assert counts[i, j] == block.shape[-2] * block.shape[-1]
+    out = pixelate(x, cell)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out.mean(dim=(-2, -1)) * h * w, x.mean(dim=(-2, -1)) * h * w)  # means preserved
+
+
+def test_mosaic_and_blur() -> None:
+    x, ids = _batch()
+    assert torch.equal(build_privacy_method("mosaic", cell_size=1)(x, ids), x)
+    torch.testing.assert_close(
+        build_privacy_method("gaussian_blur", kernel_size=5, sigma=1.5)(x, ids), TF.gaussian_blur(x, [5, 5], [1.5, 1.5])
+    )
+    flat = torch.full((2, 3, 28, 28), 0.3)
+    for name in ("mosaic", "gaussian_blur"):  # averaging filters leave a constant image unchanged
+        torch.testing.assert_close(build_privacy_method(name, **BUILD_PARAMS[name])(flat, ids[:2]), flat)
+    with pytest.raises(ValueError, match="kernel_size=31 is too large"):
+        build_privacy_method("gaussian_blur", kernel_size=31)(torch.rand(1, 1, 12, 12), torch.tensor([0]))
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "match"),
+    [
+        ("pixel_dp_gaussian", {"epsilon": 0.0}, "epsilon must be a finite number > 0"),
+        ("pixel_dp_gaussian", {"epsilon": -1.0}, "epsilon must be a finite number > 0"),
+        ("pixel_dp_gaussian", {"epsilon": float("nan")}, "epsilon must be a finite number > 0"),
+        ("pixel_dp_gaussian", {"epsilon": "1"}, "epsilon must be a finite number > 0"),
+        ("pixel_dp_gaussian", {}, "exactly one of epsilon"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "noise_scale": 0.1}, "exactly one of epsilon"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "delta": 0.0}, r"delta must be in \(0, 1\)"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "delta": 1.0}, r"delta must be in \(0, 1\)"),
+        ("pixel_dp_gaussian", {"epsilon": 2.0, "calibration": "classical"}, "use calibration='analytic'"),
+        ("pixel_dp_gaussian", {"noise_scale": 0.1, "calibration": "classical"}, "use calibration='analytic'"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "calibration": "rdp"}, "unknown calibration"),
+        ("pixel_dp_gaussian", {"noise_scale": -0.1}, "noise_scale must be a finite number > 0"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "m": 0}, "m must be an integer >= 1"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "seed": 1.5}, "seed must be an integer"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "noise_mode": "fresh"}, "noise_mode must be one of"),
+        ("pixel_dp_laplace", {"epsilon": 0}, "epsilon must be a finite number > 0"),
+        ("pixel_dp_laplace", {"noise_scale": 0.0}, "noise_scale must be a finite number > 0"),
+        ("dp_pix", {"epsilon": -2.0}, "epsilon must be a finite number > 0"),
+        ("dp_pix", {"b": 0}, "b must be an integer >= 1"),
+        ("dp_pix", {"m": 2.5}, "m must be an integer >= 1"),
+        ("gaussian_blur", {"kernel_size": 4}, "kernel_size must be odd.*use 5"),
+        ("gaussian_blur", {"kernel_size": 0}, "kernel_size must be an integer >= 1"),
+        ("gaussian_blur", {"sigma": 0.0}, "sigma must be a finite number > 0"),
+        ("mosaic", {"cell_size": 0}, "cell_size must be an integer >= 1"),
+        ("mosaic", {"cell_size": True}, "cell_size must be an integer >= 1"),
+    ],
+)
+def test_bad_params_raise(name: str, params: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_privacy_method(name, **params)
+
+
+@pytest.mark.parametrize(
+    ("images", "ids", "epoch", "match"),
+    [
+        (torch.rand(3, 28, 28), torch.arange(3), 0, r"\[B, C, H, W\]"),
+        (torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8), torch.arange(2), 0, r"x.float\(\) / 255"),
+        (torch.rand(2, 1, 28, 28) * 2 - 0.5, torch.arange(2), 0, "before mean/std normalisation"),
+        (torch.rand(2, 1, 28, 28), torch.arange(3), 0, r"shape \[2\]"),
+        (torch.rand(2, 1, 28, 28), torch.arange(2).float(), 0, "integer tensor"),
+        (torch.rand(2, 1, 28, 28), [0, 1], 0, "integer tensor"),
+        (torch.rand(2, 1, 28, 28), torch.arange(2), 1.5, "epoch must be an integer"),
+    ],
+)
+def test_bad_batches_raise(images: Any, ids: Any, epoch: Any, match: str) -> None:
+    for name in BUILD_PARAMS:
+        with pytest.raises(ValueError, match=match):
+            build_privacy_method(name, **BUILD_PARAMS[name])(images, ids, epoch)
+
+
+# ---------------------------------------------------------------------------------------------- extension point
+
+
+def test_register_external_methods(registry: dict[str, type[PrivacyMethod]]) -> None:
+    @register_privacy_method("flip_test")
+    class Flip(PrivacyMethod):
+        def __init__(self, dim: int = -1) -> None:
+            self.params = {"dim": dim}
+            self.epsilon = None
+
+        def _apply(self, images: torch.Tensor, sample_ids: torch.Tensor, epoch: int) -> torch.Tensor:
+            return images.flip(self.params["dim"])
+
+    @register_privacy_method("dp_sgd_test")
+    class DPSGD(TrainingLevelMethod):
+        def __init__(self, noise_multiplier: float = 1.0, delta: float = 1e-5) -> None:
+            super().__init__(noise_multiplier=noise_multiplier, delta=delta)
+            self.delta = delta
+
+    x, ids = _batch()
+    assert torch.equal(build_privacy_method("flip_test")(x, ids), x.flip(-1))
+    dp = build_privacy_method("dp_sgd_test", noise_multiplier=1.1)
+    assert dp.level == "training" and dp.epsilon is None and dp.params == {"noise_multiplier": 1.1, "delta": 1e-5}
+    assert dp(x, ids, 5) is x  # identity on images; the guarantee comes from training
+    dp.epsilon = 3.2  # set by the accountant after training
+    assert dp.total_epsilon(10) == 3.2
+    with pytest.raises(ValueError, match="already registered"):
+        register_privacy_method("mosaic")(Flip)
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        register_privacy_method("Visual Mixer")
+    with pytest.raises(ValueError, match="not a PrivacyMethod subclass"):
+        register_privacy_method("not_a_method")(dict)  # type: ignore[type-var]

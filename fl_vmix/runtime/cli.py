@@ -1,0 +1,152 @@
+"""``python -m fl_vmix`` / ``fl-vmix``: compose the Hydra config, check it, run it with ``flwr run``.
+
+Examples::
+
+    python -m fl_vmix                                   # defaults from fl_vmix/conf/
+    python -m fl_vmix privacy=none                      # the same experiment on clear images
+    python -m fl_vmix dataset=retinamnist model=resnet18 num_rounds=20
+    python -m fl_vmix --multirun privacy.target_ratio=2,3,5
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fl_vmix.checks import check_experiment
+from fl_vmix.experiment import ConfigError, Experiment, conf_dir
+from fl_vmix.recording import read_json
+from fl_vmix.runtime.launcher import launch
+from fl_vmix.tables import format_value
+
+console = Console(stderr=True)
+logging.getLogger("flwr").propagate = False  # Hydra and Flower would both print every line
+
+
+def _absolute_paths(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The apps run from Flower's app folder with another working directory: paths must be absolute."""
+    for key in ("root", "cache_dir"):
+        value = cfg["dataset"].get(key)
+        if value not in (None, "", "???"):
+            cfg["dataset"][key] = str(Path(value).expanduser().resolve())
+    return cfg
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    cfg = summary.get("config", {})
+    table = Table(title=f"fl_vmix run: {cfg.get('experiment')}", show_header=False)
+    rows = [
+        ("dataset / model", f"{cfg.get('dataset', {}).get('name')} / {cfg.get('model', {}).get('name')}"),
+        ("privacy", str(cfg.get("privacy", {}).get("method"))),
+        ("clients x rounds", f"{cfg.get('num_clients')} x {summary.get('rounds')}"),
+        ("final accuracy (federated eval)", format_value(summary.get("final_accuracy"), 4)),
+        ("best accuracy", format_value(summary.get("best_accuracy"), 4)),
+        (
+            "VFE corrected / reference",
+            f"{format_value(summary.get('vfe_corrected'), 4)} / {format_value(summary.get('vfe_reference'), 4)}",
+        ),
+        ("client failures", str(summary.get("client_failures"))),
+        ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
+        ("outputs", str(cfg.get("output_dir"))),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM stop the run and its Flower processes, even where the shell started us with
+    SIGINT ignored (background jobs of non-interactive shells inherit SIG_IGN)."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
+    """Parse, check and launch a composed config; the exit status (2 for a bad setting)."""
+    _stop_on_signals()
+    try:
+        experiment = Experiment.from_dict(_absolute_paths(cfg)).replace(output_dir=str(output_dir))
+        check_experiment(experiment)
+    except (ConfigError, ValueError) as err:
+        console.print(f"[bold red]configuration error:[/] {err}")
+        return 2
+    total = experiment.num_rounds
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"{experiment.experiment} rounds", total=total, status="starting Flower...")
+
+        def on_progress(records: list[dict[str, Any]]) -> None:
+            done = [r for r in records if r.get("round", 0) > 0 and "evaluate" in r]
+            if done:
+                last = done[-1]
+                acc = last["evaluate"].get("accuracy")
+                status = f"eval acc {acc:.3f}" if acc is not None else ""
+                failed = last.get("train_failed", 0) + last.get("eval_failed", 0)
+                progress.update(
+                    task, completed=len(done), status=status + (f"  [red]{failed} client(s) failed" if failed else "")
+                )
+
+        result = launch(experiment, output_dir, on_progress=on_progress)
+    if result.summary is not None:
+        console.print(summary_table(result.summary))
+        failures = [f for r in (read_json(output_dir / "metrics.json") or []) for f in r.get("failures", [])]
+        if failures:
+            console.print(
+                f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False
+            )
+    if result.interrupted:
+        console.print(
+            "[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in "
+            f"{output_dir}"
+        )
+        return result.returncode
+    if result.returncode != 0:
+        reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
+        if result.summary and result.summary.get("error"):
+            console.print(
+                f"[bold red]server error:[/] {result.summary['error']} (traceback: {output_dir / 'error.txt'})"
+            )
+        tail = result.log_file.read_text(errors="replace").splitlines()[-25:] if result.log_file.exists() else []
+        console.print(f"[bold red]run {reason}[/]; last lines of {result.log_file}:")
+        console.print("\n".join(tail), markup=False, highlight=False)
+    return result.returncode
+
+
+@hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
+def hydra_main(cfg: DictConfig) -> int:
+    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    output_dir = Path(container.get("output_dir") or HydraConfig.get().runtime.output_dir).resolve()
+    container["output_dir"] = str(output_dir)
+    code = run_experiment(container, output_dir)
+    mode = HydraConfig.get().mode
+    if code != 0 and (mode is None or mode.name != "MULTIRUN"):
+        sys.exit(code)
+    return code
+
+
+def main() -> None:
+    hydra_main()
+
+
+if __name__ == "__main__":
+    main()
