@@ -30,7 +30,8 @@ RUN_CONFIG_KEY = "experiment"
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm")  # Flower classes: fl_vmix.apps.strategy.STRATEGIES
 ENGINE_NAMES = ("simulation", "deployment")
 DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods without regions of their own
-SECRET_PARAMS = ("key", "seed")  # a keyed method's secret comes from its node, never from the config
+SECRET_PARAMS = ("key",)  # a keyed method's secret comes from its node, never from the config
+INJECTED_PARAMS = (*SECRET_PARAMS, "run")  # filled in by the client: its key, and the run's seed
 
 
 class ConfigError(ValueError):
@@ -212,9 +213,14 @@ class PrivacySettings:
                 f"privacy.{secret[0]} must not be in the experiment: each client's secret comes from its node "
                 "(key file or simulation key dir), never from the server's config; remove it"
             )
+        if "run" in params and "run" in accepted:
+            raise ConfigError(
+                "privacy.run must not be in the experiment: it is the run's seed, which the experiment's `seed` sets; "
+                "remove it (change `seed` for a run with other noise)"
+            )
         unknown = sorted(set(params) - set(accepted))
         if unknown:
-            valid = [n for n in accepted if n not in SECRET_PARAMS]
+            valid = [n for n in accepted if n not in INJECTED_PARAMS]
             raise ConfigError(
                 f"privacy.{unknown[0]} is not a parameter of {method!r}: use {', '.join(valid) or 'none'}"
             )

@@ -25,7 +25,6 @@ from fl_vmix.privacy.methods import build_privacy_method, method_parameters
 from fl_vmix.privacy.training_level import DPSGD
 from fl_vmix.training.client import ClientSettings, DPSGDTrainer, LocalClient, Trainer, plain_trainer
 from fl_vmix.training.dp_sgd import make_opacus_compatible
-from fl_vmix.training.seeds import key_seed
 
 # Shapes known without data (a Deployment Engine server holds none): (num_classes, channels, side).
 KNOWN_SHAPES = {"cifar10": (10, 3, 32), "cifar100": (100, 3, 32)}
@@ -76,19 +75,21 @@ def build_optimizer(experiment: Experiment, params: Iterable[nn.Parameter]) -> t
     return build_registered_optimizer(opt.name, params, lr=opt.lr, weight_decay=opt.weight_decay, extra=opt.extra)
 
 
-def build_privacy(privacy: PrivacySettings, key: bytes | None) -> PrivacyMethod:
+def build_privacy(privacy: PrivacySettings, key: bytes | None, run: int = 0) -> PrivacyMethod:
     """The client's privacy method, keyed by the client's secret.
 
-    Keyed methods (VisualMixer) take the key itself; noise methods take a seed derived from it, so
-    their noise is secret to the client too. ``key=None`` (the server, for a training-level method)
-    builds methods that need no secret; a keyed method then says where keys come from.
+    Keyed methods take the key itself: VisualMixer's permutations, the noise of the image-DP methods and
+    DP-SGD's noise and sampling all come from the client's keyed PRF, so they are secret to the client.
+    Noise methods also take ``run`` (the run's seed) so that two runs never share noise. ``key=None``
+    (the server, for a training-level method) builds methods that need no secret; a keyed method then
+    says where keys come from.
     """
     params: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in privacy.params.items()}
     accepted = method_parameters(privacy.method)
     if key is not None and "key" in accepted:
         params["key"] = key
-    elif key is not None and "seed" in accepted:
-        params["seed"] = key_seed(key)
+    if "run" in accepted:
+        params["run"] = run
     try:
         return build_privacy_method(privacy.method, **params)
     except ValueError as err:
@@ -126,7 +127,7 @@ def trainer_for(method: PrivacyMethod) -> Trainer:
 
 def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalClient:
     """A client of ``experiment`` holding ``data`` and protecting it with ``key``."""
-    method = build_privacy(experiment.privacy, key)
+    method = build_privacy(experiment.privacy, key, run=experiment.seed)
     settings = ClientSettings(
         seed=experiment.seed,
         batch_size=experiment.batch_size,

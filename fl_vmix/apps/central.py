@@ -27,7 +27,7 @@ class CentralEvaluator:
         dataset = experiment.dataset
         data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
         index = np.linspace(0, len(data.labels) - 1, min(max_images, len(data.labels))).astype(np.int64)
-        method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY)
+        method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY, run=experiment.seed)
         self.split = obfuscate(
             method,
             np.asarray(data.images[index]),

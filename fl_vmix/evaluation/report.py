@@ -30,6 +30,7 @@ import numpy as np
 
 from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.labels import baseline_key, labels
+from fl_vmix.evaluation.privacy_budget import privacy_budget
 from fl_vmix.experiment import ConfigError, PrivacySettings, from_recorded
 from fl_vmix.factory import build_privacy
 from fl_vmix.tables import format_value, write_csv
@@ -57,6 +58,13 @@ COLUMNS = [
     "psnr",
     "epsilon",
     "delta",
+    "epsilon_unit",
+    "epsilon_pixel",
+    "epsilon_image",
+    "epsilon_replace_one",
+    "epsilon_pld",
+    "guarantee",
+    "leaks",
     "wall_time_s",
     "run_dir",
     "baseline_run",
@@ -116,9 +124,26 @@ def _row(run: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
         "psnr": _num(summary.get("psnr")),
         "epsilon": _num(summary.get("epsilon")),
         "delta": _num(summary.get("delta")),
+        **_budget_columns(run, experiment, summary["config"]),
         "wall_time_s": _num(summary.get("wall_time_s")),
         "run_dir": str(run),
         "_experiment": experiment,
+    }
+
+
+def _budget_columns(run: Path, experiment: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """The unit of the run's epsilon, its other units, what it protects and what else its clients sent."""
+    metrics = run / "metrics.json"
+    rounds = json.loads(metrics.read_text()) if metrics.exists() else []
+    budget = privacy_budget(experiment, rounds, config)
+    return {
+        "epsilon_unit": budget.epsilon_unit,
+        "epsilon_pixel": budget.epsilon_pixel,
+        "epsilon_image": budget.epsilon_image,
+        "epsilon_replace_one": budget.epsilon_replace_one,
+        "epsilon_pld": budget.epsilon_pld,
+        "guarantee": budget.guarantee,
+        "leaks": budget.leaks,
     }
 
 
@@ -245,6 +270,29 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
     return notes
 
 
+def privacy_section(rows: list[dict[str, Any]]) -> list[str]:
+    """Per DP row: the other units of its epsilon, what it protects against whom, and what else was sent."""
+    dp = [r for r in rows if r["epsilon_unit"]]
+    if not dp:
+        return []
+    lines = [
+        "",
+        "## What the epsilons protect",
+        "",
+        "| setting | epsilon (unit) | one pixel | whole image | replace-one | PLD | guarantee |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in dp:
+        lines.append(
+            f"| {r['label']} | {format_value(r['epsilon'])} ({r['epsilon_unit']}) | {format_value(r['epsilon_pixel'])} "
+            f"| {format_value(r['epsilon_image'])} | {format_value(r['epsilon_replace_one'])} | "
+            f"{format_value(r['epsilon_pld'])} | {r['guarantee']} |"
+        )
+    lines += ["", "Sent by the clients outside every accountant (`leaks`):", ""]
+    lines += [f"- {r['label']}: {r['leaks'] or 'nothing'}" for r in dp]
+    return lines
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "results.csv", COLUMNS, rows)
@@ -263,25 +311,28 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         "none. "
         "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear "
         "images "
-        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run (DP-SGD: largest client, "
-        "example-level; "
-        "central DP: server accountant, client-level; pixel DP / DP-Pix: per image, m-neighbourhood).",
+        "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run, RDP accountants, in the "
+        "unit the row gives (`value`: one colour value of one image; `example`: one training example of one client, "
+        "the largest client's; `client`: one client's data, add or remove); the section below gives other units "
+        "of the same noise and what each guarantee protects against whom.",
         "",
     ]
     if notes:
         lines += [notes, ""]
     lines += [
-        "| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon | time (s) |",
+        "| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon (unit) | time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        epsilon = f"{format_value(r['epsilon'])} ({r['epsilon_unit']})" if r["epsilon_unit"] else "–"
         lines.append(
             f"| {r['label']} | {r['params']} | {format_value(r['accuracy'])} | "
             f"{format_value(r['accuracy_loss_pp'], 2)} | "
             f"{format_value(r['vfe'])} | {format_value(r['vfe_reference'])} | {format_value(r['ssim'])} | "
-            f"{format_value(r['psnr'])} | {format_value(r['epsilon'])} | {format_value(r['wall_time_s'], 0)} |"
+            f"{format_value(r['psnr'])} | {epsilon} | {format_value(r['wall_time_s'], 0)} |"
         )
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(rows)]
+    lines += privacy_section(rows)
     lines += [
         "",
         "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)",

@@ -56,7 +56,13 @@ def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     assert float(by_method["none"]["accuracy_loss_pp"]) == 0.0
     for name in ("report.md", "accuracy_vs_vfe.png", "accuracy_vs_ssim.png", "samples.png"):
         assert (out / name).stat().st_size > 0
-    assert "| dp_sgd |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "| dp_sgd |" in report
+    # Every row says what its epsilon is a unit of (nothing for methods without DP), and the DP rows say whom it
+    # protects against and what else their clients sent.
+    assert by_method["dp_sgd"]["epsilon_unit"] == "example" and by_method["none"]["epsilon_unit"] == ""
+    assert "3.000 (example)" in report and "## What the epsilons protect" in report
+    assert "train_loss (un-noised forward passes" in by_method["dp_sgd"]["leaks"]
 
 
 def test_rows_differing_outside_privacy_are_labelled_and_compared_with_their_own_clear_run(tiny_experiment, tmp_path):

@@ -81,6 +81,15 @@ class PrivacyMethod:
     params: dict[str, Any]
     epsilon: float | None = None
     delta: float | None = None
+    # What one epsilon protects: "value" (one colour value of one pixel), "N values", "pixel", "image",
+    # "example" (one training example, DP-SGD) or "client" (one client's data, central DP); None: not DP.
+    epsilon_unit: str | None = None
+
+    def epsilon_for(self, values: int, epochs: int = 1) -> float | None:
+        """For image-level DP: the epsilon the same noise gives neighbours that differ in ``values`` values of
+        ``[C, H, W]`` (``C`` for one whole pixel, ``C * H * W`` for a whole image), after ``epochs`` epochs.
+        None for methods without an image-level guarantee."""
+        return None
 
     def protect(self, images: Tensor, sample_ids: Tensor, epoch: int = 0) -> ProtectedBatch:
         """Protect a batch: ``[B, C, H, W]`` floats in [0, 1] -> the same shape and dtype, in [0, 1], with a report."""

@@ -22,17 +22,18 @@ of one pixel), each entry in [0, 1].  Hence the sensitivities ``Delta1 = m`` and
   useful (Gaussian sigma 0.1 on 3 x 32 x 32 gives epsilon ~1.6e5 at delta 1e-5): the honest price of local DP on
   raw pixels.
 
-Randomness.  Noise is a pure function of ``(seed, method, epoch, sample_id, position)``
-(:func:`fl_vmix.privacy.noise.per_sample_noise`): the same inputs always give the same output, one sample's noise
-does not depend on its batch, and no global RNG is touched.
+Randomness.  Noise comes from the client's keyed PRF (:func:`fl_vmix.privacy.noise.per_sample_noise`): a pure
+function of (key, method, every setting, ``run``, epoch, sample id, position).  Whoever could regenerate the noise
+could subtract it, so the key stays on the client; and because the run and the settings are bound into the PRF,
+two runs or two budgets never share noise (a pair of releases with shared noise would let it be cancelled).
 
 * ``noise_mode="static"`` (default) ignores the epoch: an image is released once, with one noise draw, and
   ``epsilon`` holds for the whole training run.  ``"dynamic"`` draws fresh noise every epoch; each epoch is then
   a new release and the guarantee composes (``method.total_epsilon(epochs)``).
-* The noise is pseudo-random: the DP guarantee assumes the ``seed`` stays secret on the client (whoever knows it
-  can regenerate and subtract the noise).  Give every client its own seed.
-* Epsilons here are for one image under local DP (per-client, before training); they are not comparable to a
-  DP-SGD epsilon over a whole data set without saying so.
+* Units: ``epsilon`` is for the method's own ``m`` (``epsilon_unit``: "value" for m = 1); :meth:`epsilon_for`
+  gives the epsilon of the same noise for one whole pixel (``values=C``) or a whole image (``values=C*H*W``).
+  Epsilons here are for one image under local DP (per client, before training); a DP-SGD epsilon is per training
+  example and a central-DP epsilon per client: the units differ, and reports print them.
 
 The registry lives in :mod:`fl_vmix.privacy.methods`, with VisualMixer and the plain block shuffle
 (:mod:`fl_vmix.privacy.shuffle`) and the training-level methods (:mod:`fl_vmix.privacy.training_level`).
@@ -49,8 +50,9 @@ from torch import Tensor
 
 from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.calibration import gaussian_epsilon, gaussian_sigma
-from fl_vmix.privacy.checks import check_epsilon, check_int, check_positive, check_seed
-from fl_vmix.privacy.noise import per_sample_noise
+from fl_vmix.privacy.checks import check_epsilon, check_int, check_positive
+from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
+from fl_vmix.privacy.noise import NoiseKind, per_sample_noise
 
 __all__ = ["DPPix", "GaussianBlur", "Identity", "Mosaic", "PixelDPGaussian", "PixelDPLaplace", "cell_means", "pixelate"]
 
@@ -115,47 +117,53 @@ _NOISE_MODES = ("static", "dynamic")
 
 
 class _NoisyMethod(PrivacyMethod):
-    """Shared seed / noise-mode handling of the noise-adding DP methods.
+    """Shared key / run / noise-mode handling of the noise-adding DP methods.
 
-    ``noise_mode="static"`` (default): a sample's noise depends on (seed, sample id) only, so every epoch sees the
-    same noisy image: one release, and ``epsilon`` holds for the whole training run.
-    ``noise_mode="dynamic"``: fresh noise every epoch (acts like augmentation, usually better accuracy), but each
-    epoch is a new release of the image, so the guarantee composes: see :meth:`total_epsilon`.
+    ``key``: the client's secret (required; the noise comes from its PRF). ``run``: the run's seed, public, bound
+    into the noise so that two runs never share it. ``noise_mode="static"`` (default): a sample's noise is the
+    same every epoch: one release, and ``epsilon`` holds for the whole training run. ``noise_mode="dynamic"``:
+    fresh noise every epoch (acts like augmentation), but each epoch is a new release of the image, so the
+    guarantee composes: see :meth:`total_epsilon`.
     """
 
-    _stream: ClassVar[int] = 0  # separates the noise of different methods built with the same seed
-
-    def _init_noise(self, seed: Any, noise_mode: Any) -> None:
-        check_seed(seed)
+    def _init_noise(self, key: Any, run: Any, noise_mode: Any) -> None:
+        check_int("run", run, 0, "pass the run's seed (experiment.seed): it keeps runs from sharing noise")
         if noise_mode not in _NOISE_MODES:
             raise ValueError(
                 f"noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}; use 'static' (same noise every "
                 "epoch, epsilon holds for the whole run) or 'dynamic' (fresh noise per epoch, epsilon composes)"
             )
-        self.seed, self.noise_mode = int(seed), noise_mode
+        self._key = check_key(key, owner=type(self).__name__)
+        self.run, self.noise_mode = int(run), noise_mode
 
-    def _noise(self, images: Tensor, sample_ids: Tensor, epoch: int, shape: tuple[int, ...], kind: str) -> Tensor:
+    def _bind_noise(self) -> None:
+        """Bind the noise to the method, every public setting and the run (call once ``params`` is set)."""
+        settings = sorted((k, repr(v)) for k, v in self.params.items())
+        self._prf = KeyedPRF(self._key, context_bytes("image-noise", self.name, settings))
+        m = self.params.get("m", 1)
+        self.epsilon_unit = "value" if m == 1 else f"{m} values"
+
+    def _noise(self, images: Tensor, sample_ids: Tensor, epoch: int, shape: tuple[int, ...], kind: NoiseKind) -> Tensor:
         return per_sample_noise(
             sample_ids,
             shape,
-            seed=self.seed,
+            prf=self._prf,
             epoch=epoch if self.noise_mode == "dynamic" else 0,
-            stream=self._stream,
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             dtype=images.dtype,
             device=images.device,
         )
 
-    def _composed_epsilon(self, releases: int) -> float:
-        """Pure-DP basic composition; the Gaussian method overrides it with the exact Gaussian composition."""
-        assert self.epsilon is not None
-        return releases * self.epsilon
+    def _releases(self, epochs: int) -> int:
+        check_int("epochs", epochs, 1, "pass how many epochs the client trained on the noisy images")
+        return epochs if self.noise_mode == "dynamic" else 1
 
     def total_epsilon(self, epochs: int) -> float:
         """``epsilon`` in static mode; in dynamic mode the composition of ``epochs`` independent releases."""
-        check_int("epochs", epochs, 1, "pass how many epochs the client trained on the noisy images")
         assert self.epsilon is not None
-        return self.epsilon if self.noise_mode == "static" else self._composed_epsilon(epochs)
+        if self._releases(epochs) == 1:
+            return self.epsilon
+        return self.epsilon_for(int(self.params["m"]), epochs)  # type: ignore[return-value]
 
 
 class PixelDPGaussian(_NoisyMethod):
@@ -171,8 +179,6 @@ class PixelDPGaussian(_NoisyMethod):
 
     name: ClassVar[str] = "pixel_dp_gaussian"
 
-    _stream = 1
-
     def __init__(
         self,
         epsilon: float | None = None,
@@ -180,21 +186,22 @@ class PixelDPGaussian(_NoisyMethod):
         m: int = 1,
         calibration: Literal["analytic", "classical"] = "analytic",
         noise_scale: float | None = None,
-        seed: int = 0,
+        key: bytes | None = None,
+        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         _resolve_budget(epsilon, noise_scale)
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(seed, noise_mode)
+        self._init_noise(key, run, noise_mode)
         self.params = {
             "epsilon": epsilon,
             "delta": delta,
             "m": m,
             "calibration": calibration,
             "noise_scale": noise_scale,
-            "seed": seed,
+            "run": run,
             "noise_mode": noise_mode,
-        }
+        }  # the key is deliberately not a reportable parameter
         self.sensitivity = math.sqrt(m)
         self.delta = delta
         self.calibration = calibration
@@ -205,12 +212,15 @@ class PixelDPGaussian(_NoisyMethod):
         else:
             self.epsilon = gaussian_epsilon(sigma=noise_scale, **kwargs)  # type: ignore[arg-type]
             self.sigma = float(noise_scale)  # type: ignore[arg-type]
+        self._bind_noise()
 
-    def _composed_epsilon(self, releases: int) -> float:
+    def epsilon_for(self, values: int, epochs: int = 1) -> float:
+        """E releases of Gaussian noise sigma are one release of sigma / sqrt(E) (exact); sensitivity sqrt(values)."""
+        check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
         return gaussian_epsilon(
-            sigma=self.sigma / math.sqrt(releases),
+            sigma=self.sigma / math.sqrt(self._releases(epochs)),
             delta=self.delta,  # type: ignore[arg-type]
-            sensitivity=self.sensitivity,
+            sensitivity=math.sqrt(values),
             calibration="analytic",
         )
 
@@ -228,20 +238,19 @@ class PixelDPLaplace(_NoisyMethod):
 
     name: ClassVar[str] = "pixel_dp_laplace"
 
-    _stream = 2
-
     def __init__(
         self,
         epsilon: float | None = None,
         m: int = 1,
         noise_scale: float | None = None,
-        seed: int = 0,
+        key: bytes | None = None,
+        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         _resolve_budget(epsilon, noise_scale)
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(seed, noise_mode)
-        self.params = {"epsilon": epsilon, "m": m, "noise_scale": noise_scale, "seed": seed, "noise_mode": noise_mode}
+        self._init_noise(key, run, noise_mode)
+        self.params = {"epsilon": epsilon, "m": m, "noise_scale": noise_scale, "run": run, "noise_mode": noise_mode}
         self.sensitivity = float(m)
         if epsilon is not None:
             check_epsilon(epsilon)
@@ -251,6 +260,12 @@ class PixelDPLaplace(_NoisyMethod):
             check_positive("noise_scale", noise_scale, "pass the Laplace scale b in [0, 1] pixel units")
             self.scale = float(noise_scale)  # type: ignore[arg-type]
             self.epsilon = self.sensitivity / self.scale
+        self._bind_noise()
+
+    def epsilon_for(self, values: int, epochs: int = 1) -> float:
+        """Laplace scale b on values in [0, 1]: L1 sensitivity ``values``, epsilon values / b per release."""
+        check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
+        return self._releases(epochs) * values / self.scale
 
     def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
         noise = self._noise(images, sample_ids, epoch, tuple(images.shape[1:]), "laplace")
@@ -273,24 +288,30 @@ class DPPix(_NoisyMethod):
 
     name: ClassVar[str] = "dp_pix"
 
-    _stream = 3
-
     def __init__(
         self,
         epsilon: float = 1.0,
         b: int = 4,
         m: int = 1,
-        seed: int = 0,
+        key: bytes | None = None,
+        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         check_epsilon(epsilon)
         check_int("b", b, 1, "b is the cell side in pixels, e.g. b=4")
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(seed, noise_mode)
-        self.params = {"epsilon": epsilon, "b": b, "m": m, "seed": seed, "noise_mode": noise_mode}
+        self._init_noise(key, run, noise_mode)
+        self.params = {"epsilon": epsilon, "b": b, "m": m, "run": run, "noise_mode": noise_mode}
         self.epsilon = float(epsilon)
         self.b, self.m = b, m
         self.scale = m / (b * b * self.epsilon)  # Laplace scale of a full cell
+        self._bind_noise()
+
+    def epsilon_for(self, values: int, epochs: int = 1) -> float:
+        """Each value moves its cell's mean by at most 1/n and that cell's noise has scale m / (n epsilon), so every
+        value costs epsilon / m, full cell or partial: ``values`` values cost values * epsilon / m per release."""
+        check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
+        return self._releases(epochs) * values / (self.b * self.b * self.scale)  # scale = m / (b^2 epsilon)
 
     def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
         assert self.epsilon is not None  # set in __init__

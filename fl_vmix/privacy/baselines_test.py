@@ -16,6 +16,7 @@ from scipy import stats
 
 from fl_vmix.privacy.baselines import cell_means, pixelate
 from fl_vmix.privacy.calibration import gaussian_delta, gaussian_epsilon, gaussian_sigma
+from fl_vmix.privacy.keyed import KeyedPRF
 from fl_vmix.privacy.methods import (
     PRIVACY_METHODS,
     PrivacyMethod,
@@ -25,12 +26,15 @@ from fl_vmix.privacy.methods import (
 )
 from fl_vmix.privacy.noise import per_sample_noise
 
-# Parameters that make every registered method buildable (DP methods need a budget).
+KEY = bytes(range(32))
+OTHER_KEY = bytes(range(1, 33))
+
+# Parameters that make every registered method buildable (DP methods need a budget and the client's key).
 BUILD_PARAMS: dict[str, dict[str, Any]] = {
     "none": {},
-    "pixel_dp_gaussian": {"epsilon": 2.0},
-    "pixel_dp_laplace": {"epsilon": 2.0},
-    "dp_pix": {"epsilon": 2.0, "b": 4},
+    "pixel_dp_gaussian": {"epsilon": 2.0, "key": KEY},
+    "pixel_dp_laplace": {"epsilon": 2.0, "key": KEY},
+    "dp_pix": {"epsilon": 2.0, "b": 4, "key": KEY},
     "gaussian_blur": {"kernel_size": 5, "sigma": 1.5},
     "mosaic": {"cell_size": 4},
 }
@@ -66,7 +70,8 @@ def test_attributes_and_rebuild_from_params(name: str) -> None:
     assert method.name == name and method.level == "image"
     assert isinstance(method.params, dict)
     assert (method.epsilon is None) == (name not in NOISY)
-    rebuilt = build_privacy_method(name, **method.params)
+    assert "key" not in method.params  # the key is never a reportable parameter
+    rebuilt = build_privacy_method(name, **method.params, **({"key": KEY} if name in NOISY else {}))
     x, ids = _batch()
     assert torch.equal(rebuilt(x, ids, 2), method(x, ids, 2))
     assert name in repr(method)
@@ -98,10 +103,10 @@ def test_unknown_parameter_lists_accepted_ones() -> None:
 
 
 @pytest.mark.parametrize("name", NOISY)
-def test_noise_is_a_function_of_seed_id_and_epoch_only(name: str) -> None:
+def test_noise_is_a_function_of_key_run_setting_id_and_epoch(name: str) -> None:
     x, ids = _batch()
-    static = build_privacy_method(name, **BUILD_PARAMS[name], seed=7)
-    dynamic = build_privacy_method(name, **BUILD_PARAMS[name], seed=7, noise_mode="dynamic")
+    static = build_privacy_method(name, **BUILD_PARAMS[name], run=7)
+    dynamic = build_privacy_method(name, **BUILD_PARAMS[name], run=7, noise_mode="dynamic")
     out = dynamic(x, ids, 3)
     assert torch.equal(out, dynamic(x.clone(), ids.clone(), 3))  # same inputs -> same output
     perm = torch.tensor([4, 2, 0, 5, 1, 3])
@@ -109,8 +114,38 @@ def test_noise_is_a_function_of_seed_id_and_epoch_only(name: str) -> None:
     assert torch.equal(dynamic(x[1:3], ids[1:3], 3), out[1:3])  # nor batch composition
     assert not torch.equal(dynamic(x, ids, 4), out)  # dynamic: fresh noise every epoch
     assert torch.equal(static(x, ids, 0), static(x, ids, 9))  # static: one release
-    other_seed = build_privacy_method(name, **BUILD_PARAMS[name], seed=8, noise_mode="dynamic")
-    assert not torch.equal(other_seed(x, ids, 3), out)
+    other_run = build_privacy_method(name, **BUILD_PARAMS[name], run=8, noise_mode="dynamic")
+    assert not torch.equal(other_run(x, ids, 3), out)
+    other_key = build_privacy_method(name, **{**BUILD_PARAMS[name], "key": OTHER_KEY}, run=7, noise_mode="dynamic")
+    assert not torch.equal(other_key(x, ids, 3), out)
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_two_budgets_or_two_runs_never_share_noise(name: str) -> None:
+    # Shared noise between the epsilon-8 and epsilon-64 releases of one image would let an adversary cancel it:
+    # the standardised noise of two settings (or two runs) must be unrelated, not a rescaled copy.
+    x = torch.full((4, 3, 32, 32), 0.5, dtype=torch.float64)
+    ids = torch.arange(4)
+
+    def standardised(method: PrivacyMethod) -> torch.Tensor:
+        noise = method(x, ids, 0) - x
+        return (noise - noise.mean()) / noise.std()
+
+    base = {k: v for k, v in BUILD_PARAMS[name].items() if k != "epsilon"}
+    strong, weak = (build_privacy_method(name, **base, epsilon=e) for e in (64.0, 256.0))
+    later = build_privacy_method(name, **base, epsilon=64.0, run=1)
+    for a, b in ((strong, weak), (strong, later)):
+        r = torch.corrcoef(torch.stack([standardised(a).flatten(), standardised(b).flatten()]))[0, 1]
+        assert abs(float(r)) < 0.05
+
+
+@pytest.mark.parametrize("name", NOISY)
+def test_noise_methods_need_the_clients_key(name: str) -> None:
+    params = {k: v for k, v in BUILD_PARAMS[name].items() if k != "key"}
+    with pytest.raises(ValueError, match="secret key and none was given"):
+        build_privacy_method(name, **params)
+    with pytest.raises(ValueError, match="16 to 64 bytes"):
+        build_privacy_method(name, **params, key=b"short")
 
 
 def test_global_rng_is_untouched() -> None:
@@ -125,7 +160,8 @@ def test_global_rng_is_untouched() -> None:
 
 @pytest.mark.parametrize(("kind", "cdf"), [("gaussian", stats.norm.cdf), ("laplace", stats.laplace.cdf)])
 def test_per_sample_noise_has_the_right_distribution(kind: str, cdf: Any) -> None:
-    z = per_sample_noise(torch.arange(50), (40, 50), seed=3, kind=kind, dtype=torch.float64)  # type: ignore[arg-type]
+    prf = KeyedPRF(KEY, b"noise-test")
+    z = per_sample_noise(torch.arange(50), (40, 50), prf=prf, kind=kind, dtype=torch.float64)  # type: ignore[arg-type]
     assert z.shape == (50, 40, 50)
     flat = z.flatten().numpy()
     assert stats.kstest(flat, cdf).pvalue > 1e-3
@@ -134,11 +170,11 @@ def test_per_sample_noise_has_the_right_distribution(kind: str, cdf: Any) -> Non
     assert abs(float(torch.corrcoef(torch.stack([z[:-1].flatten(), z[1:].flatten()]))[0, 1])) < 0.02
 
 
-def test_methods_with_the_same_seed_draw_different_noise() -> None:
+def test_methods_with_the_same_key_draw_different_noise() -> None:
     x = torch.full((1, 1, 64, 64), 0.5)
     ids = torch.tensor([0])
-    g = build_privacy_method("pixel_dp_gaussian", noise_scale=0.05)(x, ids) - 0.5
-    lap = build_privacy_method("pixel_dp_laplace", noise_scale=0.05)(x, ids) - 0.5
+    g = build_privacy_method("pixel_dp_gaussian", noise_scale=0.05, key=KEY)(x, ids) - 0.5
+    lap = build_privacy_method("pixel_dp_laplace", noise_scale=0.05, key=KEY)(x, ids) - 0.5
     assert abs(float(torch.corrcoef(torch.stack([g.flatten(), lap.flatten()]))[0, 1])) < 0.1
 
 
@@ -146,15 +182,15 @@ def test_methods_with_the_same_seed_draw_different_noise() -> None:
 
 
 def test_laplace_scale_is_sensitivity_over_epsilon() -> None:
-    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5).scale == pytest.approx(2.0)
-    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, m=3).scale == pytest.approx(6.0)
-    assert build_privacy_method("pixel_dp_laplace", noise_scale=0.25, m=2).epsilon == pytest.approx(8.0)
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, key=KEY).scale == pytest.approx(2.0)
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, m=3, key=KEY).scale == pytest.approx(6.0)
+    assert build_privacy_method("pixel_dp_laplace", noise_scale=0.25, m=2, key=KEY).epsilon == pytest.approx(8.0)
 
 
 def test_classical_gaussian_sigma_formula() -> None:
     expected = math.sqrt(2 * math.log(1.25 / 1e-5)) / 0.5
     assert expected == pytest.approx(9.6896, abs=1e-4)
-    method = build_privacy_method("pixel_dp_gaussian", epsilon=0.5, delta=1e-5, calibration="classical")
+    method = build_privacy_method("pixel_dp_gaussian", epsilon=0.5, delta=1e-5, calibration="classical", key=KEY)
     assert method.sigma == pytest.approx(expected, rel=1e-12)
     doubled = gaussian_sigma(epsilon=0.5, delta=1e-5, sensitivity=2.0, calibration="classical")
     assert doubled == pytest.approx(2 * expected)
@@ -180,18 +216,18 @@ def test_gaussian_epsilon_inverts_sigma_and_matches_opacus(sigma: float) -> None
 
 def test_image_level_neighbourhood_gives_large_but_finite_epsilons() -> None:
     d = 3 * 32 * 32
-    method = build_privacy_method("pixel_dp_gaussian", noise_scale=0.1, m=d)
+    method = build_privacy_method("pixel_dp_gaussian", noise_scale=0.1, m=d, key=KEY)
     assert 1e4 < method.epsilon < 1e6 and math.isfinite(method.epsilon)  # beyond opacus' eps_from_mu bracket
     assert gaussian_sigma(epsilon=method.epsilon, delta=1e-5, sensitivity=math.sqrt(d)) == pytest.approx(0.1, rel=1e-6)
 
 
 def test_dynamic_noise_composes() -> None:
-    gauss = build_privacy_method("pixel_dp_gaussian", epsilon=1.0, noise_mode="dynamic")
+    gauss = build_privacy_method("pixel_dp_gaussian", epsilon=1.0, noise_mode="dynamic", key=KEY)
     assert gauss.total_epsilon(1) == pytest.approx(1.0)
     # E Gaussian releases = one release with mu * sqrt(E) (exact Gaussian composition).
     assert gauss.total_epsilon(4) == pytest.approx(eps_from_mu(mu=2 / gauss.sigma, delta=1e-5), rel=1e-6)
-    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, noise_mode="dynamic").total_epsilon(10) == 5.0
-    assert build_privacy_method("dp_pix", epsilon=0.5).total_epsilon(10) == 0.5  # static: one release
+    assert build_privacy_method("pixel_dp_laplace", epsilon=0.5, noise_mode="dynamic", key=KEY).total_epsilon(10) == 5.0
+    assert build_privacy_method("dp_pix", epsilon=0.5, key=KEY).total_epsilon(10) == 0.5  # static: one release
     assert build_privacy_method("mosaic").total_epsilon(10) is None
 
 
@@ -206,17 +242,17 @@ def test_dynamic_noise_composes() -> None:
 )
 def test_empirical_noise_std(name: str, params: dict[str, Any], expected_std: float) -> None:
     x = torch.full((1, 3, 256, 256), 0.5, dtype=torch.float64)  # noise small enough that clamping is negligible
-    noise = build_privacy_method(name, **params)(x, torch.tensor([11])) - 0.5
+    noise = build_privacy_method(name, **params, key=KEY)(x, torch.tensor([11])) - 0.5
     assert float(noise.mean()) == pytest.approx(0.0, abs=4 * expected_std / math.sqrt(noise.numel()))
     assert float(noise.std()) == pytest.approx(expected_std, rel=0.02)
 
 
 def test_dp_pix_scale_and_cells() -> None:
-    method = build_privacy_method("dp_pix", epsilon=0.5, b=4, m=2)
+    method = build_privacy_method("dp_pix", epsilon=0.5, b=4, m=2, key=KEY)
     assert method.scale == pytest.approx(2 / (16 * 0.5))
     # 30 x 30 with b = 4: 7 full cells per side plus a 2-px partial one (cells of 8 or 4 pixels at the edge).
     x = torch.full((400, 1, 30, 30), 0.5, dtype=torch.float64)
-    out = build_privacy_method("dp_pix", epsilon=400.0, b=4, m=1)(x, torch.arange(400))
+    out = build_privacy_method("dp_pix", epsilon=400.0, b=4, m=1, key=KEY)(x, torch.arange(400))
     cells = out[..., ::4, ::4]  # one value per cell
     torch.testing.assert_close(pixelate(out, 4), out)  # constant inside every cell, partial ones included
     noise = cells - 0.5
@@ -276,7 +312,7 @@ def test_mosaic_and_blur() -> None:
         ("pixel_dp_gaussian", {"epsilon": 1.0, "calibration": "rdp"}, "unknown calibration"),
         ("pixel_dp_gaussian", {"noise_scale": -0.1}, "noise_scale must be a finite number > 0"),
         ("pixel_dp_gaussian", {"epsilon": 1.0, "m": 0}, "m must be an integer >= 1"),
-        ("pixel_dp_gaussian", {"epsilon": 1.0, "seed": 1.5}, "seed must be an integer"),
+        ("pixel_dp_gaussian", {"epsilon": 1.0, "run": 1.5}, "run must be an integer"),
         ("pixel_dp_gaussian", {"epsilon": 1.0, "noise_mode": "fresh"}, "noise_mode must be one of"),
         ("pixel_dp_laplace", {"epsilon": 0}, "epsilon must be a finite number > 0"),
         ("pixel_dp_laplace", {"noise_scale": 0.0}, "noise_scale must be a finite number > 0"),
@@ -292,7 +328,7 @@ def test_mosaic_and_blur() -> None:
 )
 def test_bad_params_raise(name: str, params: dict[str, Any], match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        build_privacy_method(name, **params)
+        build_privacy_method(name, **params, **({"key": KEY} if name in NOISY else {}))
 
 
 @pytest.mark.parametrize(
@@ -345,3 +381,35 @@ def test_register_external_methods(registry: dict[str, type[PrivacyMethod]]) -> 
         register_privacy_method("Visual Mixer")
     with pytest.raises(ValueError, match="not a PrivacyMethod subclass"):
         register_privacy_method("not_a_method")(dict)  # type: ignore[type-var]
+
+
+# ---------------------------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("epsilon", "pixel", "image"),
+    # Per-value budgets of the Gaussian pixel-DP sweep, read as one RGB pixel (3 values) and a whole 3x32x32 image
+    # at the same noise: figures measured independently when the units question was raised (issue 14).
+    [(1.0, 1.84, 173.0), (8.0, 15.9, 4656.0), (64.0, 151.0, 97530.0)],
+)
+def test_gaussian_epsilon_per_pixel_and_per_image(epsilon: float, pixel: float, image: float) -> None:
+    method = build_privacy_method("pixel_dp_gaussian", epsilon=epsilon, key=KEY)
+    assert method.epsilon_unit == "value"
+    assert method.epsilon_for(1) == pytest.approx(epsilon, rel=1e-9)
+    assert method.epsilon_for(3) == pytest.approx(pixel, rel=5e-3)
+    assert method.epsilon_for(3 * 32 * 32) == pytest.approx(image, rel=5e-3)
+
+
+def test_pure_dp_units_scale_linearly_and_compose() -> None:
+    laplace = build_privacy_method("pixel_dp_laplace", epsilon=2.0, m=3, key=KEY)
+    assert laplace.epsilon_unit == "3 values"
+    assert laplace.epsilon_for(3) == pytest.approx(2.0) and laplace.epsilon_for(3072) == pytest.approx(2048.0)
+    pix = build_privacy_method("dp_pix", epsilon=1.0, b=4, key=KEY, noise_mode="dynamic")
+    assert pix.epsilon_for(3, epochs=5) == pytest.approx(15.0)  # 3 values, 5 fresh releases
+    assert pix.total_epsilon(5) == pytest.approx(5.0)
+    gaussian = build_privacy_method("pixel_dp_gaussian", epsilon=1.0, key=KEY, noise_mode="dynamic")
+    # E Gaussian releases at sigma are one release at sigma / sqrt(E)
+    assert gaussian.epsilon_for(1, epochs=4) == pytest.approx(
+        build_privacy_method("pixel_dp_gaussian", noise_scale=gaussian.sigma / 2, key=KEY).epsilon, rel=1e-9
+    )
+    assert build_privacy_method("mosaic").epsilon_for(3) is None and build_privacy_method("mosaic").epsilon_unit is None

@@ -161,20 +161,3 @@ def hash_fields(seed: int, *fields: torch.Tensor | int, device: torch.device | s
         field = torch.as_tensor(field, dtype=torch.int64, device=device)
         h = mix64(h + mix64(field * GOLDEN + 1))
     return h
-
-
-def derive_seed(key: str | bytes | int) -> int:
-    """A signed 64-bit value from a key (BLAKE2b truncated to 8 bytes).
-
-    Kept only for the image-noise baselines until they draw from :class:`KeyedPRF`; VisualMixer does
-    not use it (a 64-bit squeeze of the key is not full key strength)."""
-    if isinstance(key, bool) or not isinstance(key, (str, bytes, int)):
-        raise ValueError(f"key must be a str, bytes or int secret, got {type(key).__name__}")
-    if isinstance(key, int):
-        raw = key.to_bytes((key.bit_length() + 8) // 8 + 1, "little", signed=True)
-    elif isinstance(key, str):
-        raw = key.encode("utf-8")
-    else:
-        raw = key
-    digest = hashlib.blake2b(raw, digest_size=8, person=b"fl_vmix.key").digest()
-    return _signed(int.from_bytes(digest, "little"))

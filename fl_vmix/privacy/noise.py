@@ -1,11 +1,14 @@
-"""Counter-based per-sample noise: a pure function of (seed, epoch, stream, sample id, position).
+"""Per-sample noise from the client's keyed PRF: secret, reproducible for the key holder, batch-independent.
 
-A counter-based generator (SplitMix64 finaliser over 64-bit integer tensors, fully vectorised) turns
-each such tuple into a uniform number, then into Gaussian or Laplace noise by the inverse CDF. So the
-same inputs always give the same output, one sample's noise does not depend on which other samples
-share its batch or on the batch order, and no global RNG is touched. (A ``torch.Generator`` seeded
-once per batch would make a sample's noise depend on its batch neighbours; seeding one per sample
-needs a Python loop.)
+A DP guarantee on noisy images holds only while the noise is unpredictable to the adversary: whoever
+can regenerate it subtracts it. So the noise is drawn from :class:`~fl_vmix.privacy.keyed.KeyedPRF`
+(AES-256 under a subkey of the client's key), and the subkey's context binds the method, all its
+settings and the run: two runs, or two settings of one run, never share noise (sharing would let an
+adversary holding both releases cancel it). The PRF's counter is (sample id, epoch, word index), so
+a sample's noise does not depend on its batch, and ``dynamic`` noise is fresh every epoch.
+
+Two 32-bit words make one uniform of 53 bits in the open interval (0, 1); the inverse CDF turns it
+into a Gaussian or Laplace value (Gaussian tails reach about 8.3 standard deviations).
 """
 
 from __future__ import annotations
@@ -13,41 +16,42 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from fl_vmix.privacy.keyed import hash_fields
+from fl_vmix.privacy.keyed import KeyedPRF
 
-_NOISE_STREAM = 0x4E015E
+NoiseKind = Literal["gaussian", "laplace"]
+
+
+def uniforms(words: np.ndarray) -> np.ndarray:
+    """Pairs of 32-bit words ``[..., 2n]`` -> ``n`` float64 uniforms in (0, 1) with 53 random bits each."""
+    high = (words[..., 0::2] >> np.uint32(5)).astype(np.float64)  # 27 bits
+    low = (words[..., 1::2] >> np.uint32(6)).astype(np.float64)  # 26 bits
+    return (high * 2.0**26 + low + 0.5) * 2.0**-53
 
 
 def per_sample_noise(
     sample_ids: Tensor,
     shape: tuple[int, ...],
     *,
-    seed: int,
+    prf: KeyedPRF,
     epoch: int = 0,
-    stream: int = 0,
-    kind: Literal["gaussian", "laplace"] = "gaussian",
+    kind: NoiseKind = "gaussian",
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> Tensor:
-    """Unit-scale noise ``[B, *shape]``, a pure function of (seed, epoch, stream, sample id, position).
+    """Unit-scale noise ``[B, *shape]``: standard normal (``"gaussian"``) or Laplace of scale 1 (``"laplace"``).
 
-    ``kind="gaussian"``: standard normal; ``kind="laplace"``: Laplace with scale 1 (variance 2).  Uniforms carry
-    53 random bits, so the Gaussian tails reach about 8.3 standard deviations.  ``stream`` separates independent
-    draws for the same sample (e.g. two noise terms in one method).
-    """
+    A pure function of (the PRF's key and context, sample id, epoch, position)."""
     if kind not in ("gaussian", "laplace"):
         raise ValueError(f"unknown noise kind {kind!r}; use 'gaussian' or 'laplace'")
-    ids = sample_ids.to(device=device or sample_ids.device, dtype=torch.int64).reshape(-1, 1)
     n = math.prod(shape)
-    positions = torch.arange(n, dtype=torch.int64, device=ids.device).unsqueeze(0)
-    bits = hash_fields(seed, _NOISE_STREAM, epoch, stream, ids, positions, device=ids.device)  # [B, n]
-    u = (((bits >> 11) & ((1 << 53) - 1)).to(torch.float64) + 0.5) * 2.0**-53  # uniform in the open interval (0, 1)
+    u = torch.from_numpy(uniforms(prf.words(sample_ids, epoch, 2 * n)))
     if kind == "gaussian":
         z = torch.special.ndtri(u)
     else:
         v = u - 0.5
         z = -torch.sign(v) * torch.log1p(-2.0 * v.abs())
-    return z.to(dtype).reshape(ids.shape[0], *shape)
+    return z.to(dtype=dtype, device=device or sample_ids.device).reshape(len(sample_ids), *shape)

@@ -79,9 +79,10 @@ class DPSGDTrainer:
     def __call__(
         self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
     ) -> TrainResult:
+        sampling_seed, noise_seed = self.method.secret_seeds(job.seed)  # secret: only the key holder has them
         result = train_dp_sgd(
             model, normalise(split.images), split.labels, optimizer, self.method, job.accountant_history,
-            epochs=job.epochs, batch_size=job.batch_size, seed=job.seed,
+            epochs=job.epochs, batch_size=job.batch_size, sampling_seed=sampling_seed, noise_seed=noise_seed,
         )  # fmt: skip
         return result.metrics, result.history
 

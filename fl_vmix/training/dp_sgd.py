@@ -62,13 +62,15 @@ def train_dp_sgd(
     *,
     epochs: int,
     batch_size: int,
-    seed: int,
+    sampling_seed: int,
+    noise_seed: int,
 ) -> DPTrainResult:
     """Local DP-SGD on normalised model inputs, continuing the accountant ``history`` of earlier rounds.
 
-    Noise and Poisson sampling draw from generators seeded by ``seed``, so a round is reproducible.
-    An empty Poisson batch still takes its step: Opacus adds noise to a zero gradient and the
-    accountant counts it, as the sampling analysis assumes.
+    Poisson sampling and noise draw from generators seeded by ``sampling_seed`` and ``noise_seed``: pass
+    secret seeds (:meth:`DPSGD.secret_seeds`), or the server could regenerate both and the guarantee
+    would not hold against it. An empty Poisson batch still takes its step: Opacus adds noise to a zero
+    gradient and the accountant counts it, as the sampling analysis assumes.
     """
     from opacus import PrivacyEngine
 
@@ -78,7 +80,7 @@ def train_dp_sgd(
         torch.utils.data.TensorDataset(images, labels),
         batch_size=batch_size,
         shuffle=True,
-        generator=torch.Generator().manual_seed(seed),
+        generator=torch.Generator().manual_seed(sampling_seed),  # Opacus' Poisson sampler draws from it
     )
     private_model, private_optimizer, private_loader = engine.make_private(
         module=model,
@@ -87,7 +89,7 @@ def train_dp_sgd(
         noise_multiplier=method.noise_multiplier,
         max_grad_norm=method.max_grad_norm,
         poisson_sampling=True,
-        noise_generator=torch.Generator().manual_seed(seed + 1),
+        noise_generator=torch.Generator().manual_seed(noise_seed),
     )
     private_model.train()
     total_loss, correct, seen = 0.0, 0, 0

@@ -1,0 +1,186 @@
+"""What a run's epsilon protects: its unit, other units of the same noise, against whom, and what else leaves.
+
+Epsilons of different methods are not in one unit: image-level DP protects ``m`` values of one image
+(``m = 1``: one colour value), DP-SGD one training example of one client, central DP one client's
+whole data. A report that puts them in one column must say which is which, and the same noise read in
+another unit can be orders of magnitude weaker (one value vs a whole image). For every run this module
+gives:
+
+* ``epsilon_unit``, and for image-level DP the epsilon of the same noise for one whole pixel
+  (``epsilon_pixel``, ``C`` values) and a whole image (``epsilon_image``, ``C*H*W`` values);
+* for central DP the replace-one epsilon (one client's data replaced: twice the add/remove sensitivity
+  of the fixed-divisor mean) and for both training-level methods a PLD epsilon from Google's
+  ``dp_accounting`` beside the run's RDP one (tighter; RDP is what the runs report);
+* ``guarantee``: one sentence on what is protected against whom in this run (with derived simulation
+  keys the server can regenerate DP-SGD's noise, so it holds against third parties only);
+* ``leaks``: every metric the clients sent that the accountant does not cover, and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fl_vmix.experiment import Experiment
+from fl_vmix.factory import build_privacy, dataset_shape
+from fl_vmix.privacy.training_level import DPSGD, CentralDP
+
+ACCOUNTING_KEY = bytes(32)  # epsilons do not depend on the key; the methods only refuse to be built without one
+IMAGE_DP = ("pixel_dp_gaussian", "pixel_dp_laplace", "dp_pix")
+
+# Why a metric a client sends is outside its method's accountant ("" for metrics that stay inside).
+_SIZES = "the partition size, exact"
+_TIMING = "a timing, which grows with the partition size"
+_CLEAR_SIMILARITY = "compares the protected training images with the clear ones"
+_REASONS: dict[str, dict[str, str]] = {
+    "image": {  # everything computed from the noisy images alone is post-processing, hence covered
+        "ssim": _CLEAR_SIMILARITY,
+        "psnr": _CLEAR_SIMILARITY,
+        "num-examples": _SIZES,
+        "eval_num-examples": _SIZES,
+        "obfuscation_s": _TIMING,
+        "train_time_s": _TIMING,
+    },
+    "dp_sgd": {  # only the noisy model update (and the accountant's epsilon) is covered
+        "train_loss": "un-noised forward passes on the clear training examples",
+        "train_accuracy": "un-noised forward passes on the clear training examples",
+        "eval_loss": "the global model on the clear local test split",
+        "eval_accuracy": "the global model on the clear local test split",
+        "vfe_corrected": "VFE of the clear training images",
+        "vfe_reference": "VFE of the clear training images",
+        "ssim": "trivially 1 (the images are clear): carries no data, listed for completeness",
+        "psnr": "trivially capped (the images are clear): carries no data, listed for completeness",
+        "num-examples": _SIZES,
+        "eval_num-examples": _SIZES,
+        "obfuscation_s": _TIMING,
+        "train_time_s": _TIMING,
+    },
+}
+_REASONS["central_dp"] = {
+    **_REASONS["dp_sgd"],
+    "update": "the clipped model update itself: the server adds the noise after it has seen it",
+    "train_loss": "forward passes on the clear training examples",
+    "train_accuracy": "forward passes on the clear training examples",
+}
+
+
+@dataclass(frozen=True)
+class PrivacyBudget:
+    epsilon_unit: str  # "" when the method is not DP
+    epsilon_pixel: float  # image-level DP: one whole pixel (C values); NaN otherwise
+    epsilon_image: float  # image-level DP: a whole image (C*H*W values); NaN otherwise
+    epsilon_replace_one: float  # central DP, replace-one neighbours (PLD); NaN otherwise
+    epsilon_pld: float  # DP-SGD / central DP: the PLD accountant beside the run's RDP; NaN otherwise
+    guarantee: str
+    leaks: str  # "metric (why); ..." for DP methods, "" otherwise
+
+
+def _pld_epsilon(events: Iterable[Any], delta: float) -> float:
+    """PLD epsilon, discretised at about 1e-4 of its own size: a coarse pass sizes the fine one (the default
+    fixed interval of 1e-4 takes minutes for the epsilons in the thousands that weak noise gives)."""
+    from dp_accounting.pld import PLDAccountant
+
+    def epsilon(interval: float) -> float:
+        accountant = PLDAccountant(value_discretization_interval=interval)
+        for event in composed:
+            accountant.compose(event)
+        return float(accountant.get_epsilon(delta))
+
+    composed = list(events)
+    rough = epsilon(1e-2)
+    return epsilon(min(1e-2, max(1e-4, rough * 1e-4)))
+
+
+def dp_sgd_events(sizes: Iterable[int], batch_size: int, rounds: int, epochs: int, noise: float) -> list[list[Any]]:
+    """Per client, Opacus' Poisson-sampled Gaussian steps: rate 1/ceil(n/B), ceil(n/B) steps per epoch."""
+    from dp_accounting import PoissonSampledDpEvent, SelfComposedDpEvent
+    from dp_accounting.dp_event import GaussianDpEvent
+
+    events = []
+    for n in sizes:
+        batches = max(1, -(-int(n) // batch_size))
+        step = PoissonSampledDpEvent(1.0 / batches, GaussianDpEvent(noise))
+        events.append([SelfComposedDpEvent(step, rounds * epochs * batches)])
+    return events
+
+
+def central_dp_epsilons(noise: float, rounds: int, delta: float) -> tuple[float, float]:
+    """(add/remove, replace-one) PLD epsilons of ``rounds`` releases of the fixed-divisor noisy mean."""
+    from dp_accounting import SelfComposedDpEvent
+    from dp_accounting.dp_event import GaussianDpEvent
+
+    add_remove = _pld_epsilon([SelfComposedDpEvent(GaussianDpEvent(noise), rounds)], delta)
+    replace_one = _pld_epsilon([SelfComposedDpEvent(GaussianDpEvent(noise / 2), rounds)], delta)
+    return add_remove, replace_one
+
+
+def _sent(rounds: Iterable[Mapping[str, Any]]) -> tuple[set[str], list[int]]:
+    """Metric keys the clients sent (as recorded) and each client's number of training examples."""
+    keys: set[str] = set()
+    sizes: dict[str, int] = {}
+    for record in rounds:
+        for pid, metrics in record.get("clients", {}).items():
+            keys.update(metrics)
+            if "num-examples" in metrics:
+                sizes[pid] = int(metrics["num-examples"])
+    return keys, list(sizes.values())
+
+
+def _leaks(kind: str, sent: set[str]) -> str:
+    reasons = _REASONS[kind]
+    keys = sorted(k for k in sent | ({"update"} if kind == "central_dp" else set()) if k in reasons)
+    return "; ".join(f"{k} ({reasons[k]})" for k in keys)
+
+
+def privacy_budget(
+    experiment: Experiment, rounds_recorded: list[Mapping[str, Any]], raw_config: Mapping[str, Any]
+) -> PrivacyBudget:
+    """The budget of one finished run: its experiment, its ``metrics.json`` rounds and its recorded config."""
+    method = experiment.privacy.method
+    nan = math.nan
+    sent, sizes = _sent(rounds_recorded)
+    rounds = sum(1 for r in rounds_recorded if int(r.get("round", 0)) > 0)
+    engine = raw_config.get("engine", {})
+    simulated = engine.get("name", "simulation") == "simulation"
+    public_keys = simulated and engine.get("simulation_keys", "random") == "derived"
+    if method in IMAGE_DP:
+        protected = build_privacy(experiment.privacy, ACCOUNTING_KEY, run=experiment.seed)
+        _, channels, side = dataset_shape(experiment)
+        epochs = max(rounds, 1)
+        pixel = protected.epsilon_for(channels, epochs) or nan
+        image = protected.epsilon_for(channels * side * side, epochs) or nan
+        guarantee = (
+            f"local DP per image for neighbours differing in {protected.epsilon_unit} (one whole pixel: epsilon "
+            f"{pixel:.4g}; a whole image: {image:.4g}), against anyone who sees the protected images or anything "
+            "computed from them, the server included, while the client's key stays secret"
+        )
+        if public_keys:
+            guarantee += "; in this run the simulation keys derive from the public seed, so the noise is not secret"
+        return PrivacyBudget(protected.epsilon_unit or "", pixel, image, nan, nan, guarantee, _leaks("image", sent))
+    if method == DPSGD.name:
+        noise = float(experiment.privacy.params.get("noise_multiplier", 1.0))
+        delta = float(experiment.privacy.params.get("delta", 1e-5))
+        per_client = dp_sgd_events(sizes, experiment.batch_size, rounds, experiment.local_epochs, noise)
+        pld = max((_pld_epsilon(events, delta) for events in per_client), default=nan)
+        against = (
+            "third parties only: this simulation derives client keys from the public seed, so the server can "
+            "regenerate the noise and sampling (use engine.simulation_keys=random or the Deployment Engine)"
+            if public_keys
+            else "the server and everyone downstream, since the noise and sampling come from the secret node keys"
+        )
+        guarantee = (
+            f"example-level DP for each client's training data (the largest client's epsilon), against {against}"
+        )
+        return PrivacyBudget(DPSGD.epsilon_unit, nan, nan, nan, pld, guarantee, _leaks("dp_sgd", sent))
+    if method == CentralDP.name:
+        noise = float(experiment.privacy.params.get("noise_multiplier", 1.0))
+        delta = float(experiment.privacy.params.get("delta", 1e-5))
+        pld, replace_one = central_dp_epsilons(noise, max(rounds, 1), delta)
+        guarantee = (
+            "client-level DP (add or remove one client's data) for the released global models, against anyone but "
+            f"the server, which sees every clipped update before the noise (replace-one neighbours: {replace_one:.4g})"
+        )
+        return PrivacyBudget(CentralDP.epsilon_unit, nan, nan, replace_one, pld, guarantee, _leaks("central_dp", sent))
+    return PrivacyBudget("", nan, nan, nan, nan, "no DP guarantee: privacy is graded by attacks", "")
