@@ -163,24 +163,32 @@ def energies_kernel(values, src, width, region, reference, out):  # pragma: no c
             _add_plane_energy(plane, width, region, reference, out[b, n])
 
 
+@njit(cache=True, nogil=True)
+def _gather_selected(values, src, levels, b, c, width, region, target):  # pragma: no cover - compiled
+    """``target[p] = values[src[levels[b, region(p)], b, c, p]]`` for one plane, one region-wide row segment
+    at a time (each segment reads one level's sources)."""
+    pixels = target.shape[0]
+    height = pixels // width
+    columns = (width + region - 1) // region
+    for y in range(height):
+        row = y * width
+        base = (y // region) * columns
+        for rx in range(columns):
+            source = src[levels[b, base + rx], b, c]
+            for p in range(row + rx * region, row + min(rx * region + region, width)):
+                target[p] = values[source[p]]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def selected_energies_kernel(values, src, levels, width, region, reference, out):  # pragma: no cover - compiled
     """Like :func:`energies_kernel` for the one source map made of each region's sources at its level
     (``levels[b, r]``), without materialising that map: ``out[b, r]``."""
     _, batch, channels, pixels = src.shape
-    height = pixels // width
-    columns = (width + region - 1) // region
     for b in prange(batch):
         plane = np.empty(pixels, dtype=np.int64)
         out[b, :] = 0
         for c in range(channels):
-            for y in range(height):
-                row = y * width
-                base = (y // region) * columns
-                for rx in range(columns):
-                    source = src[levels[b, base + rx], b, c]
-                    for p in range(row + rx * region, row + min(rx * region + region, width)):
-                        plane[p] = values[source[p]]
+            _gather_selected(values, src, levels, b, c, width, region, plane)
             _add_plane_energy(plane, width, region, reference, out[b])
 
 
@@ -188,19 +196,10 @@ def selected_energies_kernel(values, src, levels, width, region, reference, out)
 def select_take_kernel(images, src, levels, width, region, out):  # pragma: no cover - compiled
     """``out[b, c, p] = images[src[levels[b, region(p)], b, c, p]]``: the batch shuffled with each
     region at its chosen level (``images`` flattened, any dtype)."""
-    _, batch, channels, pixels = src.shape
-    height = pixels // width
-    columns = (width + region - 1) // region
+    _, batch, channels, _ = src.shape
     for b in prange(batch):
         for c in range(channels):
-            target = out[b, c]
-            for y in range(height):
-                row = y * width
-                base = (y // region) * columns
-                for rx in range(columns):
-                    source = src[levels[b, base + rx], b, c]
-                    for p in range(row + rx * region, row + min(rx * region + region, width)):
-                        target[p] = images[source[p]]
+            _gather_selected(images, src, levels, b, c, width, region, out[b, c])
 
 
 @njit(parallel=True, cache=True, nogil=True)
