@@ -373,8 +373,11 @@ def load_checkpoint(folder: Path) -> RunCheckpoint:
         )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a truncated or foreign file: say which
-        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}: {err}): start the run anew") from err
+    except Exception as err:  # a truncated or foreign file (torch's own message suggests unsafe loading: not here)
+        raise CheckpointError(
+            f"{path} cannot be read ({type(err).__name__}): it is truncated or not an fl_vmix checkpoint; start the "
+            "run anew"
+        ) from err
     return RunCheckpoint.from_payload(payload)
 
 
