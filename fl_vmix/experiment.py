@@ -13,10 +13,6 @@ Adding a setting (say ``device``): add it to ``conf/config.yaml`` (or a group's 
 to the dataclass below, and check its value in ``from_dict``. A setting that changes how a run is
 executed but not its results (``device``, ``checkpoint_every``, ...) also goes in
 :data:`fl_vmix.evaluation.labels.RUN_ONLY`, so reports neither label rows by it nor split seeds over it.
-
-``flwr run .`` may also send ``overrides`` (Hydra overrides as one string, e.g.
-``--run-config "overrides='num_rounds=2 dataset.data_fraction=0.05'"``): the apps then compose
-``conf/`` with them.
 """
 
 from __future__ import annotations
@@ -45,8 +41,8 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 AMP_MODES = ("off", "bf16", "fp16")
 SIMULATION_KEYS = ("derived", "random")
 # Settings `python -m fl_vmix resume=<run dir>` may change: where and how the rest of the run executes,
-# and how many rounds it has. Everything else continues as recorded.
-RESUMABLE = ("num_rounds", "checkpoint_every", "device", "amp", "tensorboard", "engine.")
+# and how many rounds it has. Everything else (amp included: it changes results) continues as recorded.
+RESUMABLE = ("num_rounds", "checkpoint_every", "device", "tensorboard", "engine.")
 
 
 class ConfigError(ValueError):

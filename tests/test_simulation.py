@@ -133,6 +133,7 @@ def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert len(rows(tmp_path / "metrics.csv")) >= 1
     assert json.loads((tmp_path / "metrics.json").read_text())[-1]["round"] >= 1
+    assert (tmp_path / "checkpoint.pt").exists(), "Ctrl-C leaves a checkpoint to resume from"
     time.sleep(2)
     assert not flower_processes(env["FLWR_HOME"]), "the launcher must stop the SuperLink and its workers"
 

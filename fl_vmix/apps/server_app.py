@@ -54,12 +54,17 @@ def resume_checkpoint(experiment: Experiment, out: Path) -> RunCheckpoint:
     """The checkpoint of the run ``resume`` names, checked against the experiment that continues it."""
     checkpoint = load_checkpoint(out)
     recorded = Experiment.from_dict(checkpoint.config)
+    if experiment.num_clients != recorded.num_clients:
+        raise ConfigError(
+            f"resume={out}: the run had {recorded.num_clients} clients and this federation has "
+            f"{experiment.num_clients} nodes: each node holds one partition of {recorded.num_clients}, so resume it "
+            f"on {recorded.num_clients} nodes (python -m fl_vmix resume=<run dir> starts them)"
+        )
     mine = experiment.replace(output_dir=recorded.output_dir, resume=None)
     same = {
         "num_rounds": recorded.num_rounds,
         "checkpoint_every": recorded.checkpoint_every,
         "device": recorded.device,
-        "amp": recorded.amp,
         "tensorboard": recorded.tensorboard,
         "engine": recorded.engine,
     }

@@ -10,8 +10,8 @@ Examples::
     python -m fl_vmix resume=outputs/2025-01-01/12-00-00 num_rounds=20   # continue a run from its checkpoint
 
 ``resume=<run dir>`` continues the run recorded in that folder (its ``config.json``) from its
-``checkpoint.pt``, in the same folder; only ``num_rounds`` and execution settings (``device``, ``amp``,
-``checkpoint_every``, ``tensorboard``, ``engine.*``) may be given with it.
+``checkpoint.pt``, in the same folder; only ``num_rounds`` and execution settings (``device``, ``checkpoint_every``,
+``tensorboard``, ``engine.*``) may be given with it.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def resume_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> dict[
         if not key.startswith(RESUMABLE) or key == "engine":
             raise ConfigError(
                 f"resume: {override!r} cannot change a run that continues: only num_rounds, checkpoint_every, "
-                "device, amp, tensorboard and engine.* settings may be given with resume=; start a new run "
+                "device, tensorboard and engine.* settings may be given with resume=; start a new run "
                 "for other settings"
             )
         node = tree

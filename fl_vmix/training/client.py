@@ -93,9 +93,10 @@ class DPSGDTrainer:
         self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
     ) -> TrainResult:
         if job.compute.device.type != "cpu":
-            # fl_vmix.training.dp_sgd draws Opacus' noise from a CPU generator, which cannot fill CUDA
-            # tensors: DP-SGD trains on the CPU (in float32) whatever the device setting says.
-            _warn_once(f"DP-SGD trains on the CPU: its noise generator is a CPU one (device={job.compute.device})")
+            # fl_vmix.training.dp_sgd feeds batches from CPU tensors and draws Opacus' noise from a CPU
+            # generator (torch refuses a CPU generator for CUDA tensors): DP-SGD trains on the CPU, in
+            # float32, whatever the device setting says. Evaluation still runs on the device.
+            _warn_once(f"DP-SGD trains on the CPU (CPU batches and noise generator), not on {job.compute.device}")
             model.to("cpu")  # in place: the optimiser keeps the same parameters
         result = train_dp_sgd(
             model, normalise(split.images), split.labels, optimizer, self.method, job.accountant_history,
