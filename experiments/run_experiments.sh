@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The experiments of the evaluation (README "Results"), at a scale a 2-core CPU affords.
-# Runs land in outputs/experiments/<experiment>/<part>/<n>/; reports in experiments/results/<experiment>/.
-# Usage: FL_VMIX_DATA=../shared/data bash experiments/run_experiments.sh [a|b|c|all]
+# Runs land in outputs/experiments/<experiment>/<part>/<n>/; reports in experiments/results/<experiment>/
+# (with each run's summary.json, metrics.csv and config.json under runs/). Every setting runs with SEEDS
+# seeds (default 3): tables show mean ± std. Then `python scripts/readme_tables.py` rewrites the README's tables.
+# Usage: FL_VMIX_DATA=../shared/data [SEEDS=3] bash experiments/run_experiments.sh [a|b|c|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-report() { "$PY" -m fl_vmix.evaluation.report "$@"; }
+SEEDS=${SEEDS:-3}
+report() { local sub=$1; shift; "$PY" -m fl_vmix.evaluation.report "$sub" --seeds "$SEEDS" "$@"; }
 which=${1:-all}
 
 if [[ $which == a || $which == all ]]; then

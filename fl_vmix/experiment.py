@@ -6,15 +6,20 @@ name and the fix. ``python -m fl_vmix`` composes ``conf/`` with the user's overr
 (:func:`compose`), and the Flower apps receive the resolved experiment as the single run-config
 value ``experiment`` (JSON: Flower run configs are flat and reject unknown keys, so one string keeps
 every Hydra value overridable); :func:`experiment_from_run_config` parses it once per process.
-``flwr run .`` on its own sends an empty ``experiment``; the apps then compose ``conf/`` unchanged.
+``flwr run .`` on its own sends an empty ``experiment``; the apps then compose ``conf/`` (with the
+run config's ``overrides``, if any).
 
 Adding a setting (say ``device``): add it to ``conf/config.yaml`` (or a group's YAML), add the field
-to the dataclass below, and check its value in ``from_dict``.
+to the dataclass below, and check its value in ``from_dict``. A setting that changes how a run is
+executed but not its results (``device``, ``checkpoint_every``, ...) also goes in
+:data:`fl_vmix.evaluation.labels.RUN_ONLY`, so reports neither label rows by it nor split seeds over it.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
@@ -27,11 +32,18 @@ from fl_vmix.optim import OPTIMIZERS
 from fl_vmix.privacy.methods import PRIVACY_METHODS, method_parameters
 
 RUN_CONFIG_KEY = "experiment"
+OVERRIDES_KEY = "overrides"  # `flwr run . --run-config "overrides='num_rounds=2'"`: Hydra overrides of conf/
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm")  # Flower classes: fl_vmix.apps.strategy.STRATEGIES
 ENGINE_NAMES = ("simulation", "deployment")
 DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods without regions of their own
 SECRET_PARAMS = ("key",)  # a keyed method's secret comes from its node, never from the config
 INJECTED_PARAMS = (*SECRET_PARAMS, "run")  # filled in by the client: its key, and the run's seed
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+AMP_MODES = ("off", "bf16", "fp16")
+SIMULATION_KEYS = ("derived", "random")
+# Settings `python -m fl_vmix resume=<run dir>` may change: where and how the rest of the run executes,
+# and how many rounds it has. Everything else (amp included: it changes results) continues as recorded.
+RESUMABLE = ("num_rounds", "checkpoint_every", "device", "tensorboard", "engine.")
 
 
 class ConfigError(ValueError):
@@ -101,6 +113,17 @@ class _Group:
             )
             raise ConfigError(f"{self._name(key)}={value!r} is invalid: set {self._name(key)} to a number {bounds}")
         return float(value)
+
+    def optional_number(self, key: str, low: float) -> float | None:
+        """A number > ``low``, or null (no limit)."""
+        if self.get(key) is None:
+            return None
+        return self.number(key, low, open_low=True)
+
+    def optional_integer(self, key: str, low: int) -> int | None:
+        if self.get(key) is None:
+            return None
+        return self.integer(key, low)
 
     def text(self, key: str, choices: Sequence[str] | None = None) -> str:
         value = self.get(key)
@@ -250,17 +273,36 @@ class StrategySettings:
 
 
 _ENGINE_KEYS = {
-    "simulation": ("name", "timeout_s", "client_cache", "num_cpus_per_client"),
-    "deployment": ("name", "timeout_s", "client_cache", "connection", "connect_timeout_s", "wait_nodes_s"),
+    "simulation": (
+        "name",
+        "timeout_s",
+        "client_cache",
+        "threads_per_client",
+        "num_cpus_per_client",
+        "num_gpus_per_client",
+        "simulation_keys",
+    ),
+    "deployment": (
+        "name",
+        "timeout_s",
+        "client_cache",
+        "threads_per_client",
+        "connection",
+        "connect_timeout_s",
+        "wait_nodes_s",
+    ),
 }
 
 
 @dataclass(frozen=True)
 class EngineSettings:
     name: str
-    timeout_s: float  # the launcher stops the run (and its processes) after this
+    timeout_s: float | None  # the launcher stops the run (and its processes) after this; None: no limit
     client_cache: int  # clients whose protected data one ClientApp process keeps (LRU)
-    num_cpus_per_client: int | None = None  # simulation
+    threads_per_client: int | None = None  # torch threads of a ClientApp (and the ServerApp); None: torch's default
+    num_cpus_per_client: int | None = None  # simulation: Ray CPUs reserved per client
+    num_gpus_per_client: float | None = None  # simulation: Ray GPU share per client (0.5: two clients per GPU)
+    simulation_keys: str | None = None  # simulation: "derived" (from the public seed) or "random" (key files)
     connection: str | None = None  # deployment: a SuperLink connection in $FLWR_HOME/config.toml
     connect_timeout_s: float | None = None  # deployment: probe of the SuperLink before flwr run
     wait_nodes_s: float | None = None  # deployment: wait this long for num_clients SuperNodes
@@ -269,17 +311,31 @@ class EngineSettings:
     def parse(cls, raw: Any) -> EngineSettings:
         name = _Group(raw, "engine").text("name", ENGINE_NAMES)
         g = _Group(raw, "engine", _ENGINE_KEYS[name])
-        timeout_s, client_cache = g.number("timeout_s", 0.0, open_low=True), g.integer("client_cache", 1)
+        timeout_s, client_cache = g.optional_number("timeout_s", 0.0), g.integer("client_cache", 1)
+        threads = g.optional_integer("threads_per_client", 1)
         if name == "simulation":
-            return cls(name, timeout_s, client_cache, num_cpus_per_client=g.integer("num_cpus_per_client", 1))
+            return cls(
+                name,
+                timeout_s,
+                client_cache,
+                threads,
+                num_cpus_per_client=g.integer("num_cpus_per_client", 1),
+                num_gpus_per_client=g.number("num_gpus_per_client", 0.0),
+                simulation_keys=g.text("simulation_keys", SIMULATION_KEYS),
+            )
         return cls(
             name,
             timeout_s,
             client_cache,
+            threads,
             connection=g.text("connection"),
             connect_timeout_s=g.number("connect_timeout_s", 0.0, open_low=True),
             wait_nodes_s=g.number("wait_nodes_s", 0.0),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The engine's own keys (a null ``timeout_s`` included), in the layout of ``conf/engine/``."""
+        return {key: getattr(self, key) for key in _ENGINE_KEYS[self.name]}
 
 
 @dataclass(frozen=True)
@@ -298,6 +354,22 @@ class FaultSettings:
         return partition_id in self.fail_partitions and (not self.fail_rounds or server_round in self.fail_rounds)
 
 
+def _device(g: _Group) -> str:
+    value = g.get("device")
+    if not isinstance(value, str) or not DEVICE_PATTERN.match(value):
+        raise ConfigError(f"device={value!r} is invalid: use auto, cpu, cuda or cuda:N (e.g. cuda:1)")
+    return value
+
+
+def _amp(g: _Group) -> str:
+    value = g.get("amp")
+    if value is False:  # YAML and Hydra read a bare `off` as false
+        return "off"
+    if value not in AMP_MODES:
+        raise ConfigError(f"amp={value!r} is invalid: use off, bf16 or fp16 (fp16 needs a CUDA device)")
+    return str(value)
+
+
 # ----------------------------------------------------------------------------------------- experiment
 @dataclass(frozen=True)
 class Experiment:
@@ -312,6 +384,11 @@ class Experiment:
     min_success_fraction: float
     central_eval: bool
     output_dir: str | None
+    device: str  # auto (CUDA when the process sees a GPU, else CPU), cpu, cuda, cuda:N
+    amp: str  # mixed precision of training and evaluation: off, bf16, fp16 (fp16: CUDA only)
+    checkpoint_every: int  # save a resumable checkpoint every this many rounds (and after the last)
+    resume: str | None  # a run folder to continue from its checkpoint (python -m fl_vmix resume=<dir>)
+    tensorboard: bool  # also log every round's metrics to <run>/tensorboard (pip install 'fl-vmix[tensorboard]')
     dataset: DatasetSettings
     partition: PartitionSettings
     model: ModelSettings
@@ -339,6 +416,11 @@ class Experiment:
             min_success_fraction=g.number("min_success_fraction", 0.0, 1.0),
             central_eval=g.flag("central_eval"),
             output_dir=g.optional_text("output_dir"),
+            device=_device(g),
+            amp=_amp(g),
+            checkpoint_every=g.integer("checkpoint_every", 1),
+            resume=g.optional_text("resume"),
+            tensorboard=g.flag("tensorboard"),
             dataset=DatasetSettings.parse(raw["dataset"]),
             partition=PartitionSettings.parse(raw["partition"]),
             model=ModelSettings.parse(raw["model"]),
@@ -365,7 +447,9 @@ class Experiment:
                     "weight_decay": value.weight_decay,
                     **dict(value.extra),
                 }
-            elif isinstance(value, (PartitionSettings, EngineSettings)):
+            elif isinstance(value, EngineSettings):
+                out[f.name] = value.to_dict()
+            elif isinstance(value, PartitionSettings):
                 out[f.name] = {
                     k.name: _plain(getattr(value, k.name)) for k in fields(value) if getattr(value, k.name) is not None
                 }
@@ -459,17 +543,39 @@ def to_run_config(experiment: Experiment) -> dict[str, str]:
 
 
 def experiment_from_run_config(run_config: Mapping[str, Any]) -> Experiment:
-    """The experiment a Flower app was started with (``conf/`` defaults when none was sent); parsed once per value."""
+    """The experiment a Flower app was started with, parsed once per value: the JSON ``experiment`` that
+    ``python -m fl_vmix`` sends, else ``conf/`` composed with the run config's ``overrides`` (``flwr run .``)."""
     raw = run_config.get(RUN_CONFIG_KEY, "")
+    overrides = run_config.get(OVERRIDES_KEY, "")
     if not isinstance(raw, str):
         raise ConfigError(f"run config '{RUN_CONFIG_KEY}' must be a JSON string: launch with python -m fl_vmix")
-    return _parse_run_config(raw)
+    if not isinstance(overrides, str):
+        raise ConfigError(
+            f"run config '{OVERRIDES_KEY}' must be a string of Hydra overrides: "
+            "flwr run . --run-config \"overrides='num_rounds=2 dataset.data_fraction=0.05'\""
+        )
+    if raw and overrides.strip():
+        raise ConfigError(
+            f"the run config holds both '{RUN_CONFIG_KEY}' and '{OVERRIDES_KEY}': give one (python -m fl_vmix sends "
+            "the whole experiment; flwr run . takes overrides)"
+        )
+    if raw:
+        return _parse_run_config(raw)
+    return _compose_overrides(overrides.strip())
+
+
+@lru_cache(maxsize=8)
+def _compose_overrides(overrides: str) -> Experiment:
+    try:
+        return compose(shlex.split(overrides))
+    except ConfigError:
+        raise
+    except Exception as err:  # Hydra's own errors: an unknown option or a malformed override
+        raise ConfigError(f"run config '{OVERRIDES_KEY}={overrides}': {err}") from err
 
 
 @lru_cache(maxsize=8)
 def _parse_run_config(raw: str) -> Experiment:
-    if not raw:
-        return compose()
     try:
         cfg = json.loads(raw)
     except json.JSONDecodeError as err:

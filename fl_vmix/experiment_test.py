@@ -49,6 +49,30 @@ def test_settings_are_typed_and_frozen():
     assert compose(["privacy=pixel_dp_gaussian", "privacy.noise_mode=dynamic"]).privacy.dynamic
 
 
+def test_new_runs_have_no_time_limit_derived_keys_and_checkpoints_every_round():
+    experiment = compose()
+    assert experiment.engine.timeout_s is None and experiment.engine.simulation_keys == "derived"
+    assert experiment.checkpoint_every == 1 and experiment.resume is None and not experiment.tensorboard
+    assert (experiment.device, experiment.amp, experiment.engine.num_gpus_per_client) == ("auto", "off", 0.0)
+    assert compose(["amp=off"]).amp == "off", "a bare off (YAML false) is amp=off"
+
+
+@pytest.mark.parametrize(
+    "preset, model, dataset, clients",
+    [
+        ("paper_cifar10", "resnet18", "cifar10", 10),
+        ("paper_cifar100", "shufflenet_v2", "cifar100", 20),
+        ("paper_medmnist", "resnet18", "retinamnist", 10),
+    ],
+)
+def test_paper_presets_set_the_scale_and_overrides_still_win(preset, model, dataset, clients):
+    experiment = compose([f"preset={preset}"])
+    assert (experiment.model.name, experiment.dataset.name, experiment.num_clients) == (model, dataset, clients)
+    assert experiment.num_rounds == 100 and experiment.dataset.data_fraction == 1.0 and experiment.experiment == preset
+    overridden = compose([f"preset={preset}", "num_rounds=3", "model=cnn"])
+    assert overridden.num_rounds == 3 and overridden.model.name == "cnn"
+
+
 def test_faults_name_partitions_and_rounds():
     faults = compose(["faults.fail_partitions=[1]", "faults.fail_rounds=[2]"]).faults
     assert faults.fails(1, 2) and not faults.fails(1, 1) and not faults.fails(0, 2)
@@ -72,6 +96,15 @@ def test_faults_name_partitions_and_rounds():
         (lambda c: c["partition"].update(classes_per_client=2), "unknown setting.*partition.classes_per_client"),
         (lambda c: c["engine"].update(connection="x"), "unknown setting.*engine.connection"),
         (lambda c: c["dataset"].update(root="???"), "dataset.root is required for dataset 'cifar10'"),
+        (lambda c: c.update(device="gpu"), "device='gpu' is invalid: use auto, cpu, cuda or cuda:N"),
+        (lambda c: c.update(amp="fp8"), "amp='fp8' is invalid: use off, bf16 or fp16"),
+        (lambda c: c.update(checkpoint_every=0), "checkpoint_every=0 is invalid: set checkpoint_every to an integer"),
+        (lambda c: c["engine"].update(simulation_keys="fixed"), "unknown engine.simulation_keys 'fixed': choose"),
+        (lambda c: c["engine"].update(num_gpus_per_client=-1), "engine.num_gpus_per_client=-1 is invalid"),
+        (
+            lambda c: c["engine"].update(timeout_s=0),
+            "engine.timeout_s=0 is invalid: set engine.timeout_s to a number > 0",
+        ),
     ],
 )
 def test_bad_settings_are_named_with_the_fix(change, message):

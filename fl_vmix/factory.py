@@ -24,6 +24,7 @@ from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.methods import build_privacy_method, method_parameters
 from fl_vmix.privacy.training_level import DPSGD
 from fl_vmix.training.client import ClientSettings, DPSGDTrainer, LocalClient, Trainer, plain_trainer
+from fl_vmix.training.device import Compute
 from fl_vmix.training.dp_sgd import make_opacus_compatible
 
 # Shapes known without data (a Deployment Engine server holds none): (num_classes, channels, side).
@@ -125,14 +126,20 @@ def trainer_for(method: PrivacyMethod) -> Trainer:
     return DPSGDTrainer(method) if isinstance(method, DPSGD) else plain_trainer
 
 
+def compute_for(experiment: Experiment) -> Compute:
+    """The experiment's device and precision as this process resolves them (DeviceError if it cannot)."""
+    return Compute.of(experiment.device, experiment.amp)
+
+
 def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalClient:
-    """A client of ``experiment`` holding ``data`` and protecting it with ``key``."""
+    """A client of ``experiment`` holding ``data`` and protecting it with ``key``, on this process's device."""
     method = build_privacy(experiment.privacy, key, run=experiment.seed)
     settings = ClientSettings(
         seed=experiment.seed,
         batch_size=experiment.batch_size,
         vfe_window=experiment.privacy.region_size,
         dynamic=experiment.privacy.dynamic,
+        compute=compute_for(experiment),
     )
     return LocalClient(
         data,

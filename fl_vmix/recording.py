@@ -1,19 +1,28 @@
-"""Per-round results of a run, written to its folder after every round so an interrupted run keeps them.
+"""Per-round results of a run, written to its folder after every round so an interrupted run keeps them,
+and the checkpoint from which an interrupted run continues.
 
 Files: ``config.json`` (resolved experiment), ``metrics.json`` (one record per round, with every
 client's metrics and failures), ``metrics.csv`` (aggregated, one row per round), ``clients.csv`` (one
-row per client and round), ``summary.json``, ``model.pt`` (final global weights) and ``accuracy.png``.
+row per client and round), ``summary.json``, ``model.pt`` (final global weights), ``accuracy.png``,
+``checkpoint.pt`` (:class:`RunCheckpoint`: what the server needs to continue after its round) and,
+with ``tensorboard=true``, ``tensorboard/`` (every round's metrics as TensorBoard scalars).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fl_vmix.tables import csv_text
+
+if TYPE_CHECKING:
+    import torch
 
 ROUND_COLUMNS = [
     "round",
@@ -57,14 +66,56 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+# Metrics of metrics.csv that TensorBoard shows, under these tags.
+TENSORBOARD_TAGS = {
+    "eval_accuracy": "accuracy/federated_eval",
+    "central_accuracy": "accuracy/central_eval",
+    "train_accuracy": "accuracy/train",
+    "eval_loss": "loss/federated_eval",
+    "train_loss": "loss/train",
+    "vfe_corrected": "privacy/vfe_corrected",
+    "vfe_reference": "privacy/vfe_reference",
+    "ssim": "privacy/ssim",
+    "psnr": "privacy/psnr",
+    "epsilon": "privacy/epsilon",
+    "clients_ok": "clients/ok",
+    "clients_failed": "clients/failed",
+    "round_time_s": "time/round_s",
+}
+
+
 class RunRecorder:
-    def __init__(self, output_dir: Path, cfg: dict[str, Any]) -> None:
+    """A run's files. ``records`` and ``elapsed_s`` continue a resumed run (from its checkpoint);
+    ``info`` goes into ``summary.json`` as it is (how the keys were made, resumptions, ...)."""
+
+    def __init__(
+        self,
+        output_dir: Path,
+        cfg: dict[str, Any],
+        *,
+        records: dict[int, dict[str, Any]] | None = None,
+        elapsed_s: float = 0.0,
+        info: dict[str, Any] | None = None,
+        tensorboard: bool = False,
+    ) -> None:
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
-        self.rounds: dict[int, dict[str, Any]] = {}
-        self.started = time.time()
+        self.rounds: dict[int, dict[str, Any]] = json.loads(json.dumps(records)) if records else {}
+        self.rounds = {int(k): v for k, v in self.rounds.items()}
+        self.started = time.time() - elapsed_s
+        self.info = dict(info or {})
+        self._tensorboard = tensorboard
+        self._writer: Any = None
         atomic_write_text(self.output_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True))
+
+    def elapsed_s(self) -> float:
+        """Seconds this run has taken, earlier attempts of a resumed run included."""
+        return time.time() - self.started
+
+    def records(self, up_to: int) -> dict[int, dict[str, Any]]:
+        """A copy of the per-round records of rounds <= ``up_to`` (what a checkpoint after ``up_to`` holds)."""
+        return {k: json.loads(json.dumps(v, default=float)) for k, v in self.rounds.items() if k <= up_to}
 
     def round(self, server_round: int) -> dict[str, Any]:
         return self.rounds.setdefault(server_round, {"round": server_round, "clients": {}, "failures": []})
@@ -98,6 +149,24 @@ class RunRecorder:
             record["round_time_s"] = time.time() - record.pop("started")
         if server_round > 0:
             self.flush()
+            if self._tensorboard:
+                self.log_tensorboard(server_round)
+
+    def log_tensorboard(self, server_round: int) -> None:
+        """This round's row of metrics.csv as TensorBoard scalars (step = round)."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # the optional extra: imported only when enabled
+
+            # purge_step drops what an interrupted attempt logged past the round this one resumes from.
+            self._writer = SummaryWriter(log_dir=str(self.output_dir / "tensorboard"), purge_step=server_round)
+        row = next((r for r in self.round_rows() if r["round"] == server_round), None)
+        if row is None:
+            return
+        for key, tag in TENSORBOARD_TAGS.items():
+            value = row.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self._writer.add_scalar(tag, value, server_round)
+        self._writer.flush()
 
     # ----------------------------------------------------------------------------------------- files
     def round_rows(self) -> list[dict[str, Any]]:
@@ -148,6 +217,9 @@ class RunRecorder:
         import torch
 
         self.flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         torch.save(state_dict, self.output_dir / "model.pt")
         rows = self.round_rows()
         last = rows[-1] if rows else {}
@@ -161,7 +233,7 @@ class RunRecorder:
             "best_accuracy": max(accuracies) if accuracies else None,
             "final_central_accuracy": last.get("central_accuracy"),
             "rounds": len(rows),
-            "wall_time_s": time.time() - self.started,
+            "wall_time_s": self.elapsed_s(),
             "mean_round_time_s": _mean([r["round_time_s"] for r in rows]),
             "vfe_corrected": last.get("vfe_corrected"),
             "vfe_reference": last.get("vfe_reference"),
@@ -170,6 +242,7 @@ class RunRecorder:
             "epsilon": last.get("epsilon"),
             "delta": self.cfg.get("privacy", {}).get("delta"),
             "client_failures": sum(r["clients_failed"] for r in rows),
+            **self.info,
             "config": self.cfg,
         }
         atomic_write_text(
@@ -211,3 +284,130 @@ class RunRecorder:
 def _mean(values: list[Any]) -> float | None:
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
+
+
+# ------------------------------------------------------------------------------------------ checkpoint
+CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A run folder that cannot be resumed; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """What a run needs to continue after ``round``, exactly as if it had not stopped.
+
+    ``arrays``: the global weights after ``round``. ``strategy``: the Flower strategy's own state
+    (FedAvgM's momentum, a DP wrapper's accountant, ...), as tensors and JSON text
+    (:mod:`fl_vmix.apps.checkpoint`). ``records``: the recorder's per-round records up to ``round``.
+    ``rng``: the server's random states (:func:`rng_state`). ``run_uid`` names the run to the clients,
+    which keep their own state (DP-SGD's accountant) per run and round. ``config``: the experiment.
+    """
+
+    round: int
+    arrays: dict[str, torch.Tensor]
+    strategy: dict[str, Any]
+    records: dict[int, dict[str, Any]]
+    rng: dict[str, Any]
+    run_uid: str
+    elapsed_s: float
+    config: dict[str, Any]
+    resumed_at: tuple[int, ...] = field(default=())  # rounds after which earlier attempts stopped
+
+    def to_payload(self) -> dict[str, Any]:
+        """Only types ``torch.load(weights_only=True)`` reads back: tensors, containers, text and numbers."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "round": self.round,
+            "arrays": dict(self.arrays),
+            "strategy": self.strategy,
+            "records": json.dumps({str(k): v for k, v in self.records.items()}, default=float),
+            "rng": self.rng,
+            "run_uid": self.run_uid,
+            "elapsed_s": self.elapsed_s,
+            "config": json.dumps(self.config, sort_keys=True),
+            "resumed_at": list(self.resumed_at),
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> RunCheckpoint:
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(
+                f"checkpoint format {payload.get('format')!r} is not {CHECKPOINT_FORMAT}: it was written by another "
+                "fl_vmix version; resume it with that version"
+            )
+        return cls(
+            round=int(payload["round"]),
+            arrays=dict(payload["arrays"]),
+            strategy=dict(payload["strategy"]),
+            records={int(k): v for k, v in json.loads(payload["records"]).items()},
+            rng=dict(payload["rng"]),
+            run_uid=str(payload["run_uid"]),
+            elapsed_s=float(payload["elapsed_s"]),
+            config=json.loads(payload["config"]),
+            resumed_at=tuple(int(r) for r in payload["resumed_at"]),
+        )
+
+
+def save_checkpoint(folder: Path, checkpoint: RunCheckpoint) -> Path:
+    """Write ``checkpoint.pt`` atomically: a run killed while writing keeps the previous checkpoint."""
+    import torch
+
+    path = Path(folder) / CHECKPOINT_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(checkpoint.to_payload(), tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(folder: Path) -> RunCheckpoint:
+    import torch
+
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} does not exist: only a run that finished at least one round with checkpoint_every set (the "
+            "default saves every round) can be resumed; start it anew instead"
+        )
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file (torch's own message suggests unsafe loading: not here)
+        raise CheckpointError(
+            f"{path} cannot be read ({type(err).__name__}): it is truncated or not an fl_vmix checkpoint; start the "
+            "run anew"
+        ) from err
+    return RunCheckpoint.from_payload(payload)
+
+
+def rng_state() -> dict[str, Any]:
+    """The server's random states: Python's (Flower samples nodes with it), NumPy's (Flower's central DP
+    noise) and torch's, CPU and CUDA."""
+    import numpy as np
+    import torch
+
+    version, internal, gauss = random.getstate()
+    numpy_state = np.random.get_state(legacy=False)
+    assert isinstance(numpy_state, dict)  # legacy=False always gives the dict form
+    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": json.dumps(numpy_state),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = json.loads(state["numpy"])
+    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])

@@ -84,3 +84,24 @@ def test_a_failed_run_says_why(tmp_path):
     summary = recorder.finish({"w": torch.zeros(1)}, status="failed", error="RuntimeError: only 1 of 3")
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: only 1 of 3" and summary["rounds"] == 1
     assert read_json(tmp_path / "missing.json") is None
+
+
+def test_tensorboard_logs_every_rounds_metrics(tmp_path):
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    recorder = RunRecorder(tmp_path, CONFIG, tensorboard=True)
+    for server_round, accuracy in ((1, 0.3), (2, 0.5)):
+        play_round(recorder, server_round, accuracy)
+    recorder.finish({})
+    events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    accuracies = [(e.step, round(e.value, 6)) for e in events.Scalars("accuracy/federated_eval")]
+    assert accuracies == [(1, 0.3), (2, 0.5)]
+    assert [e.step for e in events.Scalars("privacy/epsilon")] == [1, 2]
+    assert "accuracy/central_eval" not in events.Tags()["scalars"], "no central evaluation: nothing logged"
+
+
+def test_tensorboard_is_off_by_default(tmp_path):
+    recorder = RunRecorder(tmp_path, CONFIG)
+    play_round(recorder, 1, 0.3)
+    recorder.finish({})
+    assert not (tmp_path / "tensorboard").exists()

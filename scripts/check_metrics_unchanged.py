@@ -4,7 +4,8 @@
         [hydra overrides ...]   (default: num_rounds=2 num_clients=3 dataset.data_fraction=0.05)
 
 Both runs use the same data, cache, Flower home and client keys (fixed 32-byte keys written into one
-``FL_VMIX_KEY_DIR``), so they must agree exactly: ``metrics.csv`` (all but the round time),
+``FL_VMIX_KEY_DIR``; a tree that knows ``engine.simulation_keys`` is told to read them with
+``engine.simulation_keys=random``), so they must agree exactly: ``metrics.csv`` (all but the round time),
 ``clients.csv`` (all but the timing columns) and the final weights in ``model.pt``. The ref is
 exported with ``git archive`` and run from that copy. Prints the comparison; exits 1 on any difference.
 """
@@ -32,8 +33,14 @@ def write_keys(folder: Path, count: int) -> None:
         (folder / f"node-{i}.key").write_bytes(hashlib.sha256(f"fl_vmix metrics check node {i}".encode()).digest())
 
 
+def key_file_overrides(source: Path) -> list[str]:
+    """Versions with derived simulation keys read the key files only when asked to."""
+    engine = source / "fl_vmix" / "conf" / "engine" / "simulation.yaml"
+    return ["engine.simulation_keys=random"] if "simulation_keys" in engine.read_text() else []
+
+
 def run(source: Path, out: Path, overrides: list[str], env: dict[str, str]) -> None:
-    command = [sys.executable, "-m", "fl_vmix", *overrides, f"output_dir={out}"]
+    command = [sys.executable, "-m", "fl_vmix", *overrides, *key_file_overrides(source), f"output_dir={out}"]
     print(f"running in {source}: {' '.join(command[1:])}", flush=True)
     done = subprocess.run(
         command,

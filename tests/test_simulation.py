@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import require_shared
 
@@ -132,6 +133,7 @@ def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert len(rows(tmp_path / "metrics.csv")) >= 1
     assert json.loads((tmp_path / "metrics.json").read_text())[-1]["round"] >= 1
+    assert (tmp_path / "checkpoint.pt").exists(), "Ctrl-C leaves a checkpoint to resume from"
     time.sleep(2)
     assert not flower_processes(env["FLWR_HOME"]), "the launcher must stop the SuperLink and its workers"
 
@@ -143,6 +145,11 @@ def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
         ("privacy.target_ratio=0.5", "target_ratio must be >= 1"),
         ("dataset.root=/nonexistent/data", "/nonexistent/data"),
         ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        pytest.param(
+            "device=cuda",
+            "device=cuda but this process sees no CUDA GPU",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
     ],
 )
 def test_bad_settings_stop_before_any_round(env, tmp_path, override, message):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -11,10 +15,17 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
 
 from fl_vmix.apps import client_app
-from fl_vmix.apps.keys import NodeKeyError, create_key_file, node_key
+from fl_vmix.apps.keys import (
+    PUBLIC_SIMULATION_MASTER,
+    NodeKeyError,
+    create_key_file,
+    derived_simulation_key,
+    node_key,
+)
 from fl_vmix.data.export import export_client
-from fl_vmix.experiment import Experiment, compose, experiment_from_run_config, to_run_config
+from fl_vmix.experiment import ConfigError, Experiment, compose, experiment_from_run_config, to_run_config
 from fl_vmix.factory import build_model, build_optimizer, build_privacy, client_data, initial_model
+from fl_vmix.privacy.keyed import context_bytes, derive_subkey
 from fl_vmix.runtime.flower_app import app_section
 from fl_vmix.training.loops import train_epochs
 from fl_vmix.training.obfuscation import obfuscate
@@ -71,7 +82,7 @@ def test_reply_holds_only_model_arrays_and_metrics(experiment):
     assert all(isinstance(v, (int, float)) for v in reply.content["metrics"].values())
     # No tensor in the reply equals or embeds an image, clear or obfuscated, in any layout.
     data = client_data(experiment, dict(ctx.node_config))
-    key = node_key(dict(ctx.node_config))
+    key = key_of(experiment, ctx)
     method = build_privacy(experiment.privacy, key)
     obfuscated = obfuscate(method, data.train_images, data.train_labels, data.train_ids, 0, vfe_window=8).images
     clear = torch.from_numpy(data.train_images).float().flatten(1)
@@ -118,7 +129,7 @@ def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
         )
         return model.state_dict()
 
-    own = expected_with(node_key(dict(ctx.node_config)))
+    own = expected_with(key_of(experiment, ctx))
     assert all(torch.equal(got[k], own[k]) for k in own), (
         "the update must come from images mixed with this client's key"
     )
@@ -126,12 +137,35 @@ def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
     assert not all(torch.equal(got[k], other[k]) for k in other)
 
 
-def test_clients_have_distinct_keys_that_the_server_never_sends(experiment):
-    first, second = node_key({"partition-id": 0}), node_key({"partition-id": 1})
+def key_of(experiment: Experiment, ctx: Context) -> bytes:
+    """The key the ClientApp uses for this node: its simulation key, derived or from its key file."""
+    return node_key(dict(ctx.node_config), experiment.seed, experiment.engine.simulation_keys)
+
+
+@pytest.mark.parametrize("mode", ["random", "derived"])
+def test_clients_have_distinct_keys_that_the_server_never_sends(tiny_experiment, mode):
+    experiment = tiny_experiment(f"engine.simulation_keys={mode}")
+    first, second = (key_of(experiment, context(experiment, partition)) for partition in (0, 1))
     assert first != second and len(first) == 32
-    assert first == node_key({"partition-id": 0})  # stable across rounds and runs
+    assert first == key_of(experiment, context(experiment, 0))  # stable across rounds and runs
     run_config = to_run_config(experiment)
     assert first.hex() not in str(run_config) and "key" not in experiment_from_run_config(run_config).privacy.params
+
+
+def test_derived_simulation_keys_come_from_the_seed_and_the_partition_only(tiny_experiment, tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_VMIX_KEY_DIR", str(tmp_path / "keys"))
+    experiment = tiny_experiment()
+    assert experiment.engine.simulation_keys == "derived", "the default: the same numbers on every machine"
+    key = derived_simulation_key(0, 1)
+    assert key == derive_subkey(PUBLIC_SIMULATION_MASTER, context_bytes("fl_vmix.simulation-key", 0, 1))
+    assert key_of(experiment, context(experiment, 1)) == key
+    assert derived_simulation_key(1, 1) != key and derived_simulation_key(0, 0) != key
+    # The same key in a fresh interpreter (another process, as on another machine), without key files.
+    code = "from fl_vmix.apps.keys import derived_simulation_key as d; print(d(0, 1).hex(), d(0, 2).hex())"
+    env = {k: v for k, v in os.environ.items() if k not in ("FL_VMIX_KEY_DIR", "FLWR_HOME")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert done.stdout.split() == [key.hex(), derived_simulation_key(0, 2).hex()]
+    assert not (tmp_path / "keys").exists(), "derived keys read and write no key file"
 
 
 def test_deployment_node_reads_key_file_and_exported_data(experiment, tmp_path):
@@ -144,6 +178,7 @@ def test_deployment_node_reads_key_file_and_exported_data(experiment, tmp_path):
     assert not reply.has_error(), reply.error
     assert reply.content["metrics"]["partition-id"] == 1
     assert node_key(node_config) == key
+    assert node_key(node_config, 0, "derived") == key, "a node's key file wins over derived simulation keys"
 
 
 def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
@@ -191,9 +226,18 @@ def test_flwr_run_without_overrides_uses_the_conf_defaults():
     assert experiment_from_run_config({"experiment": ""}) == compose()
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
     assert pyproject["tool"]["flwr"]["app"] == app_section(), "the checkout's Flower app must match the installed one"
-    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": ""}, (
+    assert pyproject["tool"]["flwr"]["app"]["config"] == {"experiment": "", "overrides": ""}, (
         "conf/ must stay the one source of defaults"
     )
+
+
+def test_flwr_run_overrides_compose_the_conf():
+    sent = {"experiment": "", "overrides": "num_rounds=2 'dataset.data_fraction=0.05' privacy=none"}
+    assert experiment_from_run_config(sent) == compose(["num_rounds=2", "dataset.data_fraction=0.05", "privacy=none"])
+    with pytest.raises(ConfigError, match="both 'experiment' and 'overrides'"):
+        experiment_from_run_config({"experiment": json.dumps(compose().to_dict()), "overrides": "num_rounds=2"})
+    with pytest.raises(ConfigError, match="overrides=model=transformer"):
+        experiment_from_run_config({"overrides": "model=transformer"})
 
 
 def test_central_evaluation_uses_a_server_key_on_the_test_split(experiment):

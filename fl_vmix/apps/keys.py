@@ -1,11 +1,24 @@
-"""Where a client's secret VisualMixer key comes from: the node, never the server.
+"""Where a client's VisualMixer key comes from: the node, never the server.
 
-A SuperNode names its key file in its node configuration (``key-file='/path/client.key'``, written by
-``python -m fl_vmix.deploy export``). In the simulation engine nodes only get ``partition-id`` and
-``num-partitions``, so each simulated node keeps a random 32-byte key in a file of its own under
-``$FL_VMIX_KEY_DIR`` (default ``$FLWR_HOME/fl_vmix-keys``, else ``~/.cache/fl_vmix/keys``), created
-on first use. Re-running on the same machine reuses the keys, so runs are reproducible; deleting the
-folder gives every client a new key. The run configuration the server sends is never consulted.
+**Deployment Engine.** A SuperNode names its key file in its node configuration
+(``key-file='/path/client.key'``, written by ``python -m fl_vmix.deploy export``): 32 random bytes that
+only that node reads. This is the rule whenever the node config names a key file.
+
+**Simulation** (nodes only get ``partition-id`` and ``num-partitions``), by ``engine.simulation_keys``:
+
+* ``derived`` (default): ``key = derive_subkey(PUBLIC_SIMULATION_MASTER, context_bytes(
+  "fl_vmix.simulation-key", seed, partition_id))``, the keyed PRF of :mod:`fl_vmix.privacy.keyed` under
+  a fixed master that is printed below and is **not secret**. The same command therefore gives the same
+  shuffles, and the same numbers, on every machine. This is a simulation convenience for
+  reproducibility only: anyone who knows the experiment's seed can derive every client's key, so
+  such keys protect nothing against the server or any other reader of the config. Runs record it
+  (``engine.simulation_keys`` in ``config.json``, ``"keys"`` in ``summary.json``).
+* ``random``: each simulated node keeps 32 random bytes in a file of its own under
+  ``$FL_VMIX_KEY_DIR`` (default ``$FLWR_HOME/fl_vmix-keys``, else ``~/.cache/fl_vmix/keys``), created on
+  first use and reused, so reruns on the same machine are reproducible; deleting the folder gives every
+  client a new key. Use it where the keys must be secret from whoever knows the seed.
+
+The run configuration the server sends never carries a key.
 """
 
 from __future__ import annotations
@@ -15,7 +28,19 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from fl_vmix.privacy.keyed import context_bytes, derive_subkey
+
 KEY_BYTES = 32
+# Public by design (see the module docstring): the master of derived simulation keys. Changing it
+# changes every derived key, and with it every VisualMixer number of a simulation.
+PUBLIC_SIMULATION_MASTER = b"fl_vmix public simulation master"  # 32 bytes, published here on purpose
+SIMULATION_KEY_CONTEXT = "fl_vmix.simulation-key"
+# What summary.json says about a run's client keys, by where they came from.
+KEY_ORIGINS = {
+    "derived": "derived from the public seed (not secret)",
+    "random": "random key files per simulated node ($FL_VMIX_KEY_DIR)",
+    "node": "each SuperNode's key file",
+}
 
 
 class NodeKeyError(ValueError):
@@ -57,8 +82,23 @@ def create_key_file(path: Path) -> bytes:
     return key
 
 
-def node_key(node_config: dict[str, Any]) -> bytes:
-    """The client's key from its node configuration (deployment) or its simulation key file."""
+def derived_simulation_key(seed: int, partition_id: int) -> bytes:
+    """The public, reproducible key of simulated partition ``partition_id`` in a run with ``seed`` (not secret)."""
+    return derive_subkey(PUBLIC_SIMULATION_MASTER, context_bytes(SIMULATION_KEY_CONTEXT, int(seed), int(partition_id)))
+
+
+def key_origin(node_config: dict[str, Any], simulation_keys: str | None) -> str:
+    """``node`` (a key file named by the node), else the simulation's ``derived`` or ``random``."""
+    if "key-file" in node_config:
+        return "node"
+    return simulation_keys or "random"
+
+
+def node_key(node_config: dict[str, Any], seed: int = 0, simulation_keys: str | None = "random") -> bytes:
+    """The client's key: its node's key file, else its simulation key (``derived`` or ``random``).
+
+    ``seed`` is the experiment's seed (it only matters for ``derived`` keys).
+    """
     if "key-file" in node_config:
         return read_key_file(Path(str(node_config["key-file"])).expanduser())
     partition = node_config.get("partition-id")
@@ -67,5 +107,9 @@ def node_key(node_config: dict[str, Any]) -> bytes:
             "this node has neither 'key-file' nor 'partition-id' in its node config: start the SuperNode with "
             "--node-config \"data-path='...' key-file='...'\""
         )
+    if simulation_keys == "derived":
+        return derived_simulation_key(seed, int(partition))
+    if simulation_keys not in (None, "random"):
+        raise NodeKeyError(f"engine.simulation_keys={simulation_keys!r} is invalid: use derived or random")
     path = simulation_key_dir() / f"node-{int(partition)}.key"
     return read_key_file(path) if path.exists() else create_key_file(path)

@@ -3,18 +3,21 @@
 ``RecordingStrategy`` wraps any Flower strategy the way Flower's DP wrappers do (it is a
 ``Strategy`` that holds another and delegates to it): replies are aggregated in partition order (so
 floating-point sums, and thus metrics, are reproducible), every client's metrics and failures go to
-the run's recorder, and a round with too few successful clients stops the run.
+the run's recorder, and a round with too few successful clients stops the run. A resumed run starts
+at a later round (:meth:`RecordingStrategy.start` with ``first_round``): Flower's own round loop runs
+unchanged and counts from 1, and the wrapper shifts every round number it passes on, so the wrapped
+strategy, the clients and the recorder see the run's real rounds.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, PrivacySpent
-from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Strategy
+from flwr.serverapp.strategy import FedAvg, FedAvgM, FedProx, Result, Strategy
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from fl_vmix.apps.dp import UNIFORM_WEIGHT_KEY, wrap_central_dp
@@ -74,6 +77,40 @@ class RecordingStrategy(Strategy):
         if not 0 <= min_success_fraction <= 1:
             raise ValueError(f"min_success_fraction must be in [0, 1], got {min_success_fraction}")
         self.strategy, self.recorder, self.min_success_fraction = strategy, recorder, min_success_fraction
+        self.round_offset = 0  # rounds before this attempt of the run (a resumed run's checkpoint round)
+
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+    ) -> Result:
+        """Flower's round loop (``Strategy.start``) over rounds ``first_round`` to ``num_rounds``.
+
+        ``initial_arrays`` are the global weights before ``first_round``. ``evaluate_fn`` receives the
+        run's round numbers; a resumed run skips its round-0 evaluation (done in the first attempt).
+        """
+        if not 1 <= first_round <= num_rounds:
+            raise ValueError(f"first_round={first_round} must lie in 1..num_rounds={num_rounds}")
+        self.round_offset = offset = first_round - 1
+        shifted: Callable[[int, ArrayRecord], MetricRecord | None] | None = None
+        if evaluate_fn is not None:
+            function = evaluate_fn
+
+            def shifted(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+                if server_round == 0 and offset:
+                    return None
+                return function(server_round + offset, arrays)
+
+        if offset:
+            logger.info("resuming after round %d: Flower's round counter below starts again at 1", offset)
+        return super().start(grid, initial_arrays, num_rounds - offset, timeout, train_config, evaluate_config, shifted)
 
     def __repr__(self) -> str:
         return f"RecordingStrategy({self.strategy!r})"
@@ -84,17 +121,19 @@ class RecordingStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        server_round += self.round_offset
         self.recorder.start_round(server_round)
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        return self.strategy.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        server_round += self.round_offset
         arrays, metrics = self.strategy.aggregate_train(server_round, self._record(server_round, "train", replies))
         self.recorder.record_aggregate(server_round, "train", dict(metrics) if metrics else {})
         spent = self.privacy_spent()
@@ -103,6 +142,7 @@ class RecordingStrategy(Strategy):
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        server_round += self.round_offset
         metrics = self.strategy.aggregate_evaluate(server_round, self._record(server_round, "eval", replies))
         self.recorder.record_aggregate(server_round, "evaluate", dict(metrics) if metrics else {})
         return metrics

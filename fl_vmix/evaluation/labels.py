@@ -15,7 +15,8 @@ from typing import Any
 
 from fl_vmix.experiment import Experiment
 
-# Settings that change where and how a run is executed, not its results.
+# Settings that change where and how a run is executed, not its results. (``amp`` changes results and is
+# not one of them; ``device`` changes floating-point rounding only.)
 RUN_ONLY = (
     "experiment",
     "output_dir",
@@ -24,6 +25,10 @@ RUN_ONLY = (
     "engine.",
     "central_eval",
     "min_success_fraction",
+    "device",
+    "checkpoint_every",
+    "resume",
+    "tensorboard",
 )
 _CHOICE_SUFFIXES = (".name", ".scheme")  # shown as the Hydra choice: optimizer=sgd, partition=dirichlet
 

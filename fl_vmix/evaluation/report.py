@@ -1,6 +1,6 @@
 """Compare privacy methods across finished federated runs: a CSV, a markdown report and plots.
 
-    python -m fl_vmix.evaluation.report run --experiment cifar_main -- privacy=none,visualmixer num_rounds=8
+    python -m fl_vmix.evaluation.report run --experiment cifar_main --seeds 3 -- privacy=none,visualmixer
     python -m fl_vmix.evaluation.report collect --experiment cifar_main outputs/experiments/cifar_main
 
 ``run`` launches a Hydra multirun of ``python -m fl_vmix`` (runs kept under
@@ -13,6 +13,18 @@ rows differ (:mod:`fl_vmix.evaluation.labels`). Accuracy loss is measured agains
 ``privacy=none`` and otherwise identical settings (the same model, optimiser, data and seed); rows
 without such a clear run show no loss. VFE is the corrected definition (window 8 px) of the images
 the model trained on; ``vfe_reference`` is the prototype's definition.
+
+**Seeds.** ``run --seeds N`` runs every setting with ``seed=0..N-1`` (a ``seed=...`` sweep in the
+overrides does the same). Runs that differ only in their seed form one *setting*
+(:func:`setting_key`: every setting that changes results except ``seed``); each run's row in
+``results.csv`` carries its setting's ``seeds``, ``accuracy_mean`` and ``accuracy_std`` (sample
+standard deviation over seeds; empty for one seed), and the loss against the clear run of the *same
+seed*, aggregated likewise. Tables and plots show mean ± std per setting, and a finding names a
+difference only where it exceeds the spread (:func:`exceeds_spread`).
+
+**Traceability.** Each reported run's ``summary.json``, ``metrics.csv`` and ``config.json`` are copied
+to ``<out>/<experiment>/runs/<run>/`` (no weights), and ``results.csv`` names those copies, so every
+number traces to committed files; ``collect`` on that folder rebuilds the report from them.
 """
 
 from __future__ import annotations
@@ -20,6 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -29,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from fl_vmix.data import load_dataset
-from fl_vmix.evaluation.labels import baseline_key, labels
+from fl_vmix.evaluation.labels import baseline_key, labels, settings
 from fl_vmix.evaluation.privacy_budget import privacy_budget
-from fl_vmix.experiment import ConfigError, PrivacySettings, from_recorded
+from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings, from_recorded
 from fl_vmix.factory import build_privacy
 from fl_vmix.tables import format_value, write_csv
 
@@ -68,7 +83,14 @@ COLUMNS = [
     "wall_time_s",
     "run_dir",
     "baseline_run",
+    "setting",
+    "seeds",
+    "accuracy_mean",
+    "accuracy_std",
+    "accuracy_loss_pp_mean",
+    "accuracy_loss_pp_std",
 ]
+RUN_FILES = ("summary.json", "metrics.csv", "config.json")  # what results/<experiment>/runs/ keeps of a run
 PLOT_METRICS = ("vfe", "vfe_reference", "ssim", "psnr", "epsilon")
 
 
@@ -128,6 +150,7 @@ def _row(run: Path, summary: dict[str, Any]) -> dict[str, Any] | None:
         "wall_time_s": _num(summary.get("wall_time_s")),
         "run_dir": str(run),
         "_experiment": experiment,
+        "_setting": setting_key(experiment),
     }
 
 
@@ -165,8 +188,70 @@ def collect_rows(runs: list[Path]) -> list[dict[str, Any]]:
         row["label"] = label
         row["accuracy_loss_pp"] = 100 * (baseline["accuracy"] - row["accuracy"]) if baseline is not None else math.nan
         row["baseline_run"] = baseline["run_dir"] if baseline is not None else ""
+    add_seed_statistics(rows)
     order = {"none": 0, "visualmixer": 1, "block_shuffle": 2}
-    return sorted(rows, key=lambda r: (order.get(r["method"], 9), r["method"], r["label"]))
+    return sorted(rows, key=lambda r: (order.get(r["method"], 9), r["method"], r["setting"], r["seed"]))
+
+
+# ------------------------------------------------------------------------------------------- seeds
+def setting_key(experiment: Experiment) -> str:
+    """Equal for runs that differ only in their seed (and in how they were executed: labels.RUN_ONLY)."""
+    return json.dumps({k: v for k, v in settings(experiment).items() if k != "seed"}, sort_keys=True, default=str)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return math.nan, math.nan
+    return statistics.fmean(finite), statistics.stdev(finite) if len(finite) > 1 else math.nan
+
+
+def add_seed_statistics(rows: list[dict[str, Any]]) -> None:
+    """Group ``rows`` by setting and put the group's label, seed count and accuracy mean/std on each row."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["_setting"], []).append(row)
+    # Label the settings as labels() labels runs, with the seed out of the picture.
+    firsts = [members[0]["_experiment"].replace(seed=0) for members in groups.values()]
+    for members, label in zip(groups.values(), labels(firsts), strict=True):
+        accuracy = _mean_std([r["accuracy"] for r in members])
+        loss = _mean_std([r["accuracy_loss_pp"] for r in members])
+        for row in members:
+            row["setting"] = label
+            row["seeds"] = len({r["seed"] for r in members})
+            row["accuracy_mean"], row["accuracy_std"] = accuracy
+            row["accuracy_loss_pp_mean"], row["accuracy_loss_pp_std"] = loss
+
+
+def setting_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting (its first run's fields), numeric metrics averaged over its seeds."""
+    out: dict[str, dict[str, Any]] = {}
+    members: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        members.setdefault(row["_setting"], []).append(row)
+        out.setdefault(row["_setting"], dict(row))
+    for key, row in out.items():
+        for metric in ("best_accuracy", "vfe", "vfe_reference", "ssim", "psnr", "epsilon", "wall_time_s"):
+            row[metric] = _mean_std([r[metric] for r in members[key]])[0]
+        row["label"] = row["setting"]
+    return list(out.values())
+
+
+def exceeds_spread(a: dict[str, Any], b: dict[str, Any], key: str = "accuracy") -> bool | None:
+    """Whether the settings ``a`` and ``b`` differ in ``key`` by more than their spread: the gap between
+    their means exceeds the sum of their standard deviations (their mean ± std intervals do not touch).
+    None when a spread is unknown (one seed): a single run's gap is no finding."""
+    std_a, std_b = a[f"{key}_std"], b[f"{key}_std"]
+    if math.isnan(std_a) or math.isnan(std_b):
+        return None
+    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) > std_a + std_b
+
+
+def mean_std_text(mean: float, std: float, digits: int = 3) -> str:
+    """``0.404 ± 0.012``; the mean alone for one seed."""
+    if math.isnan(std):
+        return format_value(mean, digits)
+    return f"{format_value(mean, digits)} ± {format_value(std, digits)}"
 
 
 def wrapped(label: str, width: int = 34) -> str:
@@ -185,18 +270,21 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     methods = sorted({r["method"] for r in rows})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    for row in rows:
-        x, y = row[metric], row["accuracy"]
+    for row in setting_rows(rows):  # one point per setting: mean accuracy ± std over its seeds
+        x, y, err = row[metric], row["accuracy_mean"], row["accuracy_std"]
         if math.isnan(x) or math.isnan(y):
             continue
-        ax.scatter(x, y, color=colours[row["method"]], s=40, label=row["method"])
-        ax.annotate(wrapped(row["label"]), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
+        ax.errorbar(
+            x, y, yerr=None if math.isnan(err) else err, fmt="o", color=colours[row["method"]], capsize=3,
+            label=row["method"],
+        )  # fmt: skip
+        ax.annotate(wrapped(row["setting"]), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
     ax.set(
         xlabel=metric + (" (corrected, window 8)" if metric == "vfe" else ""),
-        ylabel="final accuracy (federated eval)",
+        ylabel="final accuracy (federated eval; mean ± std over seeds)",
         title=f"accuracy against {metric}: {rows[0]['dataset']}",
     )
     ax.grid(alpha=0.3)
@@ -243,30 +331,57 @@ def plot_samples(rows: list[dict[str, Any]], path: Path, count: int = 6) -> None
 
 
 def findings(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per setting, and the gaps between settings of one method that exceed their spread.
+
+    With one seed per setting no gap is called a difference (a single run's gap says nothing)."""
+    settings_ = setting_rows(rows)
     notes = []
-    clear = [r for r in rows if r["method"] == "none"]
+    clear = [r for r in settings_ if r["method"] == "none"]
     for row in clear:
-        notes.append(f"Clear images ({row['label']}): final accuracy {row['accuracy']:.3f}, VFE {row['vfe']:.2f}.")
+        accuracy = mean_std_text(row["accuracy_mean"], row["accuracy_std"])
+        notes.append(
+            f"Clear images ({row['setting']}): final accuracy {accuracy} ({row['seeds']} seed(s)), "
+            f"VFE {row['vfe']:.2f}."
+        )
     if not clear:
         notes.append("No clear (privacy=none) run among these runs: accuracy loss cannot be computed.")
-    clear_vfe = {r["run_dir"]: r["vfe"] for r in clear}
-    for row in rows:
+    clear_vfe = {r["_setting"]: r["vfe"] for r in clear}
+    baseline_setting = {r["run_dir"]: r["_setting"] for r in rows}
+    for row in settings_:
         if row["method"] == "none":
             continue
-        parts = [f"accuracy {row['accuracy']:.3f}"]
-        if not math.isnan(row["accuracy_loss_pp"]):
-            parts.append(f"{row['accuracy_loss_pp']:+.1f} pp lost against its clear run")
-        else:
+        parts = [f"accuracy {mean_std_text(row['accuracy_mean'], row['accuracy_std'])} ({row['seeds']} seed(s))"]
+        loss_mean, loss_std = row["accuracy_loss_pp_mean"], row["accuracy_loss_pp_std"]
+        if math.isnan(loss_mean):
             parts.append("no clear run with the same settings")
+        elif math.isnan(loss_std):
+            parts.append(f"{loss_mean:+.1f} pp against its clear run (one seed: no spread, not a finding by itself)")
+        else:
+            verdict = "exceeds" if abs(loss_mean) > loss_std else "within"
+            parts.append(f"{loss_mean:+.1f} ± {loss_std:.1f} pp against its clear run ({verdict} the spread)")
         if not math.isnan(row["vfe"]):
-            base = clear_vfe.get(row["baseline_run"], math.nan)
+            base = clear_vfe.get(baseline_setting.get(row["baseline_run"], ""), math.nan)
             ratio = f" ({row['vfe'] / base:.1f}x clear)" if base > 0 else ""
             parts.append(f"VFE {row['vfe']:.2f}{ratio}")
         if not math.isnan(row["ssim"]):
             parts.append(f"SSIM {row['ssim']:.3f}")
         if not math.isnan(row["epsilon"]):
             parts.append(f"epsilon {format_value(row['epsilon'])}")
-        notes.append(f"{row['label']}: " + ", ".join(parts) + ".")
+        notes.append(f"{row['setting']}: " + ", ".join(parts) + ".")
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for row in settings_:
+        by_method.setdefault(row["method"], []).append(row)
+    for members in by_method.values():
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                differs = exceeds_spread(a, b)
+                if differs is None:
+                    continue
+                gap = a["accuracy_mean"] - b["accuracy_mean"]
+                notes.append(
+                    f"{a['setting']} vs {b['setting']}: accuracy gap {gap:+.3f}, "
+                    + ("larger than their spread: a difference." if differs else "within their spread: no difference.")
+                )
     return notes
 
 
@@ -293,8 +408,35 @@ def privacy_section(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def copy_runs(rows: list[dict[str, Any]], out: Path) -> None:
+    """Copy each run's small files to ``out/runs/<run>/`` and point ``run_dir``/``baseline_run`` at the copies
+    (relative to ``out``). Runs already under ``out/runs`` (a report rebuilt from its copies) stay put."""
+    runs_dir = (out / "runs").resolve()
+    sources = sorted({Path(r["run_dir"]).resolve() for r in rows})
+    outside = [p for p in sources if not p.is_relative_to(runs_dir)]
+    common = Path(os.path.commonpath(outside)) if outside else runs_dir
+    if len(outside) == 1:
+        common = common.parent
+    moved: dict[str, str] = {}
+    for source in sources:
+        if source.is_relative_to(runs_dir):
+            target = source
+        else:
+            target = runs_dir / source.relative_to(common)
+            target.mkdir(parents=True, exist_ok=True)
+            for name in RUN_FILES:
+                if (source / name).exists():
+                    shutil.copyfile(source / name, target / name)
+        moved[str(source)] = str(target.relative_to(out.resolve()))
+    for row in rows:
+        row["run_dir"] = moved[str(Path(row["run_dir"]).resolve())]
+        if row["baseline_run"]:
+            row["baseline_run"] = moved[str(Path(row["baseline_run"]).resolve())]
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    copy_runs(rows, out)
     write_csv(out / "results.csv", COLUMNS, rows)
     plot_accuracy_against(rows, "vfe", out / "accuracy_vs_vfe.png")
     plot_accuracy_against(rows, "ssim", out / "accuracy_vs_ssim.png")
@@ -304,11 +446,11 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         f"# {experiment}: privacy methods compared on {first['dataset']}",
         "",
         f"Scale: {first['num_clients']} clients, {first['rounds']} rounds, data fraction {first['data_fraction']}, "
-        f"model {first['model']}, seed {first['seed']} unless a row's setting says otherwise (one run per row; see "
-        "`results.csv` for paths). Accuracy is the final federated evaluation on the clients' own (protected) test "
-        "splits; "
-        "its loss is against the clear run with the same settings (model, optimiser, data, seed), '–' where there is "
-        "none. "
+        f"model {first['model']} unless a row's setting says otherwise. One row per setting, over its seeds "
+        "(mean ± sample std; one seed: no spread); each run is a row of `results.csv`, and its files are in `runs/`. "
+        "Accuracy is the final federated evaluation on the clients' own (protected) test splits; "
+        "its loss is against the clear run with the same settings and seed (model, optimiser, data), '–' where "
+        "there is none. "
         "VFE: corrected definition, window 8 px, on the images the model trained on; SSIM/PSNR against the clear "
         "images "
         "(PSNR capped at 100 dB for identical images). Epsilon: cumulative over the run, RDP accountants, in the "
@@ -320,19 +462,20 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
     if notes:
         lines += [notes, ""]
     lines += [
-        "| setting | params | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon (unit) | time (s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | params | seeds | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon (unit) | time (s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in setting_rows(rows):
+        accuracy = mean_std_text(r["accuracy_mean"], r["accuracy_std"])
         epsilon = f"{format_value(r['epsilon'])} ({r['epsilon_unit']})" if r["epsilon_unit"] else "–"
         lines.append(
-            f"| {r['label']} | {r['params']} | {format_value(r['accuracy'])} | "
-            f"{format_value(r['accuracy_loss_pp'], 2)} | "
+            f"| {r['setting']} | {r['params']} | {r['seeds']} | {accuracy} | "
+            f"{mean_std_text(r['accuracy_loss_pp_mean'], r['accuracy_loss_pp_std'], 2)} | "
             f"{format_value(r['vfe'])} | {format_value(r['vfe_reference'])} | {format_value(r['ssim'])} | "
             f"{format_value(r['psnr'])} | {epsilon} | {format_value(r['wall_time_s'], 0)} |"
         )
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(rows)]
-    lines += privacy_section(rows)
+    lines += privacy_section(setting_rows(rows))
     lines += [
         "",
         "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)",
@@ -364,19 +507,27 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     run.add_argument("--part", default="runs", help="sub-folder for this grid, so several grids build one experiment")
     run.add_argument("--include", type=Path, nargs="*", default=[], help="further finished runs to report alongside")
+    run.add_argument("--seeds", type=int, default=None, help="run every setting with seed=0..N-1 (mean ± std)")
     run.add_argument("--notes", default="")
     run.add_argument("overrides", nargs="+", help="fl_vmix Hydra overrides, sweeps with commas (after --)")
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
             sweep = (args.runs_dir / args.experiment / args.part).resolve()
+            overrides = list(args.overrides)
+            if args.seeds is not None:
+                if args.seeds < 1:
+                    raise ReportError(f"--seeds {args.seeds}: give the number of seeds per setting, >= 1")
+                if any(o.split("=", 1)[0].lstrip("+~") == "seed" for o in overrides):
+                    raise ReportError("--seeds and a seed=... override both choose seeds: give one of them")
+                overrides.append("seed=" + ",".join(str(seed) for seed in range(args.seeds)))
             command = [
                 sys.executable,
                 "-m",
                 "fl_vmix",
                 "--multirun",
                 f"experiment={args.experiment}",
-                *args.overrides,
+                *overrides,
                 f"hydra.sweep.dir={sweep}",
             ]
             print("running:", " ".join(command), flush=True)

@@ -1,9 +1,20 @@
 import csv
+import math
 from pathlib import Path
 
 import pytest
 
-from fl_vmix.evaluation.report import COLUMNS, ReportError, collect_rows, find_runs, main, plot_accuracy_against
+from fl_vmix.evaluation.report import (
+    COLUMNS,
+    RUN_FILES,
+    ReportError,
+    collect_rows,
+    exceeds_spread,
+    find_runs,
+    main,
+    plot_accuracy_against,
+    setting_rows,
+)
 from fl_vmix.experiment import Experiment
 from fl_vmix.factory import initial_model
 from fl_vmix.recording import RunRecorder
@@ -51,7 +62,9 @@ def test_report_on_two_finished_runs(tiny_experiment, tmp_path):
     assert list(rows[0].keys()) == COLUMNS
     by_method = {r["method"]: r for r in rows}
     assert float(by_method["dp_sgd"]["accuracy_loss_pp"]) == pytest.approx(30.0)
-    assert by_method["dp_sgd"]["baseline_run"] == str(clear)
+    assert by_method["dp_sgd"]["baseline_run"] == "runs/0", "results.csv names the committed copy of the clear run"
+    for run in ("0", "1"):  # the small files of each run are kept beside the report; weights are not
+        assert sorted(p.name for p in (out / "runs" / run).iterdir()) == sorted(RUN_FILES)
     assert float(by_method["dp_sgd"]["epsilon"]) == pytest.approx(3.0)  # cumulative after round 2
     assert float(by_method["none"]["accuracy_loss_pp"]) == 0.0
     for name in ("report.md", "accuracy_vs_vfe.png", "accuracy_vs_ssim.png", "samples.png"):
@@ -115,3 +128,50 @@ def test_no_runs_and_unknown_metric(tiny_experiment, tmp_path):
     rows = collect_rows([finished_run(tmp_path / "a", tiny_experiment(), 0.5, 1.0, 1.0)])
     with pytest.raises(ReportError, match="unknown metric 'entropy'.*vfe"):
         plot_accuracy_against(rows, "entropy", tmp_path / "x.png")
+
+
+def test_seeds_of_a_setting_are_aggregated_and_only_gaps_beyond_the_spread_are_findings(tiny_experiment, tmp_path):
+    runs = tmp_path / "sweep"
+    accuracies = {
+        "none": (0.50, 0.52, 0.54),
+        "3.0": (0.40, 0.42, 0.44),
+        "5.0": (0.41, 0.43, 0.45),
+        "1.5": (0.30, 0.31, 0.29),
+    }
+    for name, values in accuracies.items():
+        for seed, accuracy in enumerate(values):
+            overrides = ["privacy=none"] if name == "none" else [f"privacy.target_ratio={name}"]
+            finished_run(runs / f"{name}_{seed}", tiny_experiment(*overrides, f"seed={seed}"), accuracy, 3.0, 0.2)
+    assert main(["collect", "--experiment", "seeds", "--out", str(tmp_path / "results"), str(runs)]) == 0
+    out = tmp_path / "results" / "seeds"
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 12, "results.csv keeps one row per run"
+    by_setting: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_setting.setdefault(row["setting"], []).append(row)
+    assert len(by_setting) == 4 and all(len(v) == 3 for v in by_setting.values())
+    assert not any("seed" in label for label in by_setting), "a setting is labelled without its seed"
+    default = next(v for k, v in by_setting.items() if "target_ratio=3.0" in k)
+    assert {r["seed"] for r in default} == {"0", "1", "2"} and {r["seeds"] for r in default} == {"3"}
+    assert float(default[0]["accuracy_mean"]) == pytest.approx(0.42)
+    assert float(default[0]["accuracy_std"]) == pytest.approx(0.02)  # sample std of 0.40, 0.42, 0.44
+    # Each seed's loss is against the clear run of the same seed: 10 pp every time, so no spread.
+    assert float(default[0]["accuracy_loss_pp_mean"]) == pytest.approx(10.0)
+    assert float(default[0]["accuracy_loss_pp_std"]) == pytest.approx(0.0, abs=1e-9)
+    assert {r["baseline_run"] for r in default} == {f"runs/none_{seed}" for seed in range(3)}
+    report = (out / "report.md").read_text()
+    assert "| 3 | 0.420 ± 0.020 | 10.00 ± 0.00 |" in report
+    assert "target_ratio=3.0 vs" in report and "within their spread: no difference." in report  # 0.42 vs 0.43
+    assert "larger than their spread: a difference." in report  # 0.42 vs 0.30
+    # The report rebuilt from its committed copies is the same report.
+    assert main(["collect", "--experiment", "seeds", "--out", str(tmp_path / "results"), str(out / "runs")]) == 0
+    assert (out / "report.md").read_text() == report
+
+
+def test_one_seed_has_no_spread_and_makes_no_finding(tiny_experiment, tmp_path):
+    finished_run(tmp_path / "a", tiny_experiment(), 0.404, 3.0, 0.2)
+    finished_run(tmp_path / "b", tiny_experiment("privacy.target_ratio=5.0"), 0.402, 3.0, 0.2)
+    settings = setting_rows(collect_rows(find_runs([tmp_path])))
+    assert [s["seeds"] for s in settings] == [1, 1] and all(math.isnan(s["accuracy_std"]) for s in settings)
+    assert exceeds_spread(settings[0], settings[1]) is None, "0.404 against 0.402 from one seed each is no finding"

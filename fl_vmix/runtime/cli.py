@@ -6,6 +6,12 @@ Examples::
     python -m fl_vmix privacy=none                      # the same experiment on clear images
     python -m fl_vmix dataset=retinamnist model=resnet18 num_rounds=20
     python -m fl_vmix --multirun privacy.target_ratio=2,3,5
+    python -m fl_vmix preset=paper_cifar10 device=cuda engine.num_gpus_per_client=0.5
+    python -m fl_vmix resume=outputs/2025-01-01/12-00-00 num_rounds=20   # continue a run from its checkpoint
+
+``resume=<run dir>`` continues the run recorded in that folder (its ``config.json``) from its
+``checkpoint.pt``, in the same folder; only ``num_rounds`` and execution settings (``device``, ``checkpoint_every``,
+``tensorboard``, ``engine.*``) may be given with it.
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fl_vmix.checks import check_experiment
-from fl_vmix.experiment import ConfigError, Experiment, conf_dir
-from fl_vmix.recording import read_json
+from fl_vmix.experiment import RESUMABLE, ConfigError, Experiment, conf_dir, from_recorded
+from fl_vmix.recording import CHECKPOINT_FILE, CheckpointError, load_checkpoint, read_json
 from fl_vmix.runtime.launcher import launch
 from fl_vmix.tables import format_value
 
@@ -75,6 +81,40 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+def resume_config(run_dir: Path, cfg: DictConfig, overrides: list[str]) -> dict[str, Any]:
+    """The recorded experiment of ``run_dir`` with the allowed ``overrides`` (values as Hydra composed them in
+    ``cfg``), set to continue in that folder. ConfigError/CheckpointError when it cannot be resumed."""
+    recorded = read_json(run_dir / "config.json")
+    if recorded is None:
+        raise ConfigError(f"resume={run_dir}: no config.json there: name the folder of a run started by fl_vmix")
+    checkpoint = load_checkpoint(run_dir)
+    experiment = from_recorded(recorded)  # settings added since the run started come from conf/
+    tree = experiment.to_dict()
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key == "resume" or key.startswith("hydra."):
+            continue
+        if not key.startswith(RESUMABLE) or key == "engine":
+            raise ConfigError(
+                f"resume: {override!r} cannot change a run that continues: only num_rounds, checkpoint_every, "
+                "device, tensorboard and engine.* settings may be given with resume=; start a new run "
+                "for other settings"
+            )
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node[part]
+        value = OmegaConf.select(cfg, key)
+        node[parts[-1]] = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
+    if tree["num_rounds"] <= checkpoint.round:
+        raise ConfigError(
+            f"resume={run_dir}: the run has {checkpoint.round} rounds (its checkpoint) and num_rounds="
+            f"{tree['num_rounds']}: pass num_rounds=N with N > {checkpoint.round} to continue it"
+        )
+    tree["resume"] = tree["output_dir"] = str(run_dir)
+    return tree
+
+
 def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
     """Parse, check and launch a composed config; the exit status (2 for a bad setting)."""
     _stop_on_signals()
@@ -114,10 +154,14 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
             console.print(
                 f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False
             )
+    resumable = (output_dir / CHECKPOINT_FILE).exists()
+    how_to_resume = f"; continue it with: python -m fl_vmix resume={output_dir}" if resumable else ""
     if result.interrupted:
         console.print(
             "[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in "
-            f"{output_dir}"
+            f"{output_dir}{how_to_resume}",
+            markup=True,
+            highlight=False,
         )
         return result.returncode
     if result.returncode != 0:
@@ -129,22 +173,45 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         tail = result.log_file.read_text(errors="replace").splitlines()[-25:] if result.log_file.exists() else []
         console.print(f"[bold red]run {reason}[/]; last lines of {result.log_file}:")
         console.print("\n".join(tail), markup=False, highlight=False)
+        if resumable:
+            console.print(how_to_resume.removeprefix("; "), markup=False, highlight=False)
     return result.returncode
 
 
 @hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)
 def hydra_main(cfg: DictConfig) -> int:
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    output_dir = Path(container.get("output_dir") or HydraConfig.get().runtime.output_dir).resolve()
+    mode = HydraConfig.get().mode
+    if container.get("resume"):
+        run_dir = Path(str(container["resume"])).expanduser().resolve()
+        try:
+            if mode is not None and mode.name == "MULTIRUN":
+                raise ConfigError("resume= continues one run: leave out --multirun")
+            container = resume_config(run_dir, cfg, list(HydraConfig.get().overrides.task))
+        except (ConfigError, CheckpointError) as err:
+            console.print(f"[bold red]cannot resume:[/] {err}")
+            sys.exit(2)
+        output_dir = run_dir
+    else:
+        output_dir = Path(container.get("output_dir") or HydraConfig.get().runtime.output_dir).resolve()
     container["output_dir"] = str(output_dir)
     code = run_experiment(container, output_dir)
-    mode = HydraConfig.get().mode
     if code != 0 and (mode is None or mode.name != "MULTIRUN"):
         sys.exit(code)
     return code
 
 
+def _hydra_quote(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def main() -> None:
+    # A resumed run continues in its own folder: Hydra's job log goes there too, and Hydra does not write a
+    # second .hydra/ over the one of the run's first start.
+    resume = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("resume=")]
+    if resume and not any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
+        folder = str(Path(resume[-1].strip("'\"")).expanduser().resolve())
+        sys.argv += [f"hydra.run.dir={_hydra_quote(folder)}", "hydra.output_subdir=null"]
     hydra_main()
 
 

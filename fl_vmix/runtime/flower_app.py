@@ -20,7 +20,9 @@ from fl_vmix.data import resolve_cache_dir
 
 PUBLISHER = "fl_vmix"
 COMPONENTS = {"serverapp": "fl_vmix.apps.server_app:app", "clientapp": "fl_vmix.apps.client_app:app"}
-RUN_CONFIG = {"experiment": ""}  # JSON of the experiment (the launcher sends it); "" = conf/ defaults
+# "experiment": JSON of the experiment (the launcher sends it); "" = conf/ composed with "overrides" (Hydra
+# overrides in one string, for `flwr run . --run-config "overrides='num_rounds=2'"`).
+RUN_CONFIG = {"experiment": "", "overrides": ""}
 
 
 def app_section() -> dict[str, Any]:

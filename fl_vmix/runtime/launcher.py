@@ -4,7 +4,9 @@
 stops it. Each launch therefore gives the SuperLink its own free ports and, when the run ends (or
 fails, or times out, or is interrupted), stops that SuperLink's whole process tree by PID, Ray
 workers included. On the Deployment Engine the SuperLink is checked first (:func:`preflight`) and a
-run that did not complete is stopped there.
+run that did not complete is stopped there. A resumed run (``resume``) continues in its folder: its
+log is appended to, and the summary of the attempt that stopped is removed first (the launcher waits
+for a new one).
 """
 
 from __future__ import annotations
@@ -84,7 +86,10 @@ def plan_launch(
         control_port = free_port()
         env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
         env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
-        federation = f"num-supernodes={experiment.num_clients} client-resources-num-cpus={engine.num_cpus_per_client}"
+        federation = (
+            f"num-supernodes={experiment.num_clients} client-resources-num-cpus={engine.num_cpus_per_client} "
+            f"client-resources-num-gpus={engine.num_gpus_per_client}"
+        )
         command += ["--federation-config", federation]
     else:
         command.append(str(engine.connection))
@@ -133,18 +138,27 @@ def launch(
     flwr = flwr or flwr_executable()
     plan = plan_launch(experiment, output_dir, flwr, app_dir)
     log_file = plan.log_file
-    log_file.write_text("")
+    if experiment.resume:
+        (output_dir / "summary.json").unlink(missing_ok=True)  # the stopped attempt's: wait for this one's
+        with log_file.open("a") as log:
+            log.write(f"\n===== fl_vmix: resuming this run ({time.strftime('%Y-%m-%d %H:%M:%S')}) =====\n")
+    else:
+        log_file.write_text("")
     remote_completed = False
     if experiment.engine.name != "simulation":
         # A SuperLink that is down, untrusted or short of SuperNodes makes `flwr run` retry or the
         # ServerApp wait forever: check first and fail within seconds, with the fix in the log.
         try:
-            log_file.write_text(preflight(flwr, experiment.engine, experiment.num_clients, plan.env) + "\n")
+            status = preflight(flwr, experiment.engine, experiment.num_clients, plan.env)
         except ValueError as err:
-            log_file.write_text(f"deployment preflight failed: {err}\n")
+            with log_file.open("a") as log:
+                log.write(f"deployment preflight failed: {err}\n")
             return LaunchResult(1, output_dir, None, log_file, False)
+        with log_file.open("a") as log:
+            log.write(status + "\n")
     timed_out = interrupted = False
-    deadline = time.monotonic() + experiment.engine.timeout_s
+    timeout_s = experiment.engine.timeout_s
+    deadline = time.monotonic() + timeout_s if timeout_s is not None else None
     with log_file.open("a") as log:
         process = subprocess.Popen(
             plan.command, stdout=log, stderr=subprocess.STDOUT, env=plan.env, cwd=str(plan.cwd), start_new_session=True
@@ -159,7 +173,7 @@ def launch(
                     except subprocess.TimeoutExpired:
                         pass
                     break
-                if time.monotonic() > deadline:
+                if deadline is not None and time.monotonic() > deadline:
                     timed_out = True
                     break
                 time.sleep(poll_s)

@@ -46,7 +46,7 @@ def test_a_simulation_is_launched_with_its_own_ports_and_the_experiment(tmp_path
     experiment = compose(["num_clients=4", "num_rounds=2"])
     plan = plan_launch(experiment, tmp_path / "out", flwr="flwr", app_dir=tmp_path)
     run_config = plan.command[plan.command.index("--run-config") + 1]
-    federation = ["--federation-config", "num-supernodes=4 client-resources-num-cpus=1"]
+    federation = ["--federation-config", "num-supernodes=4 client-resources-num-cpus=1 client-resources-num-gpus=0.0"]
     assert plan.command == ["flwr", "run", str(tmp_path), *federation, "--run-config", run_config, "--stream"]
     sent = experiment_from_run_config(tomllib.loads(Path(run_config).read_text()))
     assert sent == experiment.replace(output_dir=str(tmp_path / "out"))
@@ -114,3 +114,23 @@ def test_the_flower_app_folder_passes_flowers_own_validation(tmp_path):
     config, _ = load_and_validate(folder / "pyproject.toml", check_module=True)
     assert config["tool"]["flwr"]["app"]["components"] == COMPONENTS
     assert generated_app_dir(tmp_path) == folder and sorted(p.name for p in folder.iterdir()) == ["pyproject.toml"]
+
+
+def test_a_gpu_share_reaches_flowers_client_resources_and_no_timeout_is_the_default(tmp_path):
+    experiment = compose(["engine.num_gpus_per_client=0.5", "engine.num_cpus_per_client=2"])
+    plan = plan_launch(experiment, tmp_path / "out", flwr="flwr", app_dir=tmp_path)
+    federation = plan.command[plan.command.index("--federation-config") + 1]
+    assert federation.split()[1:] == ["client-resources-num-cpus=2", "client-resources-num-gpus=0.5"]
+    assert experiment.engine.timeout_s is None, "no run is stopped after a fixed time unless asked"
+
+
+def test_a_resumed_run_appends_to_its_log_and_waits_for_its_own_summary(tmp_path, fake_flwr, monkeypatch):
+    monkeypatch.setenv("FAKE_FLWR", "complete")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "flwr.log").write_text("first attempt\n")
+    (out / "summary.json").write_text(json.dumps({"status": "interrupted"}))  # left by the stopped attempt
+    experiment = compose([f"resume={out}", f"output_dir={out}"])
+    result = launch(experiment, out, poll_s=0.05, flwr=fake_flwr, app_dir=tmp_path)
+    assert result.returncode == 0 and result.summary == {"status": "completed"}
+    assert (out / "flwr.log").read_text().startswith("first attempt\n")

@@ -10,6 +10,8 @@ arrangement twice); the test split stays fixed so accuracies are comparable acro
 
 from __future__ import annotations
 
+import functools
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -22,10 +24,19 @@ from torch import nn
 from fl_vmix.data.client import ClientData
 from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.training_level import DPSGD
+from fl_vmix.training.device import CPU, Compute
 from fl_vmix.training.dp_sgd import AccountantHistory, train_dp_sgd
 from fl_vmix.training.loops import evaluate_model, normalise, train_epochs
 from fl_vmix.training.obfuscation import ObfuscatedSplit, obfuscate
 from fl_vmix.training.seeds import seed_for
+
+logger = logging.getLogger("fl_vmix.client")
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)
+
 
 ModelFactory = Callable[[int, int, int], nn.Module]  # (num_classes, channels, image side) -> a fresh model
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -37,6 +48,7 @@ class ClientSettings:
     batch_size: int
     vfe_window: int  # window of the reported VFE (the method's region size)
     dynamic: bool  # protect the training split anew every round
+    compute: Compute = CPU  # where (and in which precision) this client protects, trains and evaluates
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,7 @@ class LocalTraining:
     seed: int  # seeds the batch order (and DP-SGD's sampling and noise)
     proximal_mu: float = 0.0  # FedProx
     accountant_history: AccountantHistory = ()  # DP-SGD: the steps of earlier rounds
+    compute: Compute = CPU
 
 
 TrainResult = tuple[dict[str, float], AccountantHistory | None]
@@ -67,7 +80,7 @@ def plain_trainer(
 ) -> TrainResult:
     metrics = train_epochs(
         model, split.images, split.labels, optimizer, epochs=job.epochs, batch_size=job.batch_size, seed=job.seed,
-        proximal_mu=job.proximal_mu,
+        proximal_mu=job.proximal_mu, compute=job.compute,
     )  # fmt: skip
     return metrics, None
 
@@ -79,6 +92,12 @@ class DPSGDTrainer:
     def __call__(
         self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
     ) -> TrainResult:
+        if job.compute.device.type != "cpu":
+            # fl_vmix.training.dp_sgd feeds batches from CPU tensors and draws Opacus' noise from a CPU
+            # generator (torch refuses a CPU generator for CUDA tensors): DP-SGD trains on the CPU, in
+            # float32, whatever the device setting says. Evaluation still runs on the device.
+            _warn_once(f"DP-SGD trains on the CPU (CPU batches and noise generator), not on {job.compute.device}")
+            model.to("cpu")  # in place: the optimiser keeps the same parameters
         sampling_seed, noise_seed = self.method.secret_seeds(job.seed)  # secret: only the key holder has them
         result = train_dp_sgd(
             model, normalise(split.images), split.labels, optimizer, self.method, job.accountant_history,
@@ -108,18 +127,26 @@ class LocalClient:
     def partition_id(self) -> int:
         return self.data.partition_id
 
+    @property
+    def _protect_on(self) -> torch.device | None:
+        """Protect on the training device; None keeps the CPU path (Numba kernels) of earlier versions."""
+        device = self.settings.compute.device
+        return None if device.type == "cpu" else device
+
     # ------------------------------------------------------------------------------------ splits
     def train_split(self, server_round: int) -> ObfuscatedSplit:
         """The training images as the model sees them in ``server_round``."""
         d, window = self.data, self.settings.vfe_window
         if self.settings.dynamic:  # a new shuffle (or noise) every round; round 0's is never trained on
             return obfuscate(
-                self.method, d.train_images, d.train_labels, d.train_ids, epoch=server_round, vfe_window=window
-            )
+                self.method, d.train_images, d.train_labels, d.train_ids, epoch=server_round, vfe_window=window,
+                device=self._protect_on,
+            )  # fmt: skip
         if self._train is None:
             self._train = obfuscate(
-                self.method, d.train_images, d.train_labels, d.train_ids, epoch=0, vfe_window=window
-            )
+                self.method, d.train_images, d.train_labels, d.train_ids, epoch=0, vfe_window=window,
+                device=self._protect_on,
+            )  # fmt: skip
         return self._train
 
     def test_split(self) -> ObfuscatedSplit:
@@ -133,14 +160,16 @@ class LocalClient:
                 epoch=0,
                 vfe_window=self.settings.vfe_window,
                 similarity=False,
+                device=self._protect_on,
             )
         return self._test
 
     def model(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+        """The model with the global ``weights``, on this client's device."""
         images = self.data.train_images if len(self.data.train_images) else self.data.test_images
         model = self._make_model(self.data.num_classes, int(images.shape[1]), int(images.shape[-1]))
         model.load_state_dict(weights)
-        return model
+        return model.to(self.settings.compute.device)
 
     # ------------------------------------------------------------------------------------ rounds
     def train(
@@ -160,7 +189,12 @@ class LocalClient:
         torch.manual_seed(seed_for(seed, pid, server_round))  # dropout and anything else on the global RNG
         start = time.perf_counter()
         job = LocalTraining(
-            epochs, self.settings.batch_size, seed_for(seed, pid, server_round, 1), proximal_mu, accountant_history
+            epochs,
+            self.settings.batch_size,
+            seed_for(seed, pid, server_round, 1),
+            proximal_mu,
+            accountant_history,
+            self.settings.compute,
         )
         metrics, history = self.trainer(model, split, optimizer, job)
         if "epsilon" not in metrics:
@@ -179,12 +213,13 @@ class LocalClient:
             "train_time_s": time.perf_counter() - start,
         }
         trained = getattr(model, "_module", model)  # Opacus wraps the model: reply with the plain model's weights
-        return RoundResult(trained.state_dict(), report, history)
+        weights = {k: v.detach().cpu() for k, v in trained.state_dict().items()}  # Flower's arrays live on the CPU
+        return RoundResult(weights, report, history)
 
     def evaluate(self, weights: Mapping[str, torch.Tensor]) -> RoundResult:
         """Loss and accuracy of the global ``weights`` on the protected local test split."""
         split = self.test_split()
-        result = evaluate_model(self.model(weights), split.images, split.labels)
+        result = evaluate_model(self.model(weights), split.images, split.labels, compute=self.settings.compute)
         return RoundResult({}, {**result, "num-examples": len(split.labels)})
 
 

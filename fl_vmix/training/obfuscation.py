@@ -44,22 +44,37 @@ def obfuscate(
     vfe_window: int,
     *,
     similarity: bool = True,
+    device: torch.device | None = None,
 ) -> ObfuscatedSplit:
     """Apply a client's privacy method to uint8 images, in chunks, and measure the result's VFE (and SSIM/PSNR).
 
     ``vfe_window``: the VFE window (the method's region size, ``PrivacySettings.region_size``).
     ``similarity=False`` skips SSIM/PSNR (a split whose similarity nobody reports, such as a test split).
+    ``device``: where each chunk is protected (the client's training device; VisualMixer's CUDA path
+    gives the same images as its CPU kernels). The protected split comes back to the CPU: a process
+    keeps many clients' splits, and training moves one split at a time to the device.
     """
     start = time.perf_counter()
+    threads = torch.get_num_threads()
     clear = torch.from_numpy(np.ascontiguousarray(images))
     sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     chunks, unreached = [], 0
     for i in range(0, len(clear), OBFUSCATION_CHUNK):
-        chunk = clear[i : i + OBFUSCATION_CHUNK].float().div_(255.0)
-        protected = method.protect(chunk, sample_ids[i : i + OBFUSCATION_CHUNK], epoch)
-        chunks.append(protected.images)
+        chunk = clear[i : i + OBFUSCATION_CHUNK]
+        if device is not None:
+            chunk = chunk.to(device)
+        chunk = chunk.float().div_(255.0)
+        ids_chunk = sample_ids[i : i + OBFUSCATION_CHUNK]
+        protected = method.protect(chunk, ids_chunk if device is None else ids_chunk.to(device), epoch)
+        chunks.append(protected.images.cpu())
         unreached += protected.num_unreached
     out = torch.cat(chunks) if chunks else torch.empty(0, *clear.shape[1:])
+    if torch.get_num_threads() != threads:
+        # The first parallel Numba kernel of a process starts Numba's OpenMP layer, which sets the OpenMP
+        # thread count (torch's too) to all cores: training would then run on a machine-dependent number
+        # of threads, and floating-point results would differ between machines and between the first and
+        # later rounds of a process. Keep the caller's count.
+        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     if unreached:  # one line per split and round, however many chunks or batches it took
         logger.warning(

@@ -1,0 +1,67 @@
+"""The README's results tables are generated from the committed reports, never edited by hand."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "readme_tables.py"
+
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--check", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_the_readme_tables_match_the_committed_results():
+    done = check()
+    assert done.returncode == 0, done.stderr
+    names = done.stdout.split(": ", 1)[1].split(", ")
+    assert {"cifar10_visualmixer", "cifar10_dp_sweep", "retinamnist", "demo_seeds"} <= {n.strip() for n in names}
+    for name in names:  # every table traces to a committed results.csv and its runs
+        assert (REPO / "experiments" / "results" / name.strip() / "results.csv").is_file()
+
+
+def test_a_hand_edited_table_is_caught(tmp_path):
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- table:cifar10_visualmixer -->")
+    row = readme.index("| none |", start)
+    edited = readme[:row] + readme[row:].replace("0.507", "0.517", 1)
+    (tmp_path / "README.md").write_text(edited)
+    done = check("--readme", str(tmp_path / "README.md"))
+    assert done.returncode == 1 and "never edit them by hand" in done.stderr
+    fixed = subprocess.run([sys.executable, str(SCRIPT), "--readme", str(tmp_path / "README.md")], timeout=120)
+    assert fixed.returncode == 0 and (tmp_path / "README.md").read_text() == readme
+
+
+def test_settings_over_seeds_show_mean_and_spread(tmp_path):
+    folder = tmp_path / "results" / "made_up"
+    folder.mkdir(parents=True)
+    columns = ["method", "params", "seed", "accuracy", "accuracy_loss_pp", "vfe", "vfe_reference", "ssim", "psnr",
+               "epsilon", "run_dir", "setting", "seeds", "accuracy_mean", "accuracy_std", "accuracy_loss_pp_mean",
+               "accuracy_loss_pp_std"]  # fmt: skip
+    rows = [
+        ["none", "-", seed, acc, 0.0, 1.0, 5.0, 1.0, 100.0, "nan", f"runs/{seed}", "none", 2, 0.5, 0.02, 0.0, 0.0]
+        for seed, acc in ((0, 0.48), (1, 0.52))
+    ] + [
+        ["visualmixer", "target_ratio=3.0", seed, acc, loss, vfe, 7.0, 0.2, 14.0, "nan", f"runs/v{seed}",
+         "visualmixer target_ratio=3.0", 2, 0.41, 0.01, 9.0, 1.0]
+        for seed, acc, loss, vfe in ((0, 0.40, 8.0, 3.0), (1, 0.42, 10.0, 4.0))
+    ]  # fmt: skip
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- table:made_up -->\nstale\n<!-- /table:made_up -->\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "| none | - | 2 | 0.500 ± 0.020 | 0.0 ± 0.0 |" in text
+    assert "| visualmixer | target_ratio=3.0 | 2 | 0.410 ± 0.010 | 9.0 ± 1.0 | 3.50 |" in text  # VFE: mean of seeds
+    assert "stale" not in text and text.count("| visualmixer |") == 1, "one row per setting"
