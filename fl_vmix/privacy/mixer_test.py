@@ -123,6 +123,37 @@ def test_invert_without_params_in_targeted_mode_needs_the_last_call():
         mixer.invert(mixed, [0, 1])
 
 
+@pytest.mark.parametrize("target_ratio", [2.0, None])
+def test_invert_refuses_params_planned_for_other_ids(target_ratio):
+    images = smooth_images(2, 3, 32, 32)
+    mixer = VisualMixer(KEY, target_ratio=target_ratio)
+    result = mixer.mix(images, [0, 1])
+    for other in ([0, 2], [1, 0]):
+        with pytest.raises(ValueError, match="params were planned for other sample_ids"):
+            mixer.invert(result.images, other, params=result.params)
+    assert torch.equal(mixer.invert(result.images, torch.tensor([0, 1]), params=result.params), images)
+
+
+def test_invert_without_params_uses_the_last_call_only_for_its_epoch():
+    images = smooth_images(2, 3, 32, 32)
+    mixer = VisualMixer(KEY, target_ratio=2.0, mode="dynamic")
+    mixed = mixer(images, [0, 1], epoch=3)
+    assert torch.equal(mixer.invert(mixed, [0, 1], epoch=3), images)
+    assert torch.equal(mixer.invert(mixed, [0, 1]), images)  # no epoch given: the last call's
+    with pytest.raises(ValueError, match="MixParams"):
+        mixer.invert(mixed, [0, 1], epoch=4)
+
+
+def test_replay_refuses_params_of_another_batch_shape():
+    images = smooth_images(2, 3, 32, 32)
+    mixer = VisualMixer(KEY, target_ratio=2.0)
+    params = mixer.mix(images, [0, 1]).params
+    with pytest.raises(ValueError, match=r"levels for \(2, 16\).*need \(1, 16\)"):
+        mixer.replay(images[:1], params)
+    with pytest.raises(ValueError, match=r"need \(2, 25\)"):
+        mixer.invert(smooth_images(2, 3, 40, 40), [0, 1], params=params)
+
+
 def test_fixed_mode_inverts_from_key_and_ids_alone():
     images = smooth_images(2, 3, 32, 32)
     mixed = VisualMixer(KEY, target_ratio=None)(images, [7, 8])
