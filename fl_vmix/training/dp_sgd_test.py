@@ -189,3 +189,44 @@ def test_only_dp_sgd_clients_train_with_opacus():
     assert isinstance(trainer_for(build_privacy_method("dp_sgd", key=KEY)), DPSGDTrainer)
     assert trainer_for(build_privacy_method("central_dp")) is plain_trainer
     assert trainer_for(build_privacy_method("visualmixer", key=KEY)) is plain_trainer
+
+
+def _empty_batch_update(sampling_seed: int, noise_seed: int, global_seed: int) -> tuple[list[int], torch.Tensor]:
+    """Batch sizes seen and the weight change of two Poisson steps on 2 images at rate 1/2."""
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    torch.manual_seed(global_seed)  # the global RNG must not matter: both generators are seeded explicitly
+    train_dp_sgd(
+        model, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1]),
+        torch.optim.SGD(model.parameters(), lr=0.1), DPSGD(), (),
+        epochs=1, batch_size=1, sampling_seed=sampling_seed, noise_seed=noise_seed,
+    )  # fmt: skip
+    return sizes, torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+
+def test_sampling_and_noise_come_from_their_own_seeds_only():
+    sizes, update = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=1, global_seed=0)
+    assert sizes == [0, 0]
+    again_sizes, again = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=1, global_seed=99)
+    assert again_sizes == [0, 0] and torch.equal(update, again), "the global RNG changed the sampling or the noise"
+    _, other_noise = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=2, global_seed=0)
+    assert not torch.equal(update, other_noise)
+    # Other sampling seeds draw other Poisson batches (each of the 2 images with probability 1/2 per step).
+    drawn = {tuple(_empty_batch_update(seed, noise_seed=1, global_seed=0)[0]) for seed in range(6)}
+    assert len(drawn) > 1 and all(sum(s) <= 4 for s in drawn)
+
+
+def test_unfixable_models_are_refused(monkeypatch, caplog):
+    from opacus.validators import ModuleValidator
+
+    model = build_model("resnet18", num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="fl_vmix.dp"):
+        make_opacus_compatible(model)
+    assert "ResNet has layers Opacus cannot train privately (ShouldReplaceModuleError)" in caplog.text
+    monkeypatch.setattr(ModuleValidator, "validate", staticmethod(lambda module, strict=False: [ValueError("odd")]))
+    monkeypatch.setattr(ModuleValidator, "fix", staticmethod(lambda module: module))
+    with pytest.raises(ValueError, match="DP-SGD cannot train ResNet even after replacing layers: odd; use model=cnn"):
+        make_opacus_compatible(model)
