@@ -22,17 +22,21 @@ def reference_images() -> list[tuple[str, int, float, torch.Tensor]]:
         window = int(folder.name.split("x")[-1])
         for path in sorted(folder.glob("*.png")):
             value = float(re.search(r"_([\d.]+)\.png$", path.name).group(1))
-            image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).float() / 255
+            image = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1).double() / 255
             cases.append((f"{folder.name}/{path.name}", window, value, image))
     return cases
 
 
-def test_all_22_prototype_values_within_half_a_percent():
+def test_all_22_prototype_values_within_their_rounding():
+    # The prototype's values are printed with two decimals (file names), so the value it computed lies within
+    # 0.005 of the printed one: that is all the disagreement rounding allows (0.16% of the smallest value, 3.09).
+    # The PNGs are the pixels it measured, so the only other difference is summation order: in float64 about 1e-13,
+    # kept below 1e-6 here. Measured worst case: 0.00494 (img_9a_10.83 at 448 px).
     cases = reference_images()
     assert len(cases) == 22
     for name, window, expected, image in cases:
         got = vfe(image.unsqueeze(0), window, "reference").item()
-        assert got == pytest.approx(expected, rel=0.005), name
+        assert abs(got - expected) <= 0.005 + 1e-6, f"{name}: {got:.5f} is not {expected:.2f} rounded"
 
 
 def test_batched_equals_one_by_one():

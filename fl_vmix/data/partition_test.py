@@ -151,18 +151,96 @@ def test_client_split_empty() -> None:
         client_split(np.array([], np.int64), 0.2, seed=0)
 
 
-def test_cached_partitions_match_and_are_reused(tmp_path: Path) -> None:
+def _assert_same_partitions(got: list[np.ndarray], expected: list[np.ndarray]) -> None:
+    assert len(got) == len(expected), f"{len(got)} clients, expected {len(expected)}"
+    for client, (a, b) in enumerate(zip(got, expected, strict=True)):
+        assert a.dtype == np.int64 and np.array_equal(a, b), f"client {client} differs"
+
+
+@pytest.fixture
+def partitioner_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every run of the flwr-datasets partitioner (a cache miss), with its parameters."""
+    import fl_vmix.data.partition as partition
+
+    calls: list[dict] = []
+    real = partition._run_partitioner
+
+    def counting(labels: np.ndarray, params: dict, dataset_name: str) -> list[np.ndarray]:
+        calls.append(dict(params))
+        return real(labels, params, dataset_name)
+
+    monkeypatch.setattr(partition, "_run_partitioner", counting)
+    return calls
+
+
+def test_cached_partitions_match_and_are_reused(tmp_path: Path, partitioner_calls: list[dict]) -> None:
+    args = dict(seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
     direct = partition_dataset(LABELS, 7, "dirichlet", seed=5, alpha=0.3)
-    cached = cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
-    assert all(np.array_equal(a, b) for a, b in zip(direct, cached))
-    entries = list((tmp_path / "partitions").glob("*/meta.json"))
-    assert len(entries) == 1
-    again = cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train")
-    assert all(np.array_equal(a, b) for a, b in zip(direct, again))
-    cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.4, cache_dir=tmp_path, dataset_name="toy/train")
-    cached_partitions(
-        LABELS[::-1].copy(), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path, dataset_name="toy/train"
-    )
-    assert len(list((tmp_path / "partitions").glob("*/meta.json"))) == 3  # parameters and labels are in the key
+    partitioner_calls.clear()
+    cached = cached_partitions(LABELS, 7, "dirichlet", **args)
+    _assert_same_partitions(cached, direct)  # all 7 clients, the last one included
+    assert len(partitioner_calls) == 1 and len(list((tmp_path / "partitions").glob("*/meta.json"))) == 1
+    for _ in range(2):
+        _assert_same_partitions(cached_partitions(LABELS, 7, "dirichlet", **args), direct)
+    assert len(partitioner_calls) == 1, "repeat calls must read the cache, not re-run the partitioner"
+
+
+# Every setting that changes the partitions, one at a time, against the base call.
+CACHE_KEY_CHANGES = [
+    {"seed": 6},
+    {"num_partitions": 6},
+    {"alpha": 0.4},
+    {"min_partition_size": 3},
+    {"labels": LABELS[::-1].copy()},
+    {"scheme": "iid"},
+    {"scheme": "pathological"},
+    {"scheme": "pathological", "classes_per_partition": 3},
+    {"scheme": "pathological", "class_assignment": "deterministic"},
+]
+
+
+@pytest.mark.parametrize("change", CACHE_KEY_CHANGES, ids=lambda c: ",".join(f"{k}" for k in c))
+def test_every_partitioning_setting_is_in_the_cache_key(
+    tmp_path: Path, partitioner_calls: list[dict], change: dict
+) -> None:
+    base = dict(labels=LABELS, num_partitions=7, scheme="dirichlet", seed=5, alpha=0.3, min_partition_size=None)
+    if change.get("scheme") == "pathological" and len(change) > 1:  # a pathological base: its settings vary alone
+        base = {**base, "scheme": "pathological", "classes_per_partition": 2, "class_assignment": "first-deterministic"}
+    changed = {**base, **change}
+
+    def call(kwargs: dict) -> list[np.ndarray]:
+        kwargs = dict(kwargs)
+        labels, num = kwargs.pop("labels"), kwargs.pop("num_partitions")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cached_partitions(labels, num, cache_dir=tmp_path, **kwargs)
+
+    expected = {**changed}
+    labels, num = expected.pop("labels"), expected.pop("num_partitions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected_parts = partition_dataset(labels, num, **expected)
+    partitioner_calls.clear()
+    call(base)
+    got = call(changed)
+    assert len(partitioner_calls) == 2, f"{change} must miss the cache: it changes the partitions"
+    _assert_same_partitions(got, expected_parts)
+    call(base)
+    call(changed)
+    assert len(partitioner_calls) == 2, "both entries are kept and read back"
+
+
+def test_settings_a_scheme_ignores_do_not_split_the_cache(tmp_path: Path, partitioner_calls: list[dict]) -> None:
+    first = cached_partitions(LABELS, 4, "iid", seed=1, alpha=0.3, cache_dir=tmp_path)
+    again = cached_partitions(LABELS, 4, "iid", seed=1, alpha=0.9, classes_per_partition=5, cache_dir=tmp_path)
+    assert len(partitioner_calls) == 1
+    _assert_same_partitions(again, first)
+    assert partitioner_calls[0] == {"scheme": "iid", "num_partitions": 4, "seed": 1}
+
+
+def test_cached_partitions_validate_before_reading_the_cache(tmp_path: Path) -> None:
+    cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path)
     with pytest.raises(DataError, match="alpha must be > 0"):  # validated even when something is cached
         cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.0, cache_dir=tmp_path)
+    with pytest.raises(DataError, match="non-empty 1-D integer array"):
+        cached_partitions(LABELS.astype(float), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path)

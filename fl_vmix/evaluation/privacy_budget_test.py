@@ -88,3 +88,115 @@ def test_methods_without_dp_have_no_unit(tiny_experiment):
         experiment = tiny_experiment(*overrides)
         budget = privacy_budget(experiment, rounds(1, {0: 10}), experiment.to_dict())
         assert budget.epsilon_unit == "" and budget.leaks == "" and "attacks" in budget.guarantee
+
+
+# ---------------------------------------------------------------------------------------------- independent oracles
+
+
+def gaussian_epsilon_closed_form(mu: float, delta: float) -> float:
+    """Epsilon of a Gaussian mechanism with sensitivity / sigma = mu at delta (Balle & Wang 2018, Theorem 8):
+    delta(eps) = Phi(-eps / mu + mu / 2) - e^eps Phi(-eps / mu - mu / 2), solved with scipy."""
+    from scipy import optimize, stats
+
+    def excess(eps: float) -> float:
+        return stats.norm.cdf(-eps / mu + mu / 2) - math.exp(eps + stats.norm.logcdf(-eps / mu - mu / 2)) - delta
+
+    return float(optimize.brentq(excess, 0.0, 50.0 * mu * mu + 50.0, xtol=1e-12))
+
+
+@pytest.mark.parametrize(("noise", "releases"), [(0.5, 8), (2.0, 3), (1.0, 1)])
+def test_central_dp_epsilons_are_the_gaussian_closed_form(noise, releases):
+    # k releases of the noisy mean at noise multiplier z are one Gaussian mechanism with mu = sqrt(k) / z (exact);
+    # replacing a client moves the fixed-divisor mean twice as far as adding or removing one: mu doubles.
+    add_remove, replace_one = central_dp_epsilons(noise, releases, 1e-5)
+    mu = math.sqrt(releases) / noise
+    assert add_remove == pytest.approx(gaussian_epsilon_closed_form(mu, 1e-5), rel=1e-3)
+    assert replace_one == pytest.approx(gaussian_epsilon_closed_form(2 * mu, 1e-5), rel=1e-3)
+
+
+def test_central_dp_budget_counts_the_recorded_rounds_and_its_delta(tiny_experiment):
+    experiment = tiny_experiment("privacy=central_dp", "privacy.noise_multiplier=2.0", "privacy.delta=1e-4")
+    recorded = [{"round": 0, "clients": {}}, *rounds(3, {0: 10, 1: 20})]  # round 0: central evaluation only
+    budget = privacy_budget(experiment, recorded, experiment.to_dict())
+    mu = math.sqrt(3) / 2.0
+    assert budget.epsilon_pld == pytest.approx(gaussian_epsilon_closed_form(mu, 1e-4), rel=1e-3)
+    assert budget.epsilon_replace_one == pytest.approx(gaussian_epsilon_closed_form(2 * mu, 1e-4), rel=1e-3)
+    assert f"replace-one neighbours: {budget.epsilon_replace_one:.4g}" in budget.guarantee
+    assert math.isnan(budget.epsilon_pixel) and math.isnan(budget.epsilon_image)
+
+
+def test_dp_sgd_pld_is_the_largest_clients_epsilon(tiny_experiment):
+    # An independent numerical accountant (Opacus' PRV accountant, Gopi et al. 2021) for each client's Poisson-
+    # subsampled Gaussian steps: the run's epsilon is the worst client's, the one with the fewest examples (the
+    # largest sampling rate), at the configured noise and delta.
+    from opacus.accountants import PRVAccountant
+
+    experiment = tiny_experiment("privacy=dp_sgd", "privacy.noise_multiplier=1.3", "privacy.delta=1e-4")
+    sizes = {0: 300, 1: 64, 2: 200}
+    recorded = rounds(3, sizes)
+    budget = privacy_budget(experiment, recorded, experiment.to_dict())
+    b, epochs = experiment.batch_size, experiment.local_epochs
+
+    def prv(n: int) -> float:
+        batches = -(-n // b)
+        accountant = PRVAccountant()
+        accountant.history = [(1.3, 1 / batches, 3 * epochs * batches)]
+        return float(accountant.get_epsilon(1e-4))
+
+    per_client = {pid: prv(n) for pid, n in sizes.items()}
+    assert budget.epsilon_pld == pytest.approx(per_client[1], rel=0.01)
+    assert per_client[1] > 1.2 * max(per_client[0], per_client[2]), "the clients' epsilons must differ clearly"
+    # A client's latest recorded size counts (sizes do not change within a run; the last one is kept).
+    assert budget.epsilon_unit == "example" and math.isnan(budget.epsilon_replace_one)
+
+
+def test_dp_sgd_events_count_local_epochs():
+    events = dp_sgd_events([100, 7], batch_size=10, rounds=3, epochs=2, noise=0.8)
+    assert [e[0].count for e in events] == [3 * 2 * 10, 3 * 2 * 1]
+    assert [e[0].event.sampling_probability for e in events] == [0.1, 1.0]
+    assert all(e[0].event.event.noise_multiplier == 0.8 for e in events)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pixel", "image"),
+    [
+        # Laplace, epsilon 2 per value: linear in the values (3 per RGB pixel, 3 x 32 x 32 per image).
+        (("privacy=pixel_dp_laplace", "privacy.epsilon=2.0"), 6.0, 6144.0),
+        # Fresh noise every round (dynamic): each of the 3 recorded rounds is a release, epsilons add up.
+        (("privacy=pixel_dp_laplace", "privacy.epsilon=2.0", "privacy.noise_mode=dynamic"), 18.0, 18432.0),
+        # DP-Pix, epsilon 1 per value (m = 1): every value costs epsilon / m.
+        (("privacy=dp_pix", "privacy.epsilon=1.0"), 3.0, 3072.0),
+        # Grey 28 px images (PneumoniaMNIST): one value per pixel, 784 per image.
+        (("privacy=pixel_dp_laplace", "privacy.epsilon=2.0", "dataset=pneumoniamnist"), 2.0, 1568.0),
+    ],
+)
+def test_image_dp_epsilons_in_other_units(overrides, pixel, image):
+    experiment = compose(list(overrides))  # known datasets: shapes without reading data
+    budget = privacy_budget(experiment, rounds(3, {0: 10}), experiment.to_dict())
+    assert budget.epsilon_pixel == pytest.approx(pixel, rel=1e-9)
+    assert budget.epsilon_image == pytest.approx(image, rel=1e-9)
+    assert budget.epsilon_unit == "value"
+    assert f"one whole pixel: epsilon {pixel:.4g}; a whole image: {image:.4g}" in budget.guarantee
+
+
+def test_public_simulation_keys_are_said_for_image_dp():
+    experiment = compose(["privacy=pixel_dp_laplace", "privacy.epsilon=2.0"])
+    config = experiment.to_dict()
+    config["engine"] = {**config["engine"], "name": "simulation", "simulation_keys": "derived"}
+    budget = privacy_budget(experiment, rounds(1, {0: 10}), config)
+    assert "the noise is not secret" in budget.guarantee
+    deployed = {**config, "engine": {**config["engine"], "name": "deployment"}}
+    assert "not secret" not in privacy_budget(experiment, rounds(1, {0: 10}), deployed).guarantee
+
+
+def test_leaks_list_exactly_the_metrics_sent_outside_the_accountant(tiny_experiment):
+    experiment = tiny_experiment("privacy=dp_sgd")
+    sent = [{"round": 1, "clients": {"0": {"num-examples": 5, "epsilon": 1.0, "train_loss": 0.5, "custom": 1.0}}}]
+    budget = privacy_budget(experiment, sent, experiment.to_dict())
+    assert budget.leaks == (
+        "num-examples (the partition size, exact); train_loss (un-noised forward passes on the clear training examples)"
+    )
+    central = tiny_experiment("privacy=central_dp")
+    leaks = privacy_budget(central, sent, central.to_dict()).leaks
+    assert leaks.startswith("num-examples (") and "; train_loss (forward passes on the clear" in leaks
+    assert leaks.endswith("update (the clipped model update itself: the server adds the noise after it has seen it)")

@@ -413,3 +413,65 @@ def test_pure_dp_units_scale_linearly_and_compose() -> None:
         build_privacy_method("pixel_dp_gaussian", noise_scale=gaussian.sigma / 2, key=KEY).epsilon, rel=1e-9
     )
     assert build_privacy_method("mosaic").epsilon_for(3) is None and build_privacy_method("mosaic").epsilon_unit is None
+
+
+# ---------------------------------------------------------------------------------------------- pinned noise, details
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "pinned"),
+    [
+        ("pixel_dp_gaussian", {"epsilon": 20.0}, [0.184494072224, 0.805912283851, 0.755861700481, 0.965753220389]),
+        ("pixel_dp_laplace", {"epsilon": 20.0}, [0.517594941825, 0.542353846159, 0.375231688202, 0.526370678056]),
+        ("dp_pix", {"epsilon": 20.0, "b": 2}, [0.494033079032, 0.494033079032, 0.546642708086, 0.494033079032]),
+    ],
+)
+def test_pinned_noise(name: str, params: dict[str, Any], pinned: list[float]) -> None:
+    # A change to the noise's PRF binding (method, settings, run), its uniforms or its scale changes these values:
+    # deliberate only (the second image of the batch, so the sample id counts too).
+    x = torch.full((2, 1, 2, 3), 0.5, dtype=torch.float64)
+    out = build_privacy_method(name, key=KEY, run=3, **params)(x, torch.tensor([7, 8]), 0)
+    assert out[1].flatten()[:4].tolist() == pytest.approx(pinned, abs=1e-11)
+
+
+def test_gaussian_sigma_and_epsilon_follow_the_neighbourhood() -> None:
+    # m = 4 values: L2 sensitivity 2, so twice the noise of m = 1 for the same budget, and half the budget per noise.
+    one = build_privacy_method("pixel_dp_gaussian", epsilon=3.0, delta=1e-6, key=KEY)
+    four = build_privacy_method("pixel_dp_gaussian", epsilon=3.0, delta=1e-6, m=4, key=KEY)
+    assert one.sigma == pytest.approx(gaussian_sigma(epsilon=3.0, delta=1e-6), rel=1e-12)
+    assert four.sigma == pytest.approx(2 * one.sigma, rel=1e-9) and four.sensitivity == 2.0
+    assert four.delta == 1e-6 and four.epsilon_unit == "4 values"
+    by_noise = build_privacy_method("pixel_dp_gaussian", noise_scale=0.2, m=4, delta=1e-6, key=KEY)
+    assert by_noise.sigma == 0.2
+    assert by_noise.epsilon == pytest.approx(gaussian_epsilon(sigma=0.1, delta=1e-6), rel=1e-9)
+    # static noise: one release whatever the number of epochs
+    assert one.epsilon_for(1, epochs=9) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_laplace_units_in_static_mode_do_not_compose() -> None:
+    laplace = build_privacy_method("pixel_dp_laplace", epsilon=0.5, key=KEY)
+    assert laplace.epsilon_for(3, epochs=7) == pytest.approx(1.5) and laplace.total_epsilon(7) == 0.5
+    assert laplace.sensitivity == 1.0 and laplace.epsilon_unit == "value"
+
+
+def test_identity_returns_the_batch_itself() -> None:
+    x, ids = _batch()
+    assert build_privacy_method("none")(x, ids) is x
+
+
+def test_blur_kernel_must_be_smaller_than_twice_the_side() -> None:
+    images, ids = torch.rand(1, 1, 12, 12), torch.tensor([0])
+    assert build_privacy_method("gaussian_blur", kernel_size=23)(images, ids).shape == images.shape
+    with pytest.raises(ValueError, match="kernel_size=25 is too large for \\(12, 12\\) px images.*<= 23"):
+        build_privacy_method("gaussian_blur", kernel_size=25)(images, ids)
+    wide = torch.rand(1, 1, 12, 30)  # the smaller side counts
+    with pytest.raises(ValueError, match="too large for \\(12, 30\\)"):
+        build_privacy_method("gaussian_blur", kernel_size=25)(wide, ids)
+
+
+def test_dp_pix_noise_scale_follows_m_and_epsilon() -> None:
+    # Full cells of b x b = 16 pixels: Laplace scale m / (16 epsilon), std sqrt(2) times that.
+    x = torch.full((200, 1, 16, 16), 0.5, dtype=torch.float64)
+    out = build_privacy_method("dp_pix", epsilon=100.0, b=4, m=3, key=KEY)(x, torch.arange(200))
+    noise = out[..., ::4, ::4] - 0.5
+    assert float(noise.std()) == pytest.approx(math.sqrt(2) * 3 / (16 * 100.0), rel=0.05)

@@ -129,3 +129,56 @@ def test_public_hash_matches_unsigned_splitmix64_and_is_pinned():
 
 
 PINNED_HASH = 8347255709370353301
+
+
+def test_seed_is_the_documented_keyed_blake2b():
+    # seed(fields) = the first 8 bytes, little-endian, of BLAKE2b(context_bytes(*fields), key=subkey,
+    # person="fl_vmix.seed.v2"), top bit cleared: written out here from the module's description.
+    context = context_bytes("noise", 3)
+    subkey = hashlib.blake2b(context, key=KEY, digest_size=32, person=b"fl_vmix.prf.v2").digest()
+    for fields in [(0,), (7, 1), (2**40, -3, 9)]:
+        packed = b"".join(struct.pack("<I", len(repr(f))) + repr(f).encode() for f in fields)
+        digest = hashlib.blake2b(packed, key=subkey, digest_size=8, person=b"fl_vmix.seed.v2").digest()
+        expected = int.from_bytes(digest, "little") & (2**63 - 1)
+        assert KeyedPRF(KEY, context).seed(*fields) == expected
+        assert KeyedPRF(KEY, context).seed(*(np.int64(f) for f in fields)) == expected  # numpy ints alike
+    with pytest.raises(ValueError, match="integers"):
+        KeyedPRF(KEY, context).seed()
+    with pytest.raises(ValueError, match="integers"):
+        KeyedPRF(KEY, context).seed(1, True)
+
+
+def test_context_bytes_is_a_length_prefixed_repr_per_field():
+    assert context_bytes("ab", 7) == b"\x04\x00\x00\x00'ab'\x01\x00\x00\x007"
+    assert context_bytes() == b""
+
+
+def test_epoch_and_word_count_limits():
+    prf = KeyedPRF(KEY, b"ctx")
+    assert np.array_equal(prf.words(np.array([3]), np.int64(5), 4), prf.words(np.array([3]), 5, 4))
+    with pytest.raises(ValueError, match="epoch"):
+        prf.words(np.array([3]), True, 4)
+    with pytest.raises(ValueError, match="epoch"):
+        prf.words(np.array([3]), 1.0, 4)
+    # 2**32 counter blocks of 4 words are one too many for the 32-bit block index
+    with pytest.raises(ValueError, match="counter space"):
+        prf.words(np.array([3]), 0, 4 * 2**32 - 3)
+    assert prf.words(np.array([3]), 0, 0).shape == (1, 0)
+    assert prf.words(np.array([], dtype=np.int64), 0, 5).shape == (0, 5)
+
+
+def test_words_are_uint32_and_equal_for_any_integer_id_dtype():
+    prf = KeyedPRF(KEY, b"ctx")
+    words = prf.words(np.array([5, 6], dtype=np.int64), 1, 9)
+    assert words.dtype == np.dtype("<u4") and words.shape == (2, 9)
+    for ids in (np.array([5, 6], dtype=np.int32), np.array([5, 6], dtype=np.uint8), [5, 6]):
+        assert np.array_equal(prf.words(ids, 1, 9), words)
+
+
+def test_public_hash_fields_broadcast_and_depend_on_every_field():
+    grid = hash_fields(3, torch.arange(4).view(-1, 1), torch.arange(5).view(1, -1))
+    assert grid.shape == (4, 5) and grid.dtype == torch.int64
+    assert grid[2, 3].item() == hash_fields(3, 2, 3).item()
+    assert len(set(grid.flatten().tolist())) == 20
+    assert hash_fields(3, 2, 3).item() != hash_fields(4, 2, 3).item() != hash_fields(3, 3, 2).item()
+    assert hash_fields(3).item() == 3  # no fields: the seed itself

@@ -134,3 +134,28 @@ def test_too_large_batch_for_int32_indices():
     geometry = ShuffleGeometry(4096, 4096, 3, 8, (1,), False)
     with pytest.raises(ValueError, match="int32"):
         sources(geometry, np.zeros((50, 1), dtype=np.uint32), [0], torch.device("cpu"))
+
+
+def test_a_batch_of_exactly_2_to_the_31_values_is_refused():
+    geometry = ShuffleGeometry(256, 256, 1, 8, (1,), False)  # 2**16 values per image
+    with pytest.raises(ValueError, match="too large for int32"):
+        sources(geometry, np.zeros((2**15, 1), dtype=np.uint32), [0], torch.device("cpu"))
+
+
+@pytest.mark.parametrize("permute", [False, True])
+def test_regions_and_channels_draw_different_arrangements(permute):
+    # 16 regions x 3 channels of 64 pixels: no two (channel, region) of one image share an arrangement.
+    geometry = ShuffleGeometry(32, 32, 3, 8, (1,), permute)
+    words = KeyedPRF(KEY, b"fresh").words(np.arange(2), 0, geometry.words_per_sample)
+    out = sources(geometry, words, [0], torch.device("cpu"))[0].long() % 1024  # [B, C, 1024] source pixels
+    local = (out // 32 % 8 * 8 + out % 8).view(2, 3, 4, 8, 4, 8).permute(0, 1, 2, 4, 3, 5).reshape(2, 48, 64)
+    for image in local:
+        assert len({tuple(row) for row in image.tolist()}) == 48
+    assert not torch.equal(local[0], local[1])
+
+
+def test_fisher_yates_from_fixed_words():
+    # n = 4: step i = 3, 2, 1 picks j = floor(w (i + 1) / 2^32); words chosen for j = 3, 0, 1 swap (3,3), (2,0), (1,1).
+    words = torch.tensor([words_for_choices([3, 0, 1])], dtype=torch.int64)
+    assert fisher_yates_torch(words, 4).tolist() == [[2, 1, 0, 3]]
+    assert fisher_yates_torch(torch.zeros(2, 0, dtype=torch.int64), 1).tolist() == [[0], [0]]

@@ -84,3 +84,48 @@ def test_quantisation_of_uint8_and_float_agree_and_levels_follow():
 def test_values_out_of_range_are_refused():
     with pytest.raises(ValueError, match="rescale"):
         quantize(torch.full((1, 1, 8, 8), 200.0))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_quantisation_is_round_to_nearest_on_every_dtype(dtype):
+    # Values exactly representable in every dtype: k / 8 quantises to k * 65535 / 8, rounded half to even.
+    values = torch.tensor([0.0, 0.125, 0.5, 1.0, -0.25, 3.875, -4.0, 4.0], dtype=dtype).view(1, 1, 2, 4)
+    expected = torch.tensor([0, 8192, 32768, 65535, -16384, 253948, -262140, 262140], dtype=torch.int32)
+    # 0.125 * 65535 = 8191.875 -> 8192; 0.5 * 65535 = 32767.5 -> 32768 (even); 3.875 * 65535 = 253948.125
+    got = quantize(values)
+    assert got.dtype == torch.int32 and got.shape == values.shape
+    assert got.flatten().tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_values_just_past_the_bound_are_refused_with_the_peak(dtype):
+    images = torch.zeros(1, 1, 4, 4, dtype=dtype)
+    images[0, 0, 1, 2] = -4.5
+    with pytest.raises(ValueError, match=r"\|x\| = 4\.5, but VFE targeting reads values in \[-4, 4\]"):
+        quantize(images)
+    images[0, 0, 1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantize(images)
+
+
+def test_uint8_is_read_as_257_steps():
+    assert quantize(torch.tensor([0, 1, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2)).flatten().tolist() == [
+        0, 257, 32896, 65535,
+    ]  # fmt: skip
+
+
+def test_energy_of_a_known_image_in_integers():
+    # One 4x4 region, 1 channel; a vertical step 0 -> 1 between columns 1 and 2 (values 0 and 65535).
+    image = torch.zeros(1, 1, 4, 4)
+    image[..., 2:] = 1.0
+    geometry = ShuffleGeometry(4, 4, 1, 4, (1,), False)
+    values = quantize(image).view(-1)
+    identity = identity_sources(1, 1, 16, torch.device("cpu"))
+    corrected = region_energies(values, identity, geometry, reference=False)
+    reference = region_energies(values, identity, geometry, reference=True)
+    step = 65535**2
+    assert corrected.tolist() == [[[4 * step]]]  # four rows cross the step once
+    # reference: zero padding right of column 3 and below row 3 adds the padded border: 4 + 2 ones on row 3's
+    # right half, so 4 (the step) + 4 (right border) + 2 (bottom border under columns 2-3)
+    assert reference.tolist() == [[[10 * step]]]
+    assert torch.equal(_region_energies_torch(values, identity, geometry, True), reference)

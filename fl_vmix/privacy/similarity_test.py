@@ -7,7 +7,16 @@ import math
 import pytest
 import torch
 
-from fl_vmix.privacy.similarity import METRICS, get_metric, psnr, ssim, ssim_window_size
+from fl_vmix.privacy.similarity import (
+    METRICS,
+    PSNR_CAP,
+    capped_mean,
+    get_metric,
+    mean_ssim_psnr,
+    psnr,
+    ssim,
+    ssim_window_size,
+)
 
 
 def _images(b: int = 4, c: int = 3, h: int = 28, w: int = 28, seed: int = 0) -> torch.Tensor:
@@ -92,3 +101,118 @@ def test_bad_inputs_raise(x: torch.Tensor, y: torch.Tensor, match: str) -> None:
     for fn in (ssim, psnr):
         with pytest.raises(ValueError, match=match):
             fn(x, y)
+
+
+# ---------------------------------------------------------------------------------------------- independent oracles
+
+
+def _changed_inside(c: int, side: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float64 pair equal everywhere except more than 10 px from the border, where y is x plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(3, c, side, side, generator=g, dtype=torch.float64)
+    y = x.clone()
+    inner = y[..., 11:-11, 11:-11]
+    y[..., 11:-11, 11:-11] = (inner + 0.2 * torch.randn(inner.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    return x, y
+
+
+@pytest.mark.parametrize("sigma", [1.5, 1.0])
+@pytest.mark.parametrize("c", [1, 3])
+def test_ssim_matches_scikit_image_on_interior_pixels(sigma: float, c: int) -> None:
+    # A second implementation (scikit-image, Gaussian weights, population covariances as in Wang et al. 2004)
+    # averages the SSIM map over the pixels whose window lies inside the image; torchmetrics averages over all
+    # pixels after reflect-padding. The images differ only deep inside, so every pixel within the window radius of
+    # the border sees identical content and scores exactly 1 in both: 1 - SSIM scales by interior / all pixels.
+    from skimage.metrics import structural_similarity
+
+    side = 40
+    x, y = _changed_inside(c, side, seed=c)
+    radius = (ssim_window_size(sigma) - 1) // 2
+    interior = (side - 2 * radius) ** 2 / side**2
+    expected = torch.tensor(
+        [
+            structural_similarity(
+                a.numpy(), b.numpy(), channel_axis=0, gaussian_weights=True, sigma=sigma,
+                use_sample_covariance=False, data_range=1.0,
+            )
+            for a, b in zip(x, y)
+        ],
+        dtype=torch.float64,
+    )  # fmt: skip
+    got = ssim(x, y, sigma=sigma)
+    assert float((1 - expected).min()) > 0.02, "the change must lower SSIM clearly for the comparison to bite"
+    torch.testing.assert_close(1 - got, (1 - expected) * interior, rtol=1e-9, atol=1e-12)
+    # float32 inputs give the same values to float32 precision
+    torch.testing.assert_close(ssim(x.float(), y.float(), sigma=sigma).double(), got, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize(("a", "b"), [(0.2, 0.6), (0.9, 0.1), (0.5, 0.5)])
+def test_ssim_of_two_constant_images_is_the_luminance_term(a: float, b: float) -> None:
+    # Constant images have no variance, so SSIM is the luminance term (2ab + C1) / (a^2 + b^2 + C1) with
+    # C1 = (0.01 * data_range)^2 and data_range 1 (the contrast-structure term is C2 / C2).
+    x = torch.full((2, 3, 16, 16), a, dtype=torch.float64)
+    y = torch.full((2, 3, 16, 16), b, dtype=torch.float64)
+    c1 = 0.01**2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    torch.testing.assert_close(ssim(x, y), torch.full((2,), expected, dtype=torch.float64), rtol=0, atol=1e-9)
+
+
+def test_psnr_is_minus_ten_log_mse_per_image() -> None:
+    # Closed form with data range 1, each image with its own MSE: one pixel off by 0.5 in a 1 x 10 x 10 image.
+    x = torch.zeros(2, 1, 10, 10, dtype=torch.float64)
+    y = x.clone()
+    y[0, 0, 3, 4] = 0.5
+    y[1] = 0.25
+    expected = torch.tensor([-10 * math.log10(0.25 / 100), -10 * math.log10(0.0625)], dtype=torch.float64)
+    torch.testing.assert_close(psnr(x, y), expected, rtol=1e-6, atol=0)
+    assert float(psnr(x[:1], y[:1])[0]) == pytest.approx(26.0206, abs=1e-4)
+
+
+def test_capped_mean_caps_infinite_psnr_only() -> None:
+    assert capped_mean(torch.tensor([float("inf"), 20.0])) == pytest.approx((PSNR_CAP + 20.0) / 2)
+    assert capped_mean(torch.tensor([0.25, 0.75])) == pytest.approx(0.5)
+    assert capped_mean(torch.tensor([150.0, 50.0], dtype=torch.float32)) == pytest.approx(75.0)
+
+
+def test_mean_ssim_psnr_over_chunks_equals_one_pass() -> None:
+    clear = (_images(b=5, seed=2) * 255).round().to(torch.uint8)
+    protected = clear.float() / 255 + 0.05 * torch.randn(5, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    protected = protected.clamp(0, 1)
+    reference = clear.float() / 255
+    mean_ssim, mean_psnr = mean_ssim_psnr(protected, clear, chunk=2)  # chunks of 2, 2 and 1 images
+    assert mean_ssim == pytest.approx(float(ssim(protected, reference).mean()), rel=1e-6)
+    assert mean_psnr == pytest.approx(float(psnr(protected, reference).mean()), rel=1e-6)
+    # one image identical to its clear version: its PSNR counts as the cap, not as infinity
+    protected[0] = reference[0]
+    _, capped = mean_ssim_psnr(protected, clear, chunk=2)
+    expected = (PSNR_CAP + float(psnr(protected[1:], reference[1:]).sum())) / 5
+    assert capped == pytest.approx(expected, rel=1e-6)
+
+
+def test_mean_ssim_psnr_is_nan_where_ssim_is_undefined() -> None:
+    assert all(math.isnan(v) for v in mean_ssim_psnr(torch.rand(0, 3, 32, 32), torch.zeros(0, 3, 32, 32).byte()))
+    small = torch.rand(2, 3, 10, 10)
+    assert all(math.isnan(v) for v in mean_ssim_psnr(small, (small * 255).round().byte()))
+    # 11 px is the smallest side the standard window fits
+    fits = torch.rand(2, 3, 11, 11)
+    assert not any(math.isnan(v) for v in mean_ssim_psnr(fits, (fits * 255).round().byte()))
+
+
+def test_ssim_needs_a_positive_sigma() -> None:
+    x = _images()
+    for sigma in (0.0, -1.5):
+        with pytest.raises(ValueError, match="sigma must be positive"):
+            ssim(x, x, sigma=sigma)
+
+
+def test_images_at_the_edge_of_the_value_range_are_accepted() -> None:
+    # Rounding may leave values a hair outside [0, 1]; up to 1e-6 is tolerated, more is refused.
+    x = torch.zeros(1, 1, 12, 12, dtype=torch.float64)
+    x[..., 0, 0], x[..., 0, 1] = -1e-7, 1 + 1e-7
+    assert torch.isfinite(psnr(x, x.clamp(0, 1))).all()
+    x[..., 0, 0] = -1e-5
+    with pytest.raises(ValueError, match="must lie in"):
+        psnr(x, x)
+    x[..., 0, 0], x[..., 0, 1] = 0.0, 1 + 1e-5
+    with pytest.raises(ValueError, match="must lie in"):
+        psnr(x, x)

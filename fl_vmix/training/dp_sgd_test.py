@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import pytest
 import torch
@@ -17,8 +18,19 @@ KEY = bytes(range(32))
 ALL_EMPTY_SAMPLING_SEED = 14
 
 
+def _google_rdp_epsilon(noise: float, rate: float, steps: int, delta: float) -> float:
+    """Google's dp_accounting RDP accountant on Opacus' mechanism: an oracle independent of Opacus."""
+    from dp_accounting import PoissonSampledDpEvent, SelfComposedDpEvent
+    from dp_accounting.dp_event import GaussianDpEvent
+    from dp_accounting.rdp import RdpAccountant as GoogleRdp
+
+    accountant = GoogleRdp()
+    accountant.compose(SelfComposedDpEvent(PoissonSampledDpEvent(rate, GaussianDpEvent(noise)), steps))
+    return float(accountant.get_epsilon(delta))
+
+
 def test_accountant_history_carries_over_rounds(tiny_experiment):
-    experiment = tiny_experiment("privacy=dp_sgd", "privacy.noise_multiplier=1.1")
+    experiment = tiny_experiment("privacy=dp_sgd", "privacy.noise_multiplier=1.1", "privacy.delta=1e-4")
     from fl_vmix.factory import client_data
 
     client = local_client(experiment, client_data(experiment, {"partition-id": 0, "num-partitions": 2}), KEY)
@@ -27,14 +39,75 @@ def test_accountant_history_carries_over_rounds(tiny_experiment):
     second = client.train(first.weights, 2, epochs=1, accountant_history=first.accountant_history or ())
     eps1, eps2 = first.metrics["epsilon"], second.metrics["epsilon"]
     assert 0 < eps1 < eps2, "the second round's epsilon must include the first round's steps"
-    # The history handed back is exactly Opacus' accountant over both rounds' steps (independent accountant).
-    accountant = RDPAccountant()
-    accountant.history = list(second.accountant_history or ())
-    assert accountant.get_epsilon(experiment.privacy.params["delta"]) == pytest.approx(eps2)
-    steps = sum(h[2] for h in accountant.history)
+    # What Opacus accounted is the configured mechanism: noise 1.1 from the config, sampling rate 1/ceil(n/B)
+    # (Opacus' Poisson rate for batch size B), one step per expected batch in each round.
     n_train = first.metrics["num-examples"]
-    assert steps == 2 * -(-n_train // experiment.batch_size)  # one accounted step per expected batch, both rounds
+    batches = -(-n_train // experiment.batch_size)
+    assert batches >= 3, "several batches per round, or the rate and step counts would not be tested"
+    for history, rounds in ((first.accountant_history, 1), (second.accountant_history, 2)):
+        assert history is not None and len(history) >= 1
+        assert all(noise == 1.1 and rate == pytest.approx(1 / batches, rel=1e-12) for noise, rate, _ in history)
+        assert sum(steps for _, _, steps in history) == rounds * batches
+    # The epsilons are those of that mechanism at the configured delta, by an independent accountant.
+    assert eps1 == pytest.approx(_google_rdp_epsilon(1.1, 1 / batches, batches, 1e-4), rel=2e-3)
+    assert eps2 == pytest.approx(_google_rdp_epsilon(1.1, 1 / batches, 2 * batches, 1e-4), rel=2e-3)
     assert set(second.weights) == set(weights), "the weights are the plain model's, not Opacus' wrapper's"
+
+
+def test_the_configured_noise_reaches_the_update():
+    # Sampling seed 14 leaves both Poisson batches of 2 images at rate 1/2 empty: the update is pure noise, two
+    # steps of SGD (lr 0.1) on Gaussian noise of std noise_multiplier * max_grad_norm over the expected batch size
+    # (1 image), so each weight moves by N(0, 2 * (0.1 * 1.7 * 0.5)^2): 160k weights measure its std within 1%.
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    images, labels = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    method = DPSGD(noise_multiplier=1.7, max_grad_norm=0.5)
+    result = train_dp_sgd(
+        model, images, labels, torch.optim.SGD(model.parameters(), lr=0.1), method, (),
+        epochs=1, batch_size=1, sampling_seed=ALL_EMPTY_SAMPLING_SEED, noise_seed=3,
+    )  # fmt: skip
+    assert result.history == ((1.7, 0.5, 2),)
+    moved = torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+    expected_std = 0.1 * math.sqrt(2) * 1.7 * 0.5
+    assert float(moved.std()) == pytest.approx(expected_std, rel=0.01)
+    assert abs(float(moved.mean())) < 4 * expected_std / math.sqrt(moved.numel())
+    assert result.metrics["train_loss"] == 0.0 and result.metrics["train_accuracy"] == 0.0  # no example seen
+
+
+def test_training_metrics_count_the_sampled_examples():
+    # Rate 1 (batch size = data size): every step sees all 4 examples; two epochs, two steps.
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=2)
+    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    result = train_dp_sgd(
+        model, images, labels, torch.optim.SGD(model.parameters(), lr=0.0), DPSGD(noise_multiplier=2.0), (),
+        epochs=2, batch_size=4, sampling_seed=0, noise_seed=0,
+    )  # fmt: skip
+    assert result.history == ((2.0, 1.0, 2),)
+    with torch.no_grad():  # lr 0: the model is unchanged, so the metrics are its loss and accuracy on the data
+        logits = model(images)
+    expected_loss = float(torch.nn.functional.cross_entropy(logits, labels))
+    assert result.metrics["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert result.metrics["train_accuracy"] == float((logits.argmax(1) == labels).float().mean())
+    assert result.metrics["epsilon"] == pytest.approx(_google_rdp_epsilon(2.0, 1.0, 2, 1e-5), rel=2e-3)
+
+
+def test_secret_seeds_are_pinned_distinct_and_bound_to_key_and_settings():
+    seeds = DPSGD(key=KEY).secret_seeds(7)
+    # A change of the derivation changes these (and every client's noise and sampling): deliberate only.
+    assert seeds == PINNED_DP_SGD_SEEDS
+    assert seeds[0] != seeds[1], "sampling and noise need separate generators"
+    assert DPSGD(key=KEY).secret_seeds(8) != seeds
+    assert DPSGD(key=KEY).secret_seeds(7, 1) != seeds
+    assert DPSGD(key=bytes(range(1, 33))).secret_seeds(7) != seeds
+    for settings in ({"noise_multiplier": 1.1}, {"max_grad_norm": 2.0}, {"delta": 1e-6}):
+        other = DPSGD(key=KEY, **settings).secret_seeds(7)
+        assert other[0] not in seeds and other[1] not in seeds, settings
+    assert all(0 <= s < 2**63 for s in seeds)
+
+
+PINNED_DP_SGD_SEEDS = (8753025977416662888, 4402923370113994171)
 
 
 def test_an_empty_poisson_batch_is_a_noisy_step_that_the_accountant_counts():
@@ -116,3 +189,44 @@ def test_only_dp_sgd_clients_train_with_opacus():
     assert isinstance(trainer_for(build_privacy_method("dp_sgd", key=KEY)), DPSGDTrainer)
     assert trainer_for(build_privacy_method("central_dp")) is plain_trainer
     assert trainer_for(build_privacy_method("visualmixer", key=KEY)) is plain_trainer
+
+
+def _empty_batch_update(sampling_seed: int, noise_seed: int, global_seed: int) -> tuple[list[int], torch.Tensor]:
+    """Batch sizes seen and the weight change of two Poisson steps on 2 images at rate 1/2."""
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=3)
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    sizes: list[int] = []
+    model.register_forward_pre_hook(lambda module, args: sizes.append(len(args[0])))
+    torch.manual_seed(global_seed)  # the global RNG must not matter: both generators are seeded explicitly
+    train_dp_sgd(
+        model, torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5)), torch.tensor([0, 1]),
+        torch.optim.SGD(model.parameters(), lr=0.1), DPSGD(), (),
+        epochs=1, batch_size=1, sampling_seed=sampling_seed, noise_seed=noise_seed,
+    )  # fmt: skip
+    return sizes, torch.cat([p.detach().flatten() for p in model.parameters()]) - before
+
+
+def test_sampling_and_noise_come_from_their_own_seeds_only():
+    sizes, update = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=1, global_seed=0)
+    assert sizes == [0, 0]
+    again_sizes, again = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=1, global_seed=99)
+    assert again_sizes == [0, 0] and torch.equal(update, again), "the global RNG changed the sampling or the noise"
+    _, other_noise = _empty_batch_update(ALL_EMPTY_SAMPLING_SEED, noise_seed=2, global_seed=0)
+    assert not torch.equal(update, other_noise)
+    # Other sampling seeds draw other Poisson batches (each of the 2 images with probability 1/2 per step).
+    drawn = {tuple(_empty_batch_update(seed, noise_seed=1, global_seed=0)[0]) for seed in range(6)}
+    assert len(drawn) > 1 and all(sum(s) <= 4 for s in drawn)
+
+
+def test_unfixable_models_are_refused(monkeypatch, caplog):
+    from opacus.validators import ModuleValidator
+
+    model = build_model("resnet18", num_classes=10)
+    with caplog.at_level(logging.WARNING, logger="fl_vmix.dp"):
+        make_opacus_compatible(model)
+    assert "ResNet has layers Opacus cannot train privately (ShouldReplaceModuleError)" in caplog.text
+    monkeypatch.setattr(ModuleValidator, "validate", staticmethod(lambda module, strict=False: [ValueError("odd")]))
+    monkeypatch.setattr(ModuleValidator, "fix", staticmethod(lambda module: module))
+    with pytest.raises(ValueError, match="DP-SGD cannot train ResNet even after replacing layers: odd; use model=cnn"):
+        make_opacus_compatible(model)

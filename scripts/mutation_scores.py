@@ -1,0 +1,87 @@
+"""Mutation score per module from mutmut's results in mutants/ (after `scripts/mutation.sh`).
+
+    python scripts/mutation_scores.py [module ...] [--survivors]
+
+Prints, per mutated module: mutants, killed (by a failing test or a timeout), survivors, survivors explained as
+equivalent in docs/mutation_testing.md (table rows that start with the mutant's name in backticks), mutants no
+test reaches, and the score killed / (total - equivalent). ``--survivors`` lists the survivors not explained.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KILLED = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a failing test, an internal pytest error, or a timeout / crash
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+def equivalent_mutants() -> set[str]:
+    doc = ROOT / "docs" / "mutation_testing.md"
+    if not doc.exists():
+        return set()
+    return set(re.findall(r"^\|\s*`([\w.ǁ]+__mutmut_\d+)`", doc.read_text(), flags=re.MULTILINE))
+
+
+def results() -> dict[str, dict[str, int | None]]:
+    """Exit code of every mutant, by module (dotted name)."""
+    by_module: dict[str, dict[str, int | None]] = {}
+    for meta in sorted((ROOT / "mutants").rglob("*.py.meta")):
+        module = ".".join(meta.relative_to(ROOT / "mutants").with_suffix("").with_suffix("").parts)
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        if codes:
+            by_module[module] = codes
+    return by_module
+
+
+def main(argv: list[str]) -> int:
+    show = "--survivors" in argv
+    wanted = [a for a in argv if not a.startswith("--")]
+    equivalent = equivalent_mutants()
+    rows, unexplained = [], []
+    for module, codes in results().items():
+        if wanted and module not in wanted:
+            continue
+        counts: Counter[str] = Counter()
+        for name, code in codes.items():
+            if code in KILLED:
+                counts["killed"] += 1
+            elif code in SURVIVED:
+                counts["survived"] += 1
+                if name in equivalent:
+                    counts["equivalent"] += 1
+                else:
+                    unexplained.append(name)
+            elif code in NO_TESTS:
+                counts["no tests"] += 1
+                if name not in equivalent:
+                    unexplained.append(name)
+                else:
+                    counts["equivalent"] += 1
+            else:
+                counts["not run"] += 1
+        total = len(codes)
+        score = counts["killed"] / max(total - counts["equivalent"], 1)
+        rows.append((module, total, counts, score))
+    print(
+        f"{'module':45} {'mutants':>7} {'killed':>6} {'survived':>8} {'equiv.':>6} {'no test':>7} {'not run':>7} score"
+    )
+    for module, total, c, score in rows:
+        print(
+            f"{module:45} {total:7d} {c['killed']:6d} {c['survived']:8d} {c['equivalent']:6d} {c['no tests']:7d} "
+            f"{c['not run']:7d} {100 * score:5.1f}%"
+        )
+    if show:
+        print("\nsurvivors not explained in docs/mutation_testing.md:")
+        for name in unexplained:
+            print("  ", name)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
