@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from fl_vmix.data import load_dataset
+from fl_vmix.evaluation.attacks.candidate_search import candidate_search
 from fl_vmix.evaluation.attacks.learned import (
     LearnedAttackConfig,
     keyed_method_factory,
@@ -45,6 +46,7 @@ from fl_vmix.evaluation.attacks.obfuscated_recognition import (
     obfuscated_recognition_attack,
     train_classifier,
 )
+from fl_vmix.evaluation.attacks.regions import thumbnail
 
 REGION_PARAMS = ("region_size", "cell_size", "b")  # the public grid of each method, if it has one
 
@@ -81,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", type=Path, default=None, help="JSON to write (default: print only)")
+    p.add_argument(
+        "--candidates", type=int, default=0, help="also run the candidate search with N candidates (0: skip)"
+    )
+    p.add_argument("--figure", type=Path, default=None, help="PNG of 8 victims: clear, obfuscated, thumbnail, learned")
+    p.add_argument("--save-model", type=Path, default=None, help="save the trained network (for scripts/attack_chain.py)")
+    p.add_argument("--out", type=Path, default=None, help="JSON to write, after every stage (default: print only)")
     return p.parse_args(argv)
 
 
@@ -131,36 +138,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
         device=args.device,
     )
-    model, history = train_deobfuscator(public_images, factory, config, public_ids=torch.from_numpy(train.ids[pub]))
-    start = time.perf_counter()
-    reconstructed = model.reconstruct(obfuscated)
-    reconstruct_s = time.perf_counter() - start
-
-    classifier, classifier_info = None, None
-    if args.classifier_epochs:
-        cconf = ClassifierConfig(epochs=args.classifier_epochs, seed=args.seed, device=args.device)
-        classifier, classifier_info = train_classifier(public_images, public_labels, train.num_classes, None, cconf)
-    result = score_learned_attack(reconstructed, clear, obfuscated, region, classifier=classifier, labels=labels)
-
-    recogniser = None
-    if args.recogniser_epochs:
-        rconf = ClassifierConfig(epochs=args.recogniser_epochs, seed=args.seed, device=args.device)
-        rec, _ = obfuscated_recognition_attack(
-            public_images,
-            public_labels,
-            obfuscated,
-            labels,
-            factory,
-            train.num_classes,
-            rconf,
-            victim_clear=clear,
-            clear_classifier=classifier,
-        )
-        recogniser = rec.summary()
-
-    report = {
+    report: dict[str, Any] = {
         "command": "python "
-        + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+        + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "note": "run from the repository root with fl_vmix importable (pip install -e . or PYTHONPATH=.)",
         "commit": _commit(),
         "dataset": args.dataset,
         "method": args.method,
@@ -170,19 +151,88 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "victim_images": len(vic),
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.__dict__.items()},
-        "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in history.__dict__.items()},
-        "reconstruct_seconds": reconstruct_s,
-        "learned_attack": result.summary(),
-        "clear_classifier": classifier_info,
-        "obfuscated_recognition": recogniser,
+        "config": _plain(config.__dict__),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    cpu_start = time.process_time()
+    model, history = train_deobfuscator(public_images, factory, config, public_ids=torch.from_numpy(train.ids[pub]))
+    if args.save_model:
+        report["model_file"] = str(model.save(args.save_model))
+    report["training"] = _plain(history.__dict__)
+    report["training_cpu_seconds"] = time.process_time() - cpu_start  # all threads: shows sharing with other jobs
+    start = time.perf_counter()
+    reconstructed = model.reconstruct(obfuscated)
+    report["reconstruct_seconds"] = time.perf_counter() - start
+    report["learned_attack"] = score_learned_attack(reconstructed, clear, obfuscated, region).summary()
+    _write(report, args.out)  # the expensive part is safe before the optional classifiers run
+
+    mixer = getattr(factory(b"\0" * 32), "mixer", None)  # block shuffles expose their public grid
+    if args.candidates and mixer is not None:
+        start = time.perf_counter()
+        sizes = tuple(int(b) for b in mixer.block_sizes)
+        searched = candidate_search(obfuscated, mixer.region_size, sizes, candidates=args.candidates)
+        report["candidate_search"] = {
+            **searched.score(clear).summary(), "block_sizes": list(sizes), "candidates": args.candidates,
+            "seconds": time.perf_counter() - start,
+        }  # fmt: skip
+        _write(report, args.out)
+    if args.figure:
+        _figure(
+            args.figure, clear[:8], obfuscated[:8], thumbnail(obfuscated[:8], region).clamp(0, 1), reconstructed[:8]
+        )
+
+    classifier = None
+    if args.classifier_epochs:
+        cconf = ClassifierConfig(epochs=args.classifier_epochs, seed=args.seed, device=args.device)
+        classifier, report["clear_classifier"] = train_classifier(
+            public_images, public_labels, train.num_classes, None, cconf
+        )
+        scored = score_learned_attack(reconstructed, clear, obfuscated, region, classifier=classifier, labels=labels)
+        report["learned_attack"] = scored.summary()
+        _write(report, args.out)
+    if args.recogniser_epochs:
+        rconf = ClassifierConfig(epochs=args.recogniser_epochs, seed=args.seed, device=args.device)
+        rec, _ = obfuscated_recognition_attack(
+            public_images, public_labels, obfuscated, labels, factory, train.num_classes, rconf,
+            victim_clear=clear, clear_classifier=classifier,
+        )  # fmt: skip
+        report["obfuscated_recognition"] = rec.summary()
+        _write(report, args.out)
+    print(json.dumps(report, indent=2))
     return report
+
+
+def _plain(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+
+def _write(report: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _figure(path: Path, *rows: torch.Tensor) -> None:
+    """Columns of victims; rows clear, obfuscated, bilinear region-mean thumbnail, learned reconstruction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ["clear", "obfuscated", "thumbnail", "learned"]
+    fig, axes = plt.subplots(
+        len(rows), rows[0].shape[0], figsize=(1.3 * rows[0].shape[0], 1.4 * len(rows)), squeeze=False
+    )
+    for r, (title, batch) in enumerate(zip(titles, rows)):
+        for c in range(batch.shape[0]):
+            picture = batch[c].permute(1, 2, 0).numpy()
+            axes[r][c].imshow(picture.squeeze(-1) if picture.shape[-1] == 1 else picture, cmap="gray", vmin=0, vmax=1)
+            axes[r][c].set_xticks([])
+            axes[r][c].set_yticks([])
+        axes[r][0].set_ylabel(title, fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -264,6 +265,24 @@ class LearnedDeobfuscator(nn.Module):
         if self.head == "quantile":
             return quantile_lookup(torch.sigmoid(out), obfuscated, self.config.region_size)
         return (thumbnail(obfuscated, self.config.region_size, "bilinear") + out).clamp(0, 1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights and everything :meth:`load` needs to rebuild the network."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.__dict__.items()}
+        torch.save(
+            {"config": config, "channels": self.channels, "head": self.head, "state_dict": self.state_dict()}, out
+        )
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> LearnedDeobfuscator:
+        saved = torch.load(Path(path), map_location=map_location, weights_only=True)
+        config = LearnedAttackConfig(**{**saved["config"], "widths": tuple(saved["config"]["widths"])})
+        model = cls(config, int(saved["channels"]), saved["head"])
+        model.load_state_dict(saved["state_dict"])
+        return model.eval()
 
     @torch.no_grad()
     def reconstruct(self, obfuscated: Tensor, batch_size: int = 256) -> Tensor:
