@@ -86,8 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--candidates", type=int, default=0, help="also run the candidate search with N candidates (0: skip)"
     )
+    p.add_argument("--no-learned", action="store_true", help="skip the learned attack (run only the others asked for)")
     p.add_argument("--figure", type=Path, default=None, help="PNG of 8 victims: clear, obfuscated, thumbnail, learned")
-    p.add_argument("--save-model", type=Path, default=None, help="save the trained network (for scripts/attack_chain.py)")
+    p.add_argument(
+        "--save-model", type=Path, default=None, help="save the trained network (for scripts/attack_chain.py)"
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON to write, after every stage (default: print only)")
     return p.parse_args(argv)
 
@@ -153,17 +156,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "config": _plain(config.__dict__),
     }
-    cpu_start = time.process_time()
-    model, history = train_deobfuscator(public_images, factory, config, public_ids=torch.from_numpy(train.ids[pub]))
-    if args.save_model:
-        report["model_file"] = str(model.save(args.save_model))
-    report["training"] = _plain(history.__dict__)
-    report["training_cpu_seconds"] = time.process_time() - cpu_start  # all threads: shows sharing with other jobs
-    start = time.perf_counter()
-    reconstructed = model.reconstruct(obfuscated)
-    report["reconstruct_seconds"] = time.perf_counter() - start
-    report["learned_attack"] = score_learned_attack(reconstructed, clear, obfuscated, region).summary()
-    _write(report, args.out)  # the expensive part is safe before the optional classifiers run
+    reconstructed = None
+    if not args.no_learned:
+        cpu_start = time.process_time()
+        model, history = train_deobfuscator(public_images, factory, config, public_ids=torch.from_numpy(train.ids[pub]))
+        if args.save_model:
+            report["model_file"] = str(model.save(args.save_model))
+        report["training"] = _plain(history.__dict__)
+        report["training_cpu_seconds"] = time.process_time() - cpu_start  # all threads: shows sharing with other jobs
+        start = time.perf_counter()
+        reconstructed = model.reconstruct(obfuscated)
+        report["reconstruct_seconds"] = time.perf_counter() - start
+        report["learned_attack"] = score_learned_attack(reconstructed, clear, obfuscated, region).summary()
+        _write(report, args.out)  # the expensive part is safe before the optional classifiers run
 
     mixer = getattr(factory(b"\0" * 32), "mixer", None)  # block shuffles expose their public grid
     if args.candidates and mixer is not None:
@@ -175,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "seconds": time.perf_counter() - start,
         }  # fmt: skip
         _write(report, args.out)
-    if args.figure:
+    if args.figure and reconstructed is not None:
         _figure(
             args.figure, clear[:8], obfuscated[:8], thumbnail(obfuscated[:8], region).clamp(0, 1), reconstructed[:8]
         )
@@ -186,8 +191,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         classifier, report["clear_classifier"] = train_classifier(
             public_images, public_labels, train.num_classes, None, cconf
         )
-        scored = score_learned_attack(reconstructed, clear, obfuscated, region, classifier=classifier, labels=labels)
-        report["learned_attack"] = scored.summary()
+        if reconstructed is not None:
+            scored = score_learned_attack(
+                reconstructed, clear, obfuscated, region, classifier=classifier, labels=labels
+            )
+            report["learned_attack"] = scored.summary()
         _write(report, args.out)
     if args.recogniser_epochs:
         rconf = ClassifierConfig(epochs=args.recogniser_epochs, seed=args.seed, device=args.device)

@@ -11,14 +11,21 @@ Search, vectorised over images, channels and regions (candidates batched):
 
 1. **Candidates** for every region, channel and candidate block size ``b``: ``candidates`` uniformly
    random permutations of the region's ``(r / b)^2`` obfuscated blocks (all of them when there are at
-   most ``candidates``, so small puzzles are searched exhaustively), plus ``ramps`` *ramp* candidates:
-   the blocks sorted by their mean and laid out along a direction (angles evenly spaced over 360
-   degrees), the smoothest arrangement of a region whose content is a gradient. The region's current
-   arrangement is always a candidate, so a round never makes a region rougher.
+   most ``candidates``, so small puzzles are searched exhaustively); ``ramps`` *ramp* candidates, the
+   blocks sorted by their mean and laid out along a direction (angles evenly spaced over 360 degrees),
+   the smoothest arrangement of a region whose content is a gradient; and ``swaps`` *local* candidates,
+   the current arrangement with two random blocks exchanged, which over the rounds make the search a
+   stochastic hill climb. The region's current arrangement is always a candidate, so a round never
+   makes a region rougher.
 2. **Cost** of a candidate: the sum over neighbouring pixel pairs inside the region plus the pairs
-   across its four borders with the neighbouring pixels as they currently are, of the squared
-   (``cost="l2"``) or absolute (``"l1"``) difference.
-3. **Schedule**: regions are coloured like a checkerboard; all regions of one colour are updated at
+   across its four borders with the neighbouring pixels as they currently are, of the absolute
+   (``cost="l1"``, total variation, the default: it measured better than squared differences on
+   CIFAR-10) or squared (``"l2"``) difference.
+3. **Block size**: with a VFE target each region used one of the candidate sizes, unknown to the
+   attacker. :func:`estimate_block_sizes` infers it per region (pixel pairs inside intact blocks are
+   natural neighbours, pairs across block edges are not) and only candidates of that size compete;
+   smoothness alone would always prefer the finest size.
+4. **Schedule**: regions are coloured like a checkerboard; all regions of one colour are updated at
    once (their neighbours, of the other colour, stay fixed, so choices never conflict), then the other
    colour, for ``rounds`` rounds with fresh random candidates each round.
 
@@ -78,7 +85,7 @@ def _check(
         )
     if candidates < 0 or ramps < 0 or candidates + ramps == 0 or rounds < 1:
         raise ValueError(
-            f"need candidates, ramps >= 0 (not both 0) and rounds >= 1; got {candidates}, {ramps}, {rounds}"
+            f"need candidates, ramps, swaps >= 0 (not all 0) and rounds >= 1; got {candidates}, {ramps}, {rounds}"
         )
 
 
@@ -173,10 +180,63 @@ def _candidates(obf_regions: Tensor, b: int, candidates: int, ramps: int, genera
             by_mean = blocks.mean((-1, -2)).argsort(-1)  # [..., n]: blocks from darkest to brightest
             ranks = _ramp_ranks(math.isqrt(n), ramps, blocks.device)  # [ramps, n]
             perms.append(by_mean.unsqueeze(-2).expand(*lead, ramps, n).gather(-1, ranks.expand(*lead, -1, -1)))
+    if not perms:
+        return obf_regions.new_empty(*lead, 0, r, r)
     perm = torch.cat(perms, dim=-2)  # [..., K, n]: candidate position q takes obfuscated block perm[q]
     idx = perm[..., None, None].expand(*perm.shape, b, b)
     chosen = blocks.unsqueeze(-4).expand(*lead, perm.shape[-2], n, b, b).gather(-3, idx)
     return _assemble(chosen, r)
+
+
+def estimate_block_sizes(regions: Tensor, block_sizes: Sequence[int], threshold: float = 1.5) -> Tensor:
+    """Block size each region was most likely shuffled with, ``[B, Ry, Rx]``, from regions ``[B, C, Ry, Rx, r, r]``.
+
+    A region shuffled with ``s``-px blocks keeps natural neighbours inside its aligned ``s``-px blocks and
+    random ones across their edges. For a candidate ``b`` (coarse to fine) the test compares the pixel
+    pairs that straddle a ``b``-block edge with those that straddle an edge of the next finer candidate
+    ``f`` (1 for the finest) but no ``b``-edge: mean absolute difference, pooled over channels and both
+    directions. If the shuffle used ``b``, the first are random neighbours and the second natural ones,
+    so the ratio is well above 1; if it used ``f`` or finer, both are random and the ratio is near 1.
+    The coarsest candidate ``1 < b < r`` whose ratio exceeds ``threshold`` wins, else the finest
+    candidate. (``b = r``, an unshuffled region, is never chosen: the search keeps the obfuscated
+    arrangement as a candidate anyway.)
+    """
+    r = regions.shape[-1]
+    sizes = sorted(set(block_sizes), reverse=True)
+    dx = (regions[..., :, 1:] - regions[..., :, :-1]).abs()  # [..., r, r-1]: pair (j, j+1) in each row
+    dy = (regions[..., 1:, :] - regions[..., :-1, :]).abs()
+    offsets = torch.arange(1, r, device=regions.device)  # pair (j, j+1) straddles a b-edge iff (j + 1) % b == 0
+    estimate = torch.full(regions.shape[:1] + regions.shape[2:4], sizes[-1], dtype=torch.long, device=regions.device)
+    decided = torch.zeros_like(estimate, dtype=torch.bool)
+    for i, b in enumerate(sizes):
+        finer = sizes[i + 1] if i + 1 < len(sizes) else 1
+        across = offsets % b == 0
+        inside = (offsets % finer == 0) & ~across
+        if not 1 < b < r or not inside.any():
+            continue
+
+        def mean_diff(pairs: Tensor) -> Tensor:
+            total = dx[..., pairs].sum((1, -1, -2)) + dy[..., pairs, :].sum((1, -1, -2))
+            return total / (2 * int(pairs.sum()) * r * regions.shape[1])
+
+        take = (mean_diff(across) > threshold * mean_diff(inside) + 1e-12) & ~decided
+        estimate[take] = b
+        decided |= take
+    return estimate
+
+
+def _swapped(current: Tensor, b: int, swaps: int, generator: torch.Generator) -> Tensor:
+    """``swaps`` candidates ``[..., swaps, r, r]``: the current arrangement with two random ``b``-px blocks exchanged."""
+    blocks = _blocks(current, b)  # [..., n, b, b]
+    lead, n = blocks.shape[:-3], blocks.shape[-3]
+    first = torch.randint(n, (*lead, swaps), generator=generator)
+    second = (first + 1 + torch.randint(n - 1, (*lead, swaps), generator=generator)) % n  # never the same block
+    perm = torch.arange(n).expand(*lead, swaps, n).clone()
+    perm.scatter_(-1, first.unsqueeze(-1), second.unsqueeze(-1))
+    perm.scatter_(-1, second.unsqueeze(-1), first.unsqueeze(-1))
+    perm = perm.to(blocks.device)
+    idx = perm[..., None, None].expand(*perm.shape, b, b)
+    return _assemble(blocks.unsqueeze(-4).expand(*lead, swaps, n, b, b).gather(-3, idx), current.shape[-1])
 
 
 def candidate_search(
@@ -184,10 +244,13 @@ def candidate_search(
     region_size: int,
     block_sizes: Sequence[int],
     *,
-    candidates: int = 256,
-    ramps: int = 16,
-    rounds: int = 3,
-    cost: Cost = "l2",
+    candidates: int = 64,
+    ramps: int = 32,
+    swaps: int = 64,
+    rounds: int = 10,
+    cost: Cost = "l1",
+    estimate_sizes: bool = True,
+    size_threshold: float = 1.5,
     seed: int = 0,
     chunk: int = 32,
 ) -> CandidateSearchResult:
@@ -199,10 +262,15 @@ def candidate_search(
             ``region_size`` and ``block_sizes``); block sizes must divide the region size.
         candidates: random permutations per region, channel, block size and round.
         ramps: ramp candidates (directions) per region, channel and block size.
+        swaps: local-search candidates per region, channel, block size and round: the current arrangement
+            with two random blocks exchanged (over rounds, a stochastic hill climb on smoothness).
         rounds: checkerboard sweeps. cost: ``"l2"`` or ``"l1"`` pixel-difference penalty.
+        estimate_sizes: restrict each region's candidates to the block size :func:`estimate_block_sizes`
+            infers (with ``size_threshold``); otherwise all candidate sizes compete on smoothness alone,
+            which favours the finest size (a ramp of single pixels is always smoother than one of blocks).
         seed: seeds the random candidates. chunk: images processed together (memory).
     """
-    _check(obfuscated, region_size, block_sizes, candidates, ramps, rounds)
+    _check(obfuscated, region_size, block_sizes, candidates + swaps, ramps, rounds)
     if cost not in ("l1", "l2"):
         raise ValueError(f"cost must be 'l1' or 'l2', got {cost!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -216,6 +284,7 @@ def candidate_search(
         chosen = torch.zeros(b, c, ry, rx, dtype=torch.long, device=obf.device)
         parity = (torch.arange(ry).view(-1, 1) + torch.arange(rx).view(1, -1)) % 2
         before.append(_image_cost(obf, r, cost))
+        estimate = estimate_block_sizes(obf_regions, block_sizes, size_threshold) if estimate_sizes else None
         for _ in range(rounds):
             for colour in (0, 1):
                 ys, xs = (parity == colour).nonzero(as_tuple=True)
@@ -224,12 +293,19 @@ def candidate_search(
                 pool, pool_size = [], []
                 for size in block_sizes:
                     cand = _candidates(obf_regions[:, :, ys, xs], size, candidates, ramps, generator)
+                    if swaps and size < r:
+                        cand = torch.cat([cand, _swapped(current, size, swaps, generator)], dim=-3)
                     pool.append(cand)
                     pool_size.append(torch.full(cand.shape[:-2], size, dtype=torch.long, device=obf.device))
                 pool.append(current.unsqueeze(-3))  # last, so that a fresh candidate wins a tie
                 pool_size.append(chosen[:, :, ys, xs].unsqueeze(-1))
                 everything = torch.cat(pool, dim=-3)  # [B, C, N, K, r, r]
-                best = _cost(everything, borders, cost).argmin(-1)  # [B, C, N]
+                costs = _cost(everything, borders, cost)  # [B, C, N, K]
+                if estimate is not None:
+                    sizes_of = torch.cat(pool_size[:-1], dim=-1)  # [B, C, N, K - 1]
+                    wrong = sizes_of != estimate[:, ys, xs].unsqueeze(1).unsqueeze(-1)
+                    costs[..., :-1] = costs[..., :-1].masked_fill(wrong, float("inf"))
+                best = costs.argmin(-1)  # [B, C, N]
                 pick = best[..., None, None, None].expand(*best.shape, 1, r, r)
                 regions = _regions(images, r)
                 regions[:, :, ys, xs] = everything.gather(-3, pick).squeeze(-3)

@@ -73,6 +73,7 @@ class ChainResult:
     ``inverted_*``: stage 1 output vs the clear / obfuscated images; ``chain_*``: stage 2 applied to
     the inverted images vs clear; ``oracle_*``: stage 2 applied to the true obfuscated images vs clear
     (the chain's ceiling); ``obfuscated_ssim`` and ``inverted_thumbnail_ssim``: baselines vs clear.
+    ``loss_curve``: mean matching loss every 1/20 of the iterations and at the end (vectorised path only).
     ``images``: ``{"inverted", "chain"}`` tensors ``[n, C, H, W]`` in client order.
     """
 
@@ -91,6 +92,7 @@ class ChainResult:
     oracle_ssim_to_clear: float
     obfuscated_ssim: float
     inverted_thumbnail_ssim: float
+    loss_curve: tuple[float, ...]
     images: dict[str, Tensor]
 
     def summary(self) -> dict[str, float | int]:
@@ -138,14 +140,14 @@ def chained_attack(
         for lo in range(0, n, config.batch_size)
     ]  # fmt: skip
     if _can_vectorise(model, config):
-        inv, inferred, losses = invert_single_image_updates(
+        inv, inferred, losses, curve = invert_single_image_updates(
             model, updates, tuple(clear.shape[1:]), num_classes, config, input_transform=input_transform
         )
         labels_ok = int((inferred == labels[:n]).sum())
         if progress is not None:
             progress(n, n)
     else:
-        inverted, losses, labels_ok = [], [], 0
+        inverted, losses, labels_ok, curve = [], [], 0, []
         for i, (lo, update) in enumerate(zip(range(0, n, config.batch_size), updates)):
             sl = slice(lo, lo + config.batch_size)
             result = invert_gradients(
@@ -180,6 +182,7 @@ def chained_attack(
         oracle_ssim_to_clear=_mean(ssim(oracle, clear)),
         obfuscated_ssim=_mean(ssim(obfuscated, clear)),
         inverted_thumbnail_ssim=_mean(ssim(thumbnail(inv, region, "bilinear").clamp(0, 1), clear)),
+        loss_curve=tuple(curve),
         images={"inverted": inv, "chain": chain},
     )
 
@@ -203,7 +206,7 @@ def invert_single_image_updates(
     config: ChainConfig,
     *,
     input_transform: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[Tensor, Tensor, list[float]]:
+) -> tuple[Tensor, Tensor, list[float], list[float]]:
     """Invert many single-image, single-step updates at once: the same optimisation as
     :func:`~.gradient_inversion.invert_gradients` (cosine + TV, Adam on signed gradients, step size cut
     10x at 3/8, 5/8, 7/8, projection onto [0, 1], the same seeded start per update), run as one batch.
@@ -211,7 +214,8 @@ def invert_single_image_updates(
     The per-update gradients come from ``vmap(grad(loss))`` over the dummy images, and every dummy image
     enters only its own update's loss, so the batch is exactly ``len(updates)`` independent inversions
     (Adam is element-wise), only faster on a CPU. Needs a model without batch statistics (no BatchNorm).
-    Returns the images ``[N, C, H, W]`` (CPU, update order), the inferred labels and each final loss.
+    Returns the images ``[N, C, H, W]`` (CPU, update order), the inferred labels, each final loss, and the
+    mean loss at every 1/20 of the run plus at the end (to judge convergence).
     """
     device = torch.device(config.device)
     params = {k: p.detach().to(device) for k, p in model.named_parameters() if p.requires_grad}
@@ -246,13 +250,18 @@ def invert_single_image_updates(
     optimiser = torch.optim.Adam([z], lr=config.inversion_lr)
     milestones = sorted({max(1, int(config.iterations * f)) for f in (3 / 8, 5 / 8, 7 / 8)})
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, milestones=milestones, gamma=0.1)
-    for _ in range(config.iterations):
+    curve = []
+    for i in range(config.iterations):
         optimiser.zero_grad(set_to_none=True)
-        objective(z).sum().backward()
+        values = objective(z)
+        values.sum().backward()
+        if i % max(1, config.iterations // 20) == 0:
+            curve.append(float(values.detach().mean()))
         z.grad.sign_()
         optimiser.step()
         schedule.step()
         with torch.no_grad():
             z.clamp_(0, 1)
     final = objective(z.detach().requires_grad_(True)).detach().cpu()
-    return z.detach().cpu(), labels.cpu(), final.tolist()
+    curve.append(float(final.mean()))
+    return z.detach().cpu(), labels.cpu(), final.tolist(), curve

@@ -72,10 +72,10 @@ def test_vectorised_inversion_equals_one_inversion_per_update(iterations):
     normalise = lambda t: (t - 0.5) / 0.5
     updates = [client_update(model, x[i : i + 1], labels[i : i + 1], input_transform=normalise) for i in range(3)]
     config = ChainConfig(iterations=iterations, tv_weight=0.05, seed=7)
-    batched, inferred, losses = invert_single_image_updates(
+    batched, inferred, losses, curve = invert_single_image_updates(
         model, updates, (3, 12, 12), 10, config, input_transform=normalise
     )
-    assert inferred.tolist() == labels.tolist() and len(losses) == 3
+    assert inferred.tolist() == labels.tolist() and len(losses) == 3 and curve[-1] == pytest.approx(sum(losses) / 3)
     for i, update in enumerate(updates):
         one = invert_gradients(
             model, update, batch_size=1, image_shape=(3, 12, 12), num_classes=10, iterations=iterations,

@@ -191,3 +191,24 @@ def test_bad_inputs_raise():
     model = LearnedDeobfuscator(LearnedAttackConfig(region_size=4, widths=(4,)), 3, "direct")
     with pytest.raises(ValueError, match="3-channel"):
         model.reconstruct(torch.rand(2, 1, 12, 12))
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "head"),
+    [
+        ("visualmixer", {"region_size": 4, "block_sizes": [2, 1]}, "quantile"),
+        ("visualmixer", {"region_size": 4, "block_sizes": [1], "permute_channels": True}, "direct"),
+        ("block_shuffle", {"region_size": 4, "permute_channels": False}, "quantile"),
+        ("gaussian_blur", {"kernel_size": 3}, "direct"),
+        ("mosaic", {"cell_size": 4}, "direct"),
+        ("pixel_dp_gaussian", {"epsilon": 8.0}, "direct"),
+        ("pixel_dp_laplace", {"epsilon": 8.0}, "direct"),
+        ("dp_pix", {"epsilon": 1.0, "b": 4}, "direct"),
+    ],
+)
+def test_every_image_level_method_trains_with_the_head_its_invariants_allow(name, params, head):
+    x = smooth_images(48, 3, 12, seed=6)
+    config = LearnedAttackConfig(region_size=4, quantiles=4, epochs=1, **{**TINY, "chunk_size": 24})
+    model, history = train_deobfuscator(x, keyed_method_factory(name, **params), config)
+    assert history.head == head and history.keys_used == 2 and history.steps == 2
+    assert model.reconstruct(x[:2]).shape == (2, 3, 12, 12)
