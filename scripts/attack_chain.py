@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -58,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from attack_learned import _commit  # HEAD, marked -dirty when tracked files changed
+
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("fl_vmix.privacy").setLevel(logging.ERROR)
@@ -88,14 +89,10 @@ def main(argv: list[str] | None = None) -> dict:
         config,
         input_transform=lambda x: (x - 0.5) / 0.5,
     )
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = ""
     report = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "commit": commit,
+        "commit": _commit(),
         "method": args.method,
         "params": params,
         "model": args.model,

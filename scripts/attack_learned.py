@@ -102,10 +102,15 @@ def _pick(n_total: int, n: int, seed: int, what: str) -> np.ndarray:
 
 
 def _commit() -> str:
+    """HEAD, with ``-dirty`` when tracked files differ from it (the run then used uncommitted code)."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
+        )
     except (OSError, subprocess.CalledProcessError):
         return ""
+    return head + ("-dirty" if status.stdout.strip() else "")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -55,4 +55,4 @@ def test_learned_attack_beats_both_baselines_after_a_short_training(cifar):
 def test_candidate_search_lifts_ssim(cifar):
     result = candidate_search(cifar["obfuscated"], 8, (2, 1), candidates=64, ramps=16, rounds=2)
     before, after = ssim(cifar["obfuscated"], cifar["clear"]).mean(), ssim(result.images, cifar["clear"]).mean()
-    assert after > before + 0.1
+    assert after > before + 0.2

@@ -337,7 +337,8 @@ def train_deobfuscator(
 
     Args:
         public_images: clear images the attacker holds, ``[N, C, H, W]`` uint8 or float in [0, 1]
-            (disjoint from the victims'). The last ``config.validation_images`` are held out.
+            (disjoint from the victims'). ``config.validation_images`` random ones (at most a fifth) are
+            held out, obfuscated under one more attacker key, to report the validation SSIM per epoch.
         method_factory: ``key -> method`` with the victims' public settings (:func:`keyed_method_factory`);
             ``method(images, sample_ids, epoch)`` must return the obfuscated batch. A fresh 32-byte
             attacker key is used for every chunk of ``config.chunk_size`` images in every epoch.
