@@ -46,6 +46,7 @@ import numpy as np
 from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.labels import baseline_key, labels, settings
 from fl_vmix.evaluation.privacy_budget import privacy_budget
+from fl_vmix.evaluation.spread import exceeds_spread, mean_std_text
 from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings, from_recorded
 from fl_vmix.factory import build_privacy
 from fl_vmix.tables import format_value, write_csv
@@ -235,23 +236,6 @@ def setting_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[metric] = _mean_std([r[metric] for r in members[key]])[0]
         row["label"] = row["setting"]
     return list(out.values())
-
-
-def exceeds_spread(a: dict[str, Any], b: dict[str, Any], key: str = "accuracy") -> bool | None:
-    """Whether the settings ``a`` and ``b`` differ in ``key`` by more than their spread: the gap between
-    their means exceeds the sum of their standard deviations (their mean ± std intervals do not touch).
-    None when a spread is unknown (one seed): a single run's gap is no finding."""
-    std_a, std_b = a[f"{key}_std"], b[f"{key}_std"]
-    if math.isnan(std_a) or math.isnan(std_b):
-        return None
-    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) > std_a + std_b
-
-
-def mean_std_text(mean: float, std: float, digits: int = 3) -> str:
-    """``0.404 ± 0.012``; the mean alone for one seed."""
-    if math.isnan(std):
-        return format_value(mean, digits)
-    return f"{format_value(mean, digits)} ± {format_value(std, digits)}"
 
 
 def wrapped(label: str, width: int = 34) -> str:

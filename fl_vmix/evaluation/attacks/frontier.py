@@ -124,9 +124,12 @@ def plot_frontier(
     accuracy: str = "accuracy",
     label: str = "label",
     title: str | None = None,
+    error: str | None = None,
+    ylabel: str | None = None,
 ) -> Path:
     """Scatter accuracy against the attack score, label every point, and draw the Pareto front (ringed
-    points joined by a step line). Writes ``path`` (PNG/PDF/SVG by suffix) and returns it."""
+    points joined by a step line); ``error`` names a column of accuracy error bars (e.g. the std over
+    seeds). Writes ``path`` (PNG/PDF/SVG by suffix) and returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,6 +145,17 @@ def plot_frontier(
         raise ValueError(f"no row has numbers in both {attack!r} and {accuracy!r}; nothing to plot")
     fig, ax = plt.subplots(figsize=(7, 5))
     ax.scatter([x for _, x, _ in usable], [y for _, _, y in usable], s=25, color="tab:blue", zorder=2)
+    if error is not None:
+        bars: list[tuple[float, float, float]] = []
+        for i, x, y in usable:
+            e = _number(rows[i].get(error))
+            if e is not None:
+                bars.append((x, y, e))
+        if bars:
+            ax.errorbar(
+                [x for x, _, _ in bars], [y for _, y, _ in bars], yerr=[e for _, _, e in bars], fmt="none",
+                ecolor="tab:blue", alpha=0.6, capsize=3, zorder=2,
+            )  # fmt: skip
     on_front = sorted((x, y) for i, x, y in usable if front[i])
     front_x, front_y = [x for x, _ in on_front], [y for _, y in on_front]
     ax.scatter(
@@ -152,7 +166,7 @@ def plot_frontier(
         ax.annotate(str(rows[i].get(label, i)), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     direction = "attack SSIM to clear (strongest attack; lower = more private)"
     ax.set_xlabel(direction if attack == "attack_ssim" else f"{attack} (strongest attack; lower = more private)")
-    ax.set_ylabel(f"{accuracy} (higher = more useful)")
+    ax.set_ylabel(ylabel or f"{accuracy} (higher = more useful)")
     ax.set_title(title or f"{accuracy} vs {attack}")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
