@@ -65,3 +65,32 @@ def test_settings_over_seeds_show_mean_and_spread(tmp_path):
     assert "| none | - | 2 | 0.500 ± 0.020 | 0.0 ± 0.0 |" in text
     assert "| visualmixer | target_ratio=3.0 | 2 | 0.410 ± 0.010 | 9.0 ± 1.0 | 3.50 |" in text  # VFE: mean of seeds
     assert "stale" not in text and text.count("| visualmixer |") == 1, "one row per setting"
+
+
+def test_graded_experiments_show_the_strongest_attack(tmp_path):
+    folder = tmp_path / "results" / "graded"
+    folder.mkdir(parents=True)
+    columns = ["method", "params", "seed", "accuracy", "accuracy_loss_pp", "vfe", "vfe_reference", "ssim", "psnr",
+               "epsilon", "run_dir", "setting", "seeds", "accuracy_mean", "accuracy_std", "accuracy_loss_pp_mean",
+               "accuracy_loss_pp_std", "attack_ssim", "attack_ssim_by", "attack_recognition", "attack_recognition_by",
+               "attack_note"]  # fmt: skip
+    rows = [
+        ["none", "-", 0, 0.5, 0.0, 1.0, 5.0, 1.0, 100.0, "nan", "runs/0", "none", 1, 0.5, "nan", 0.0, "nan",
+         1.0, "clear images", 0.8, "clear images", "no privacy"],
+        ["dp_sgd", "-", 0, 0.3, 20.0, 1.0, 5.0, 1.0, 100.0, 2.0, "runs/1", "dp_sgd", 1, 0.3, "nan", 20.0, "nan",
+         "", "", "", "", "training-level DP"],
+    ]  # fmt: skip
+    with (folder / "results.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n<!-- table:graded -->\n<!-- /table:graded -->\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "| epsilon | attack SSIM | attack recognition |" in text and "|" + "---|" * 12 + "\n" in text
+    assert "| 100.0 | – | 1.000 | 0.800 |" in text and "| 2.00 | – | – |" in text

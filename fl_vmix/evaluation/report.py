@@ -22,6 +22,12 @@ standard deviation over seeds; empty for one seed), and the loss against the cle
 seed*, aggregated likewise. Tables and plots show mean ± std per setting, and a finding names a
 difference only where it exceeds the spread (:func:`exceeds_spread`).
 
+**Privacy axis.** When ``<out>/<experiment>/attacks/`` holds grades (``python -m
+fl_vmix.evaluation.attack_grade``), ``results.csv`` also gets the attack columns
+(:data:`fl_vmix.evaluation.privacy_axis.ATTACK_COLUMNS`), ``report.md`` the privacy-axis section (the
+Pareto front against the strongest attack, :mod:`fl_vmix.evaluation.frontier_report`) and
+``accuracy_vs_attack_ssim.png`` is drawn, so rebuilding a graded report keeps them.
+
 **Traceability.** Each reported run's ``summary.json``, ``metrics.csv`` and ``config.json`` are copied
 to ``<out>/<experiment>/runs/<run>/`` (no weights), and ``results.csv`` names those copies, so every
 number traces to committed files; ``collect`` on that folder rebuilds the report from them.
@@ -44,8 +50,12 @@ from typing import Any
 import numpy as np
 
 from fl_vmix.data import load_dataset
+from fl_vmix.evaluation.frontier_report import PLOT as FRONTIER_PLOT
+from fl_vmix.evaluation.frontier_report import plot_front, section
 from fl_vmix.evaluation.labels import baseline_key, labels, settings
+from fl_vmix.evaluation.privacy_axis import ATTACK_COLUMNS, attack_columns, has_grades, load_grades, setting_stem
 from fl_vmix.evaluation.privacy_budget import privacy_budget
+from fl_vmix.evaluation.spread import exceeds_spread, mean_std_text
 from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings, from_recorded
 from fl_vmix.factory import build_privacy
 from fl_vmix.tables import format_value, write_csv
@@ -237,23 +247,6 @@ def setting_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def exceeds_spread(a: dict[str, Any], b: dict[str, Any], key: str = "accuracy") -> bool | None:
-    """Whether the settings ``a`` and ``b`` differ in ``key`` by more than their spread: the gap between
-    their means exceeds the sum of their standard deviations (their mean ± std intervals do not touch).
-    None when a spread is unknown (one seed): a single run's gap is no finding."""
-    std_a, std_b = a[f"{key}_std"], b[f"{key}_std"]
-    if math.isnan(std_a) or math.isnan(std_b):
-        return None
-    return abs(a[f"{key}_mean"] - b[f"{key}_mean"]) > std_a + std_b
-
-
-def mean_std_text(mean: float, std: float, digits: int = 3) -> str:
-    """``0.404 ± 0.012``; the mean alone for one seed."""
-    if math.isnan(std):
-        return format_value(mean, digits)
-    return f"{format_value(mean, digits)} ± {format_value(std, digits)}"
-
-
 def wrapped(label: str, width: int = 34) -> str:
     """A label broken into lines at spaces: plots show all of it."""
     return "\n".join(textwrap.wrap(label, width)) or label
@@ -434,10 +427,24 @@ def copy_runs(rows: list[dict[str, Any]], out: Path) -> None:
             row["baseline_run"] = moved[str(Path(row["baseline_run"]).resolve())]
 
 
+def add_attack_grades(rows: list[dict[str, Any]], out: Path) -> dict[str, dict[str, Any]] | None:
+    """The attack columns of every row from ``out/attacks/`` (python -m fl_vmix.evaluation.attack_grade);
+    None, and no columns, when the experiment was never graded."""
+    if not has_grades(out):
+        return None
+    grades = load_grades(out)
+    for row in rows:
+        privacy = row["_experiment"].privacy
+        stem = setting_stem(row["_experiment"].dataset.name, privacy.method, privacy.params)
+        row.update(attack_columns(privacy.method, stem, grades))
+    return grades
+
+
 def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: str = "") -> Path:
     out.mkdir(parents=True, exist_ok=True)
     copy_runs(rows, out)
-    write_csv(out / "results.csv", COLUMNS, rows)
+    grades = add_attack_grades(rows, out)
+    write_csv(out / "results.csv", COLUMNS + (ATTACK_COLUMNS if grades is not None else []), rows)
     plot_accuracy_against(rows, "vfe", out / "accuracy_vs_vfe.png")
     plot_accuracy_against(rows, "ssim", out / "accuracy_vs_ssim.png")
     plot_samples(rows, out / "samples.png")
@@ -476,6 +483,10 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         )
     lines += ["", "## Findings", ""] + [f"- {n}" for n in findings(rows)]
     lines += privacy_section(setting_rows(rows))
+    if grades is not None:
+        settings_ = setting_rows(rows)
+        plotted = plot_front(settings_, out / FRONTIER_PLOT, f"{experiment}: accuracy against the strongest attack")
+        lines += ["", *section(settings_, grades, plotted)]
     lines += [
         "",
         "![accuracy vs VFE](accuracy_vs_vfe.png) ![accuracy vs SSIM](accuracy_vs_ssim.png)",

@@ -25,9 +25,12 @@ def _linear(num_classes: int = 10, seed: int = 0) -> nn.Module:
 def _tiny_conv(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, stride=2), nn.ReLU(),
-        nn.Flatten(), nn.Linear(8 * 8 * 8, 10),
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, 10),
     )
 
 
@@ -69,8 +72,14 @@ def test_linear_model_single_image_recovered(labels_known):
     model, x, y = _linear(), smooth_images(1, 3, 16, seed=4), torch.tensor([3])
     update = client_update(model, x, y)
     result = invert_gradients(
-        model, update, batch_size=1, image_shape=SHAPE, num_classes=10,
-        labels=y if labels_known else None, iterations=200, seed=0,
+        model,
+        update,
+        batch_size=1,
+        image_shape=SHAPE,
+        num_classes=10,
+        labels=y if labels_known else None,
+        iterations=200,
+        seed=0,
     )
     assert result.labels.tolist() == [3] and result.labels_inferred is not labels_known
     assert result.images.shape == (1, *SHAPE) and 0 <= result.images.min() and result.images.max() <= 1
@@ -91,8 +100,16 @@ def test_multi_step_update_is_matched_by_unrolling():
     model, x, y = _linear(), smooth_images(1, 3, 16, seed=6), torch.tensor([0])
     update = client_update(model, x, y, local_steps=3, lr=0.1)
     result = invert_gradients(
-        model, update, batch_size=1, image_shape=SHAPE, num_classes=10, local_steps=3, local_lr=0.1,
-        iterations=200, seed=0, parametrisation="sigmoid",
+        model,
+        update,
+        batch_size=1,
+        image_shape=SHAPE,
+        num_classes=10,
+        local_steps=3,
+        local_lr=0.1,
+        iterations=200,
+        seed=0,
+        parametrisation="sigmoid",
     )
     assert result.labels.tolist() == [0]
     assert result.score(x).ssim_to_clear.item() > 0.9

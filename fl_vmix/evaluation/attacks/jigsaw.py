@@ -108,9 +108,7 @@ def insert_blocks(images: torch.Tensor, blocks: torch.Tensor, region_size: int) 
     return out
 
 
-def shuffle_blocks(
-    images: torch.Tensor, region_size: int, block_size: int, permutation: torch.Tensor
-) -> torch.Tensor:
+def shuffle_blocks(images: torch.Tensor, region_size: int, block_size: int, permutation: torch.Tensor) -> torch.Tensor:
     """Apply a block permutation in the gather convention: shuffled block ``q`` = clear block
     ``permutation[..., q]``. ``permutation`` is ``[B, C, Ry, Rx, N]`` (or broadcastable to it).
 
@@ -123,9 +121,7 @@ def shuffle_blocks(
     return insert_blocks(images, blocks.gather(4, idx), region_size)
 
 
-def random_block_permutation(
-    shape: tuple[int, ...], num_blocks: int, generator: torch.Generator
-) -> torch.Tensor:
+def random_block_permutation(shape: tuple[int, ...], num_blocks: int, generator: torch.Generator) -> torch.Tensor:
     """Independent uniform permutations, ``[*shape, num_blocks]`` (one per image, channel, region)."""
     keys = torch.rand((*shape, num_blocks), generator=generator)
     return keys.argsort(dim=-1)
