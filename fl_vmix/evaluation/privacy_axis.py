@@ -34,7 +34,7 @@ TRAINING_LEVEL_NOTE = (
 )
 UNGRADED_NOTE = "not graded yet: run python -m fl_vmix.evaluation.attack_grade"
 TRAINING_LEVEL = ("dp_sgd", "central_dp")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=,+-]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")  # no commas: Flower's FAB manifest is comma-separated
 _MAX_STEM = 150
 
 
@@ -52,7 +52,7 @@ def plain_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def setting_stem(dataset: str, method: str, params: Mapping[str, Any]) -> str:
-    """The file stem of a setting's grade: ``cifar10-visualmixer-block_sizes=2.1,mode=static,...``.
+    """The file stem of a setting's grade: ``cifar10-visualmixer-block_sizes=2.1+mode=static+...``.
 
     Parameters left at None are omitted; a stem longer than 150 characters is cut and gets a hash of
     the full setting, so two settings never share a stem."""
@@ -62,7 +62,7 @@ def setting_stem(dataset: str, method: str, params: Mapping[str, Any]) -> str:
             continue
         text = ".".join(map(str, value)) if isinstance(value, list) else str(value)
         shown.append(f"{key}={text}")
-    stem = _UNSAFE.sub("_", "-".join([dataset, method, *([",".join(shown)] if shown else [])]))
+    stem = _UNSAFE.sub("_", "-".join([dataset, method, *(["+".join(shown)] if shown else [])]))
     if len(stem) > _MAX_STEM:
         canonical = json.dumps([dataset, method, plain_params(params)], sort_keys=True)
         stem = stem[: _MAX_STEM - 9] + "-" + hashlib.sha256(canonical.encode()).hexdigest()[:8]

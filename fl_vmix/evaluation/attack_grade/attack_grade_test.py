@@ -116,7 +116,7 @@ def test_only_and_unknown_patterns(experiment, capsys):
 
 def test_stems_are_readable_and_distinct():
     stem = setting_stem("cifar10", "visualmixer", {"block_sizes": (2, 1), "region_size": 8, "target_vfe": None})
-    assert stem == "cifar10-visualmixer-block_sizes=2.1,region_size=8"
+    assert stem == "cifar10-visualmixer-block_sizes=2.1+region_size=8"
     long = {f"parameter_{i}": "x" * 20 for i in range(10)}
     a, b = setting_stem("d", "m", long), setting_stem("d", "m", {**long, "parameter_9": "y" * 20})
     assert len(a) <= 150 and a != b
