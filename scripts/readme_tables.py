@@ -114,6 +114,9 @@ def table_rows(path: Path) -> list[dict[str, str]]:
                 **{key: fmt(number(first.get(key, "")), 3) for key in ("attack_ssim", "attack_recognition")},
             }
         )
+        unit = first.get("epsilon_unit", "")  # every epsilon with its unit (value, example, client)
+        if unit and out[-1]["epsilon"] != "–":
+            out[-1]["epsilon"] += f" ({unit})"
     return out
 
 

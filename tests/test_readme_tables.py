@@ -19,16 +19,16 @@ def test_the_readme_tables_match_the_committed_results():
     done = check()
     assert done.returncode == 0, done.stderr
     names = done.stdout.split(": ", 1)[1].split(", ")
-    assert {"cifar10_visualmixer", "cifar10_dp_sweep", "retinamnist", "demo_seeds"} <= {n.strip() for n in names}
+    assert {"cifar10_frontier", "retinamnist", "demo_seeds"} <= {n.strip() for n in names}
     for name in names:  # every table traces to a committed results.csv and its runs
         assert (REPO / "experiments" / "results" / name.strip() / "results.csv").is_file()
 
 
 def test_a_hand_edited_table_is_caught(tmp_path):
     readme = (REPO / "README.md").read_text()
-    start = readme.index("<!-- table:cifar10_visualmixer -->")
+    start = readme.index("<!-- table:retinamnist -->")
     row = readme.index("| none |", start)
-    edited = readme[:row] + readme[row:].replace("0.507", "0.517", 1)
+    edited = readme[:row] + readme[row:].replace("0.485", "0.495", 1)
     (tmp_path / "README.md").write_text(edited)
     done = check("--readme", str(tmp_path / "README.md"))
     assert done.returncode == 1 and "never edit them by hand" in done.stderr
@@ -73,12 +73,12 @@ def test_graded_experiments_show_the_strongest_attack(tmp_path):
     columns = ["method", "params", "seed", "accuracy", "accuracy_loss_pp", "vfe", "vfe_reference", "ssim", "psnr",
                "epsilon", "run_dir", "setting", "seeds", "accuracy_mean", "accuracy_std", "accuracy_loss_pp_mean",
                "accuracy_loss_pp_std", "attack_ssim", "attack_ssim_by", "attack_recognition", "attack_recognition_by",
-               "attack_note"]  # fmt: skip
+               "attack_note", "epsilon_unit"]  # fmt: skip
     rows = [
         ["none", "-", 0, 0.5, 0.0, 1.0, 5.0, 1.0, 100.0, "nan", "runs/0", "none", 1, 0.5, "nan", 0.0, "nan",
-         1.0, "clear images", 0.8, "clear images", "no privacy"],
+         1.0, "clear images", 0.8, "clear images", "no privacy", ""],
         ["dp_sgd", "-", 0, 0.3, 20.0, 1.0, 5.0, 1.0, 100.0, 2.0, "runs/1", "dp_sgd", 1, 0.3, "nan", 20.0, "nan",
-         "", "", "", "", "training-level DP"],
+         "", "", "", "", "training-level DP", "example"],
     ]  # fmt: skip
     with (folder / "results.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
@@ -93,4 +93,4 @@ def test_graded_experiments_show_the_strongest_attack(tmp_path):
     assert done.returncode == 0, done.stderr
     text = readme.read_text()
     assert "| epsilon | attack SSIM | attack recognition |" in text and "|" + "---|" * 12 + "\n" in text
-    assert "| 100.0 | – | 1.000 | 0.800 |" in text and "| 2.00 | – | – |" in text
+    assert "| 100.0 | – | 1.000 | 0.800 |" in text and "| 2.00 (example) | – | – |" in text

@@ -1,6 +1,6 @@
 """Grade an experiment's privacy settings by the strongest attacks; add the privacy axis to its report.
 
-    python -m fl_vmix.evaluation.attack_grade --experiment cifar10_visualmixer --root ../shared/data
+    python -m fl_vmix.evaluation.attack_grade --experiment cifar10_frontier --root ../shared/data
     python -m fl_vmix.evaluation.attack_grade --experiment retinamnist --root ../shared/data --victims 520
     python -m fl_vmix.evaluation.attack_grade --experiment demo_seeds --victims 64 --learned-budget-s 60 \\
         --out /tmp/demo_seeds_graded            # write somewhere else than experiments/results/<experiment>
