@@ -19,7 +19,7 @@ if [[ $which == a || $which == all ]]; then
   report run --experiment $E --part clear -- privacy=none
   report run --experiment $E --part default -- privacy=visualmixer
   report run --experiment $E --part obfuscations -- privacy=block_shuffle,gaussian_blur,mosaic
-  report run --experiment $E --part image_dp -- privacy=pixel_dp_gaussian,dp_pix privacy.epsilon=8
+  report run --experiment $E --part image_dp -- privacy=pixel_dp_gaussian,dp_pix ++privacy.epsilon=8  # ++: the default privacy (visualmixer) has no epsilon
   report run --experiment $E --part region4 -- privacy=visualmixer privacy.region_size=4
   report run --experiment $E --part blocks -- privacy=visualmixer 'privacy.block_sizes=[1]'
   report run --experiment $E --part channels -- privacy=visualmixer privacy.permute_channels=true
