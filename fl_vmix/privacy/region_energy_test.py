@@ -10,10 +10,12 @@ from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
     SCALE,
     _region_energies_torch,
+    _selected_energies_torch,
     identity_sources,
     quantize,
     region_energies,
     select_sources,
+    selected_energies,
 )
 
 SHAPES = [(3, 32, 32, 8), (1, 28, 28, 8), (3, 30, 29, 8), (3, 9, 17, 8), (3, 20, 20, 16)]
@@ -129,3 +131,29 @@ def test_energy_of_a_known_image_in_integers():
     # right half, so 4 (the step) + 4 (right border) + 2 (bottom border under columns 2-3)
     assert reference.tolist() == [[[10 * step]]]
     assert torch.equal(_region_energies_torch(values, identity, geometry, True), reference)
+
+
+@pytest.mark.parametrize("channels, height, width, region", SHAPES)
+@pytest.mark.parametrize("reference", [True, False])
+def test_selected_energies_compiled_and_torch_are_identical(channels, height, width, region, reference):
+    geometry = ShuffleGeometry(height, width, channels, region, (4, 2, 1), True)
+    words = KeyedPRF(bytes(range(16)), b"selected").words(np.arange(3), 0, geometry.words_per_sample)
+    maps = sources(geometry, words, [0, 1, 2], torch.device("cpu"))
+    values = quantize(images_of(3, channels, height, width, seed=2)).view(-1)
+    levels = torch.randint(0, 3, (3, geometry.num_regions), generator=torch.Generator().manual_seed(5))
+    compiled = selected_energies(values, maps, levels, geometry, reference)
+    vectorised = _selected_energies_torch(values, maps, levels, geometry, reference)
+    assert compiled.dtype == vectorised.dtype == torch.int64 and compiled.shape == (3, geometry.num_regions)
+    assert torch.equal(compiled, vectorised)
+    for narrow in (levels.to(torch.uint8), levels.to(torch.int32)):  # levels of any integer dtype
+        assert torch.equal(selected_energies(values, maps, narrow, geometry, reference), compiled)
+        assert torch.equal(_selected_energies_torch(values, maps, narrow, geometry, reference), compiled)
+    if reference:  # zero padding at every window edge: a region's energy is its own level's, whatever its neighbours
+        every = region_energies(values, maps, geometry, reference)  # [B, levels, R]
+        assert torch.equal(compiled, every.gather(1, levels.unsqueeze(1)).squeeze(1))
+
+
+def test_identity_sources_are_int32_offsets_of_the_flat_batch():
+    identity = identity_sources(2, 3, 5, torch.device("cpu"))
+    assert identity.dtype == torch.int32 and identity.shape == (1, 2, 3, 5)
+    assert identity.flatten().tolist() == list(range(30))
