@@ -16,6 +16,7 @@ from fl_vmix.privacy.region_energy import (
     region_energies,
     select_sources,
     selected_energies,
+    take_selected,
 )
 
 SHAPES = [(3, 32, 32, 8), (1, 28, 28, 8), (3, 30, 29, 8), (3, 9, 17, 8), (3, 20, 20, 16)]
@@ -157,3 +158,17 @@ def test_identity_sources_are_int32_offsets_of_the_flat_batch():
     identity = identity_sources(2, 3, 5, torch.device("cpu"))
     assert identity.dtype == torch.int32 and identity.shape == (1, 2, 3, 5)
     assert identity.flatten().tolist() == list(range(30))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.float16])
+def test_take_selected_gathers_each_region_at_its_level_in_any_memory_layout(dtype):
+    geometry = ShuffleGeometry(16, 16, 3, 8, (4, 2, 1), True)
+    words = KeyedPRF(bytes(range(16)), b"take").words(np.arange(2), 0, geometry.words_per_sample)
+    maps = sources(geometry, words, [0, 1, 2], torch.device("cpu"))
+    levels = torch.tensor([[0, 1, 2, 1], [2, 0, 0, 1]])
+    images = (images_of(2, 3, 16, 16, seed=4) * (255 if dtype == torch.uint8 else 1)).to(dtype)
+    # Oracle: the flat batch indexed by the selected sources (select_sources is checked on its own above).
+    expected = images.reshape(-1)[select_sources(maps, levels, geometry).reshape(-1).long()].view_as(images)
+    assert torch.equal(take_selected(images, maps, levels, geometry), expected)
+    channels_last = images.to(memory_format=torch.channels_last)  # strides of another layout, same values
+    assert torch.equal(take_selected(channels_last, maps, levels, geometry), expected)
