@@ -34,6 +34,8 @@ from fl_vmix.privacy.methods import PRIVACY_METHODS, method_parameters
 RUN_CONFIG_KEY = "experiment"
 OVERRIDES_KEY = "overrides"  # `flwr run . --run-config "overrides='num_rounds=2'"`: Hydra overrides of conf/
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedavgm")  # Flower classes: fl_vmix.apps.strategy.STRATEGIES
+# The settings of each strategy beyond FedAvg's (which build_strategy sets from the experiment itself).
+STRATEGY_PARAMS = {"fedavg": (), "fedprox": ("proximal_mu",), "fedavgm": ("server_learning_rate", "server_momentum")}
 ENGINE_NAMES = ("simulation", "deployment")
 DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods without regions of their own
 SECRET_PARAMS = ("key",)  # a keyed method's secret comes from its node, never from the config
@@ -269,6 +271,10 @@ class StrategySettings:
     def parse(cls, raw: Any) -> StrategySettings:
         g = _Group(raw, "strategy")
         name = g.text("name", STRATEGY_NAMES)
+        valid = STRATEGY_PARAMS[name]
+        unknown = sorted(set(g.raw) - {"name", *valid})
+        if unknown:
+            raise ConfigError(f"strategy.{unknown[0]} is not a parameter of {name!r}: use {', '.join(valid) or 'none'}")
         return cls(name, MappingProxyType({k: g.number(k, 0.0) for k in sorted(g.raw) if k != "name"}))
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fl_vmix.checks import check_experiment
+from fl_vmix.checks import check_experiment, check_settings
 from fl_vmix.experiment import (
     ConfigError,
     Experiment,
@@ -105,6 +105,33 @@ def test_faults_name_partitions_and_rounds():
             lambda c: c["engine"].update(timeout_s=0),
             "engine.timeout_s=0 is invalid: set engine.timeout_s to a number > 0",
         ),
+        (
+            lambda c: c.update(privacy={"method": "pixel_dp_laplace", "epsilon": 8.0, "run": 3}),
+            r"privacy.run must not be in the experiment: it is the run's seed.*remove it",
+        ),
+        (lambda c: c.update(central_eval="yes"), "central_eval='yes' is invalid: use true or false"),
+        (lambda c: c.update(output_dir=5), "output_dir=5 is invalid: give a path or null"),
+        (lambda c: c.update(dataset=3), "dataset must be a mapping of settings, got 3"),
+        (
+            lambda c: c.update(min_success_fraction=1.5),
+            r"min_success_fraction=1.5 is invalid: set min_success_fraction to a number in \[0.0, 1.0\]",
+        ),
+        (
+            lambda c: c["faults"].update(fail_partitions="1"),
+            r"faults.fail_partitions='1' is invalid: give a list of integers, e.g. \[1\]",
+        ),
+        (
+            lambda c: c["strategy"].update(name="fedadam"),
+            "unknown strategy.name 'fedadam': choose one of fedavg, fedprox",
+        ),
+        (
+            lambda c: c["strategy"].update(name="fedavgm", server_momentun=0.9),
+            "strategy.server_momentun is not a parameter of 'fedavgm': use server_learning_rate, server_momentum",
+        ),
+        (
+            lambda c: c["strategy"].update(proximal_mu=0.1),
+            "strategy.proximal_mu is not a parameter of 'fedavg': use none",
+        ),
     ],
 )
 def test_bad_settings_are_named_with_the_fix(change, message):
@@ -127,3 +154,27 @@ def test_the_probe_catches_what_parsing_cannot(tiny_experiment):
     with pytest.raises(ValueError, match="target_ratio must be >= 1"):
         check_experiment(tiny_experiment("privacy.target_ratio=0.5"))
     check_experiment(tiny_experiment())
+
+
+@pytest.mark.parametrize(
+    "run_config, message",
+    [
+        ({"experiment": 5}, "run config 'experiment' must be a JSON string: launch with python -m fl_vmix"),
+        ({"experiment": "{"}, r"run config 'experiment' is not valid JSON \(.*\): launch with python -m fl_vmix"),
+        ({"experiment": "[1]"}, "run config 'experiment' must hold a JSON object, got list"),
+        ({"overrides": 3}, "run config 'overrides' must be a string of Hydra overrides: flwr run . --run-config"),
+    ],
+)
+def test_bad_run_configs_are_named_with_the_fix(run_config, message):
+    with pytest.raises(ConfigError, match=message):
+        experiment_from_run_config(run_config)
+
+
+def test_tensorboard_without_its_package_is_refused_with_the_fix(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"tensorboard=true needs the tensorboard package.*pip install 'fl-vmix\["):
+        check_settings(compose(["tensorboard=true"]))
+    check_settings(compose(["tensorboard=false"]))

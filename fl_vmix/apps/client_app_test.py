@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, MetricRecord, RecordDict
@@ -143,13 +145,12 @@ def key_of(experiment: Experiment, ctx: Context) -> bytes:
 
 
 @pytest.mark.parametrize("mode", ["random", "derived"])
-def test_clients_have_distinct_keys_that_the_server_never_sends(tiny_experiment, mode):
+def test_clients_have_distinct_stable_keys(tiny_experiment, mode):
     experiment = tiny_experiment(f"engine.simulation_keys={mode}")
     first, second = (key_of(experiment, context(experiment, partition)) for partition in (0, 1))
     assert first != second and len(first) == 32
     assert first == key_of(experiment, context(experiment, 0))  # stable across rounds and runs
-    run_config = to_run_config(experiment)
-    assert first.hex() not in str(run_config) and "key" not in experiment_from_run_config(run_config).privacy.params
+    # That the server never sends them is checked on what a whole run puts on the wire: server_app_test.py.
 
 
 def test_derived_simulation_keys_come_from_the_seed_and_the_partition_only(tiny_experiment, tmp_path, monkeypatch):
@@ -190,15 +191,29 @@ def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
         client_app.app(msg, context(experiment, node_config=node_config))
 
 
-def test_evaluate_reports_loss_accuracy_and_examples(experiment):
+@pytest.mark.parametrize("bias", [1.5, -1.5])
+def test_evaluate_reports_loss_accuracy_and_examples(experiment, bias):
+    # Closed form: with the last layer's weights at zero the logits are its bias (0, b, 0) for every image, so
+    # the model predicts class 1 if b > 0, else class 0 (the first of a tie), and each example's loss is
+    # log(2 + e^b) - b [y = 1]. Partition 1's test split holds 2, 3 and 2 images of classes 0, 1 and 2.
     model = initial_model(experiment)
+    last = model.classifier[-1]
+    with torch.no_grad():
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, bias, 0.0]))
     msg = message(
         RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": ConfigRecord({"server-round": 1})}), "evaluate"
     )
-    reply = client_app.app(msg, context(experiment))
+    reply = client_app.app(msg, context(experiment, partition_id=1))
     metrics = reply.content["metrics"]
     assert set(metrics) == {"loss", "accuracy", "num-examples", "uniform-weight", "partition-id"}
-    assert 0 <= metrics["accuracy"] <= 1 and metrics["num-examples"] > 0
+    labels = client_data(experiment, {"partition-id": 1, "num-partitions": 2}).test_labels
+    assert sorted(np.bincount(labels).tolist()) == [2, 2, 3], "unequal classes: a wrong prediction shows"
+    predicted = 1 if bias > 0 else 0
+    expected_loss = float(np.mean([math.log(2 + math.exp(bias)) - (bias if y == 1 else 0.0) for y in labels]))
+    assert metrics["num-examples"] == len(labels) and metrics["partition-id"] == 1
+    assert metrics["accuracy"] == pytest.approx(float(np.mean(labels == predicted)), abs=1e-12)
+    assert metrics["loss"] == pytest.approx(expected_loss, rel=1e-6)
 
 
 def test_a_worker_keeps_its_clients_up_to_the_configured_bound(tiny_experiment):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from collections.abc import Iterable
@@ -14,8 +15,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, Metadata, Metric
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx
 
 from fl_vmix.apps.dp import wrap_central_dp
-from fl_vmix.apps.strategy import RecordingStrategy, aggregate_without_partition, build_strategy
-from fl_vmix.experiment import compose
+from fl_vmix.apps.strategy import STRATEGIES, RecordingStrategy, aggregate_without_partition, build_strategy
+from fl_vmix.experiment import STRATEGY_NAMES, STRATEGY_PARAMS, compose
 from fl_vmix.privacy.training_level import CentralDP
 from fl_vmix.recording import RunRecorder
 
@@ -120,3 +121,12 @@ def test_plain_strategies_take_the_experiments_settings():
     fedprox = build_strategy(compose(["strategy=fedprox", "strategy.proximal_mu=0.5", "fraction_evaluate=0"]))
     assert isinstance(fedprox, FedProx) and fedprox.proximal_mu == 0.5
     assert fedprox.min_evaluate_nodes == 0 and fedprox.min_available_nodes == 5
+
+
+def test_the_strategy_settings_the_experiment_accepts_are_those_of_flowers_classes():
+    assert set(STRATEGIES) == set(STRATEGY_NAMES) == set(STRATEGY_PARAMS)
+    base = set(inspect.signature(FedAvg).parameters)
+    for name, cls in STRATEGIES.items():
+        assert set(inspect.signature(cls).parameters) - base == set(STRATEGY_PARAMS[name]), name
+    fedavgm = build_strategy(compose(["strategy=fedavgm", "strategy.server_momentum=0.5"]))
+    assert fedavgm.server_momentum == 0.5 and fedavgm.server_learning_rate == 1.0  # type: ignore[attr-defined]

@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -21,26 +22,37 @@ from fl_vmix.recording import RunRecorder
 
 
 def finished_run(
-    folder: Path, experiment: Experiment, accuracy: float, vfe: float, ssim: float, epsilon: float | None = None
+    folder: Path,
+    experiment: Experiment,
+    accuracy: float,
+    vfe: float,
+    ssim: float,
+    epsilon: float | None = None,
+    client_epsilons: tuple[float, ...] = (1.0,),
 ) -> Path:
-    """A run folder written by the same recorder the ServerApp uses, for a two-round run."""
+    """A run folder written by the same recorder the ServerApp uses, for a two-round run: one client per entry of
+    ``client_epsilons``, whose epsilon after round r is ``epsilon * factor * r``."""
     recorder = RunRecorder(folder, experiment.replace(output_dir=str(folder)).to_dict())
     for server_round in (1, 2):
-        client = {
-            "partition-id": 0,
-            "num-examples": 10,
-            "train_loss": 1.0,
-            "train_accuracy": accuracy,
-            "vfe_corrected": vfe,
-            "vfe_reference": vfe * 2,
-            "ssim": ssim,
-            "psnr": 20.0,
-        }
-        if epsilon is not None:
-            client["epsilon"] = epsilon * server_round
+        clients = []
+        for partition, factor in enumerate(client_epsilons):
+            client = {
+                "partition-id": partition,
+                "num-examples": 10,
+                "train_loss": 1.0,
+                "train_accuracy": accuracy,
+                "vfe_corrected": vfe,
+                "vfe_reference": vfe * 2,
+                "ssim": ssim,
+                "psnr": 20.0,
+            }
+            if epsilon is not None:
+                client["epsilon"] = epsilon * factor * server_round
+            clients.append(client)
         recorder.start_round(server_round)
-        recorder.record_replies(server_round, "train", [client], [])
-        recorder.record_aggregate(server_round, "train", {k: v for k, v in client.items() if k != "partition-id"})
+        recorder.record_replies(server_round, "train", clients, [])
+        aggregate = {k: v for k, v in clients[0].items() if k not in ("partition-id", "epsilon")}
+        recorder.record_aggregate(server_round, "train", aggregate)
         recorder.record_replies(
             server_round, "eval", [{"partition-id": 0, "loss": 1.0, "accuracy": accuracy, "num-examples": 5}], []
         )
@@ -175,3 +187,19 @@ def test_one_seed_has_no_spread_and_makes_no_finding(tiny_experiment, tmp_path):
     settings = setting_rows(collect_rows(find_runs([tmp_path])))
     assert [s["seeds"] for s in settings] == [1, 1] and all(math.isnan(s["accuracy_std"]) for s in settings)
     assert exceeds_spread(settings[0], settings[1]) is None, "0.404 against 0.402 from one seed each is no finding"
+
+
+def test_a_runs_epsilon_is_its_largest_clients(tiny_experiment, tmp_path):
+    # Three clients per round with different epsilons: the run's guarantee is the weakest client's (the largest).
+    finished_run(
+        tmp_path / "runs" / "0", tiny_experiment("privacy=none"), accuracy=0.9, vfe=1.0, ssim=1.0
+    )  # the clear run the DP run is compared with
+    finished_run(
+        tmp_path / "runs" / "1", tiny_experiment("privacy=dp_sgd", "num_clients=3"), accuracy=0.6, vfe=1.0, ssim=1.0,
+        epsilon=1.0, client_epsilons=(0.5, 2.5, 1.0),
+    )  # fmt: skip
+    summary = json.loads((tmp_path / "runs" / "1" / "summary.json").read_text())
+    assert summary["epsilon"] == pytest.approx(5.0), "round 2: the largest client, 2.5 * 2 (not 1.0 nor 3.5/3)"
+    rows = collect_rows(find_runs([tmp_path / "runs"]))
+    by_method = {r["method"]: r for r in rows}
+    assert by_method["dp_sgd"]["epsilon"] == pytest.approx(5.0)

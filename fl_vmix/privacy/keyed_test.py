@@ -182,3 +182,31 @@ def test_public_hash_fields_broadcast_and_depend_on_every_field():
     assert len(set(grid.flatten().tolist())) == 20
     assert hash_fields(3, 2, 3).item() != hash_fields(4, 2, 3).item() != hash_fields(3, 3, 2).item()
     assert hash_fields(3).item() == 3  # no fields: the seed itself
+
+
+def test_public_hash_fields_are_int64_on_the_asked_device_whatever_the_inputs_dtype():
+    expected = hash_fields(3, 2, 3)
+    for dtype in (torch.int32, torch.int16, torch.uint8):  # int32 * GOLDEN would wrap at 32 bits
+        assert hash_fields(3, torch.tensor([2], dtype=dtype), torch.tensor([3], dtype=dtype)).item() == expected.item()
+    assert hash_fields(np.int32(3)).dtype == torch.int64
+    assert hash_fields(np.int32(3), 2).item() == hash_fields(3, 2).item()
+    # The meta device stands in for an accelerator: every tensor must be made on the device asked for.
+    assert hash_fields(3, device="meta").device.type == "meta"
+    assert hash_fields(3, torch.tensor([2]), device="meta").device.type == "meta"
+
+
+def test_signed_reads_the_top_bit_as_the_sign():
+    from fl_vmix.privacy.keyed import _signed
+
+    assert _signed((1 << 63) - 1) == (1 << 63) - 1
+    assert _signed(1 << 63) == -(1 << 63)
+    assert _signed((1 << 64) - 1) == -1 and _signed(1 << 64) == 0
+
+
+def test_key_errors_name_the_caller():
+    with pytest.raises(ValueError, match="^VisualMixer needs the client's secret key"):
+        check_key(None)
+    with pytest.raises(ValueError, match="^VisualMixer: a key must be bytes"):
+        check_key("key")
+    with pytest.raises(ValueError, match="^BlockShuffle: a key must be bytes"):
+        check_key("key", owner="BlockShuffle")

@@ -51,6 +51,7 @@ GEOMETRIES = [
     (1, 12, 12, 5, (3, 2), False),
     (3, 30, 29, 8, (4, 2), True),  # units of 2 px, partial at the edges
     (2, 27, 33, 9, (6, 3), False),  # units of 3 px
+    (2, 16, 16, 8, (4, 1), True),  # two channels swapped or not per region
 ]
 
 

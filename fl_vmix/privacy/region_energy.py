@@ -122,6 +122,13 @@ def selected_energies(
             out,
         )
         return torch.from_numpy(out)
+    return _selected_energies_torch(values, sources, levels, geometry, reference)
+
+
+def _selected_energies_torch(
+    values: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry, reference: bool
+) -> torch.Tensor:
+    """:func:`selected_energies` on any device (the kernel's twin, tested equal to it on the CPU)."""
     return _region_energies_torch(values, select_sources(sources, levels, geometry).unsqueeze(0), geometry, reference)[
         :, 0
     ]

@@ -10,10 +10,13 @@ from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
     SCALE,
     _region_energies_torch,
+    _selected_energies_torch,
     identity_sources,
     quantize,
     region_energies,
     select_sources,
+    selected_energies,
+    take_selected,
 )
 
 SHAPES = [(3, 32, 32, 8), (1, 28, 28, 8), (3, 30, 29, 8), (3, 9, 17, 8), (3, 20, 20, 16)]
@@ -129,3 +132,43 @@ def test_energy_of_a_known_image_in_integers():
     # right half, so 4 (the step) + 4 (right border) + 2 (bottom border under columns 2-3)
     assert reference.tolist() == [[[10 * step]]]
     assert torch.equal(_region_energies_torch(values, identity, geometry, True), reference)
+
+
+@pytest.mark.parametrize("channels, height, width, region", SHAPES)
+@pytest.mark.parametrize("reference", [True, False])
+def test_selected_energies_compiled_and_torch_are_identical(channels, height, width, region, reference):
+    geometry = ShuffleGeometry(height, width, channels, region, (4, 2, 1), True)
+    words = KeyedPRF(bytes(range(16)), b"selected").words(np.arange(3), 0, geometry.words_per_sample)
+    maps = sources(geometry, words, [0, 1, 2], torch.device("cpu"))
+    values = quantize(images_of(3, channels, height, width, seed=2)).view(-1)
+    levels = torch.randint(0, 3, (3, geometry.num_regions), generator=torch.Generator().manual_seed(5))
+    compiled = selected_energies(values, maps, levels, geometry, reference)
+    vectorised = _selected_energies_torch(values, maps, levels, geometry, reference)
+    assert compiled.dtype == vectorised.dtype == torch.int64 and compiled.shape == (3, geometry.num_regions)
+    assert torch.equal(compiled, vectorised)
+    for narrow in (levels.to(torch.uint8), levels.to(torch.int32)):  # levels of any integer dtype
+        assert torch.equal(selected_energies(values, maps, narrow, geometry, reference), compiled)
+        assert torch.equal(_selected_energies_torch(values, maps, narrow, geometry, reference), compiled)
+    if reference:  # zero padding at every window edge: a region's energy is its own level's, whatever its neighbours
+        every = region_energies(values, maps, geometry, reference)  # [B, levels, R]
+        assert torch.equal(compiled, every.gather(1, levels.unsqueeze(1)).squeeze(1))
+
+
+def test_identity_sources_are_int32_offsets_of_the_flat_batch():
+    identity = identity_sources(2, 3, 5, torch.device("cpu"))
+    assert identity.dtype == torch.int32 and identity.shape == (1, 2, 3, 5)
+    assert identity.flatten().tolist() == list(range(30))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.float16])
+def test_take_selected_gathers_each_region_at_its_level_in_any_memory_layout(dtype):
+    geometry = ShuffleGeometry(16, 16, 3, 8, (4, 2, 1), True)
+    words = KeyedPRF(bytes(range(16)), b"take").words(np.arange(2), 0, geometry.words_per_sample)
+    maps = sources(geometry, words, [0, 1, 2], torch.device("cpu"))
+    levels = torch.tensor([[0, 1, 2, 1], [2, 0, 0, 1]])
+    images = (images_of(2, 3, 16, 16, seed=4) * (255 if dtype == torch.uint8 else 1)).to(dtype)
+    # Oracle: the flat batch indexed by the selected sources (select_sources is checked on its own above).
+    expected = images.reshape(-1)[select_sources(maps, levels, geometry).reshape(-1).long()].view_as(images)
+    assert torch.equal(take_selected(images, maps, levels, geometry), expected)
+    channels_last = images.to(memory_format=torch.channels_last)  # strides of another layout, same values
+    assert torch.equal(take_selected(channels_last, maps, levels, geometry), expected)

@@ -4,6 +4,8 @@ interrupted (a stand-in ``flwr`` executable plays the run; every process it star
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import time
 import tomllib
@@ -24,6 +26,16 @@ from pathlib import Path
 args = sys.argv[1:]
 out = Path(args[args.index("--run-config") + 1]).parent
 (out / "args.json").write_text(json.dumps(args))
+if os.environ.get("FAKE_SUPERLINK"):
+    # As `flwr run` does for a simulation: a managed SuperLink on the control port it was given, in a session of
+    # its own, with a worker below it; it outlives this process (no descendant of it once this one exits).
+    port = os.environ["FLWR_LOCAL_CONTROL_API_PORT"]
+    code = ("import json, subprocess, sys, time; w = subprocess.Popen([sys.executable, '-c', 'import time; "
+            "time.sleep(600)']); print(json.dumps(w.pid), flush=True); time.sleep(600)")
+    link = subprocess.Popen([sys.executable, "-c", code, "--control-api-address", f"127.0.0.1:{{port}}"],
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
+    worker = json.loads(link.stdout.readline())
+    (out / "superlink.json").write_text(json.dumps([link.pid, worker]))
 if os.environ["FAKE_FLWR"] == "complete":
     (out / "metrics.json").write_text(json.dumps([{{"round": 1, "evaluate": {{"accuracy": 0.5}}}}]))
     (out / "summary.json").write_text(json.dumps({{"status": "completed"}}))
@@ -134,3 +146,18 @@ def test_a_resumed_run_appends_to_its_log_and_waits_for_its_own_summary(tmp_path
     result = launch(experiment, out, poll_s=0.05, flwr=fake_flwr, app_dir=tmp_path)
     assert result.returncode == 0 and result.summary == {"status": "completed"}
     assert (out / "flwr.log").read_text().startswith("first attempt\n")
+
+
+def test_the_managed_superlink_and_its_workers_are_stopped_after_the_run(tmp_path, fake_flwr, monkeypatch):
+    monkeypatch.setenv("FAKE_FLWR", "complete")
+    monkeypatch.setenv("FAKE_SUPERLINK", "1")
+    out = tmp_path / "out"
+    try:
+        result = launch(compose(), out, poll_s=0.05, flwr=fake_flwr, app_dir=tmp_path)
+        pids = json.loads((out / "superlink.json").read_text())
+        assert result.returncode == 0
+        assert _gone(pids), f"SuperLink processes left running: {[p for p in pids if alive(p)]}"
+    finally:
+        for pid in json.loads((out / "superlink.json").read_text()) if (out / "superlink.json").exists() else []:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
