@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from fl_vmix.data import load_dataset
+from fl_vmix.evaluation.attack_grade.grade import commit
 from fl_vmix.evaluation.attacks.chain import GEIPING_ITERATIONS_CIFAR, ChainConfig, chained_attack
 from fl_vmix.evaluation.attacks.learned import LearnedDeobfuscator, keyed_method_factory
 from fl_vmix.models import build_model
@@ -57,8 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from attack_learned import _commit  # HEAD, marked -dirty when tracked files changed
-
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("fl_vmix.privacy").setLevel(logging.ERROR)
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "command": "python "
         + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "commit": _commit(),
+        "commit": commit(),
         "method": args.method,
         "params": params,
         "model": args.model,

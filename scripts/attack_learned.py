@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from fl_vmix.data import load_dataset
+from fl_vmix.evaluation.attack_grade.grade import commit
 from fl_vmix.evaluation.attacks.candidate_search import candidate_search
 from fl_vmix.evaluation.attacks.learned import (
     LearnedAttackConfig,
@@ -101,18 +101,6 @@ def _pick(n_total: int, n: int, seed: int, what: str) -> np.ndarray:
     return torch.randperm(n_total, generator=g)[: min(n, n_total)].sort().values.numpy()
 
 
-def _commit() -> str:
-    """HEAD, with ``-dirty`` when tracked files differ from it (the run then used uncommitted code)."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    return head + ("-dirty" if status.stdout.strip() else "")
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -150,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "command": "python "
         + " ".join(shlex.quote(a) for a in [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "note": "run from the repository root with fl_vmix importable (pip install -e . or PYTHONPATH=.)",
-        "commit": _commit(),
+        "commit": commit(),
         "dataset": args.dataset,
         "method": args.method,
         "params": params,
