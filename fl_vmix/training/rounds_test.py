@@ -26,9 +26,13 @@ KEY = bytes(range(32))
 REPO = Path(__file__).resolve().parents[2]
 NODE = {"partition-id": 1, "num-partitions": 2}
 
-# Two rounds of one client, run in a fresh interpreter: the initial and the trained weights are saved.
-TWO_ROUNDS = """
+# Two rounds of one client, run in a fresh interpreter: the initial and the trained weights are saved. Both sides
+# train on one torch thread: float sums are reproducible for a fixed thread count (a ClientApp fixes it with
+# engine.threads_per_client), and tests run earlier in this process may have changed the count.
+THREADS = 1
+TWO_ROUNDS = f"""
 import json, sys, torch
+torch.set_num_threads({THREADS})
 from fl_vmix.experiment import compose
 from fl_vmix.factory import client_data, initial_model, local_client
 overrides, node, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
@@ -37,7 +41,7 @@ client = local_client(experiment, client_data(experiment, node), bytes(range(32)
 weights = initial_model(experiment).state_dict()
 first = client.train(weights, 1, epochs=1, accountant_history=())
 second = client.train(first.weights, 2, epochs=1, accountant_history=first.accountant_history or ())
-torch.save({"initial": weights, "trained": second.weights, "metrics": second.metrics}, out)
+torch.save({{"initial": weights, "trained": second.weights, "metrics": second.metrics}}, out)
 """
 
 
@@ -45,8 +49,13 @@ def two_rounds_here(overrides: list[str], make) -> dict:
     experiment = make(*overrides)
     client = local_client(experiment, client_data(experiment, NODE), KEY)
     weights = initial_model(experiment).state_dict()
-    first = client.train(weights, 1, epochs=1, accountant_history=())
-    second = client.train(first.weights, 2, epochs=1, accountant_history=first.accountant_history or ())
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        first = client.train(weights, 1, epochs=1, accountant_history=())
+        second = client.train(first.weights, 2, epochs=1, accountant_history=first.accountant_history or ())
+    finally:
+        torch.set_num_threads(before)
     return {"initial": weights, "trained": second.weights, "metrics": second.metrics}
 
 
