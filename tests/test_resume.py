@@ -111,7 +111,7 @@ def test_resume_keeps_fedavgm_momentum_and_dp_sgd_epsilon(env, tmp_path):
     fl_vmix([*settings, "num_rounds=3", f"output_dir={uninterrupted}"], env)
     fl_vmix([*settings, "num_rounds=2", f"output_dir={resumed}"], env)
     refused = subprocess.run(
-        [sys.executable, "-m", "fl_vmix", f"resume={resumed}", "privacy.noise_multiplier=2.0", "num_rounds=3"],
+        [sys.executable, "-m", "fl_vmix", f"resume={resumed}", "optimizer.lr=0.5", "num_rounds=3"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 2 and "cannot change a run that continues" in refused.stdout + refused.stderr
