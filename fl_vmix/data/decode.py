@@ -9,11 +9,16 @@ are repeated to RGB; alpha channels are dropped.
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import tarfile
 import warnings
-from collections.abc import Iterable, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -128,22 +133,48 @@ def read_tree(split_dir: Path, classes: Sequence[str]) -> tuple[list[bytes], lis
     return blobs, names, np.asarray(labels, dtype=np.int64)
 
 
+_DECOMPRESSORS: dict[bytes, Callable[[BinaryIO], BinaryIO]] = {  # magic bytes -> reader
+    b"\xfd7zXZ\x00": lzma.open,  # type: ignore[dict-item]
+    b"\x1f\x8b": gzip.open,  # type: ignore[dict-item]
+    b"BZh": bz2.open,  # type: ignore[dict-item]
+}
+
+
+def _open_decompressed(raw: BinaryIO) -> BinaryIO:
+    """The archive's tar stream: ``raw`` itself, or a decompressing reader chosen by the magic bytes."""
+    head = raw.read(6)
+    raw.seek(0)
+    for magic, reader in _DECOMPRESSORS.items():
+        if head.startswith(magic):
+            return reader(raw)
+    return raw
+
+
 def read_archive_members(archive: Path) -> Iterable[tuple[str, bytes]]:
-    """Stream (member name, bytes) of the image members of a tar archive (any compression), in archive order.
+    """Stream (member name, bytes) of the image members of a tar archive (xz, gzip, bzip2 or none), in archive order.
 
-    Streaming (``r|*``) reads the archive once without extracting 60,000 small files to disk.
+    Streaming reads the archive once without extracting 60,000 small files to disk. A truncated archive is an
+    error wherever the cut falls: tarfile's stream mode ends silently when the data stops on or inside a member
+    header, so after the last member the stream is read to its end (a compressed stream without its
+    end-of-stream marker raises) and the tar's end-of-archive block must be there.
     """
-    import lzma
-    import zlib
-
     try:
-        with tarfile.open(archive, mode="r|*") as tar:
+        with (
+            open(archive, "rb") as raw,
+            _open_decompressed(raw) as stream,
+            tarfile.open(fileobj=stream, mode="r|") as tar,
+        ):
             for member in tar:
                 if member.isfile() and is_image_name(member.name):
                     handle = tar.extractfile(member)
                     if handle is None:  # pragma: no cover - regular files always have a handle
                         continue
                     yield member.name, handle.read()
+            end_block = tar.offset
+            while stream.read(1 << 20):
+                pass
+            if stream.tell() < end_block + tarfile.BLOCKSIZE:
+                raise tarfile.ReadError(f"no end-of-archive block: the data stops at byte {stream.tell()}")
     except (tarfile.TarError, lzma.LZMAError, zlib.error, EOFError, OSError) as error:
         raise DataError(
             f"archive {archive} is corrupt or truncated ({type(error).__name__}: {error}): "

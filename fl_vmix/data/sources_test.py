@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fl_vmix.data.conftest import class_colour, colour_label, write_cifar_archive, write_image, write_medmnist_npz
+from fl_vmix.data.decode import read_archive_members
 from fl_vmix.data.errors import DataError
 from fl_vmix.data.paths import download_allowed, resolve_cache_dir, resolve_data_root
 from fl_vmix.data.sources import CIFAR10_CLASSES, DATASETS, SPLIT_ID_OFFSET, get_loader, load_dataset
@@ -136,13 +139,54 @@ def test_cifar10_missing_says_where_it_looked(tmp_path: Path) -> None:
         load_dataset("cifar10", tmp_path / "nowhere", cache_dir=tmp_path / "c", download=False)
 
 
-def test_cifar10_truncated_archive(cifar_archive: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kept", [0.2, 0.35, 0.5, 0.65, 0.8, 0.95])
+def test_cifar10_truncated_archive(cifar_archive: Path, tmp_path: Path, kept: float) -> None:
+    # Cuts anywhere: the decompressed data may stop inside a member, on a header or inside one (the last two
+    # end tarfile's stream silently, and a class check on the partial listing would blame the folders).
     archive = cifar_archive / "cifar10-jpg.tar.xz"
     data = archive.read_bytes()
-    archive.write_bytes(data[: len(data) // 2])  # cut through member data, not just the end padding
+    archive.write_bytes(data[: int(len(data) * kept)])
     with pytest.raises(DataError, match=r"corrupt or truncated.*copy it again"):
         load_dataset("cifar10", cifar_archive, cache_dir=tmp_path / "c", download=False)
     assert not any((tmp_path / "c" / "datasets").glob("*/meta.json"))
+
+
+def _plain_tar(path: Path, members: int = 3) -> list[int]:
+    """An uncompressed tar of ``members`` small JPEG-named files; returns each member header's offset."""
+    with tarfile.open(path, "w") as tar:
+        for i in range(members):
+            info = tarfile.TarInfo(f"cifar10-jpg/train/cat/{i:04d}.jpg")
+            info.size = 700
+            tar.addfile(info, io.BytesIO(bytes(700)))
+    with tarfile.open(path) as tar:
+        return [member.offset for member in tar.getmembers()]
+
+
+@pytest.mark.parametrize("where", ["on a header", "inside a header", "inside member data"])
+def test_plain_tar_cut_anywhere_is_truncated(tmp_path: Path, where: str) -> None:
+    archive = tmp_path / "plain.tar"
+    headers = _plain_tar(archive)
+    assert len(list(read_archive_members(archive))) == 3
+    cut = {"on a header": headers[2], "inside a header": headers[2] + 100, "inside member data": headers[1] + 900}
+    archive.write_bytes(archive.read_bytes()[: cut[where]])
+    with pytest.raises(DataError, match=r"plain\.tar is corrupt or truncated.*copy it again"):
+        list(read_archive_members(archive))
+
+
+@pytest.mark.parametrize("compression", ["gz", "bz2", "xz"])
+def test_compressed_tar_is_read_whole_and_its_cut_is_named(tmp_path: Path, compression: str) -> None:
+    plain = tmp_path / "plain.tar"
+    _plain_tar(plain)
+    archive = tmp_path / f"a.tar.{compression}"
+    with tarfile.open(archive, f"w:{compression}") as tar, tarfile.open(plain) as source:
+        for member in source.getmembers():
+            tar.addfile(member, source.extractfile(member))
+    assert [name for name, _ in read_archive_members(archive)] == [
+        f"cifar10-jpg/train/cat/{i:04d}.jpg" for i in range(3)
+    ]
+    archive.write_bytes(archive.read_bytes()[:-20])  # the compressed stream loses its end
+    with pytest.raises(DataError, match=r"corrupt or truncated \((EOFError|ReadError)"):
+        list(read_archive_members(archive))
 
 
 def test_cifar10_corrupt_jpeg_is_named(cifar_tree: Path, tmp_path: Path) -> None:
