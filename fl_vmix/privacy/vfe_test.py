@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fl_vmix.privacy.vfe import vfe, vfe_map
+from fl_vmix.privacy.vfe import pixel_energy, vfe, vfe_map
 
 
 def loop_vfe(image: np.ndarray, window: int, method: str) -> float:
@@ -108,6 +108,8 @@ def test_shuffling_raises_corrected_vfe():
     [
         (torch.rand(3, 8, 8), 4, "reference", "shape"),
         (torch.rand(1, 3, 8, 8), 0, "reference", "window"),
+        (torch.rand(1, 3, 8, 8), True, "reference", "window"),  # a bool is an int to Python, not a size
+        (torch.rand(1, 3, 8, 8), 4.0, "reference", "window"),
         (torch.rand(1, 3, 8, 8), 4, "entropy", "unknown VFE method"),
         (torch.ones(1, 3, 8, 8, dtype=torch.int32), 4, "reference", "dtype"),
     ],
@@ -115,3 +117,12 @@ def test_shuffling_raises_corrected_vfe():
 def test_bad_input(images, window, method, message):
     with pytest.raises(ValueError, match=message):
         vfe(images, window, method)
+
+
+def test_default_definition_is_the_prototypes():
+    # The paper's figures use the prototype's zero-padded definition; every entry point defaults to it.
+    images = torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(pixel_energy(images, 4), pixel_energy(images, 4, "reference"))
+    assert torch.equal(vfe_map(images, 4), vfe_map(images, 4, "reference"))
+    assert torch.equal(vfe(images, 4), vfe(images, 4, "reference"))
+    assert not torch.equal(vfe(images, 4), vfe(images, 4, "corrected"))
