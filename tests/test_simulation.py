@@ -56,6 +56,23 @@ def flower_processes(flwr_home: str) -> list[int]:
     return found
 
 
+def assert_no_flower_processes(flwr_home: str) -> None:
+    """No Flower process of this FLWR_HOME is left. A killed process can take a moment to leave /proc on a
+    loaded machine, so allow a few seconds; whatever stays is named with its command line and state."""
+    deadline = time.monotonic() + 20
+    while (left := flower_processes(flwr_home)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    details = []
+    for pid in left:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except OSError:
+            continue
+        details.append(f"{pid} (state, parent {state}): {cmdline[:300]}")
+    assert not details, "the launcher must stop the SuperLink and its workers; left running:\n" + "\n".join(details)
+
+
 def rows(path: Path) -> list[dict[str, str]]:
     with path.open() as handle:
         return list(csv.DictReader(handle))
@@ -89,7 +106,7 @@ def test_multirun_of_the_same_seed_is_reproducible(env, tmp_path):
     drop = {"obfuscation_s", "train_time_s"}
     clients = [[{k: v for k, v in r.items() if k not in drop} for r in rows(run / "clients.csv")] for run in runs]
     assert clients[0] == clients[1]
-    assert not flower_processes(env["FLWR_HOME"])
+    assert_no_flower_processes(env["FLWR_HOME"])
 
 
 def test_failing_client_is_reported_and_the_round_proceeds(env, tmp_path):
@@ -135,7 +152,7 @@ def test_interrupted_run_leaves_its_per_round_metrics(env, tmp_path):
     assert json.loads((tmp_path / "metrics.json").read_text())[-1]["round"] >= 1
     assert (tmp_path / "checkpoint.pt").exists(), "Ctrl-C leaves a checkpoint to resume from"
     time.sleep(2)
-    assert not flower_processes(env["FLWR_HOME"]), "the launcher must stop the SuperLink and its workers"
+    assert_no_flower_processes(env["FLWR_HOME"])
 
 
 @pytest.mark.parametrize(
