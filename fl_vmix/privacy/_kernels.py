@@ -21,87 +21,92 @@ def use_torch_threads() -> None:
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def sources_kernel(
-    words,
-    region_origin,
-    region_shape,
-    pixels_of_shape,
-    units_of_shape,
-    unit_origin,
-    local_to_global,
-    pixel_level,
-    single_group,
-    rep_group,
-    seq_index,
-    delta,
-    group_base,
-    word_offset,
-    chan_offset,
-    out,
-):  # pragma: no cover - compiled; checked against the PyTorch implementation in the tests
-    batch = words.shape[0]
-    num_levels = out.shape[0]
-    channels = out.shape[2]
-    pixels = out.shape[3]
-    regions = region_origin.shape[0]
-    n_max = local_to_global.shape[1]
+def sources_kernel(words, tables, out):  # pragma: no cover - compiled; checked against the PyTorch twin
+    """``out[l, b, c, p]``: the source of every output value at every level, as offsets into the whole
+    flattened batch; ``tables`` as built by :meth:`ShuffleGeometry.kernel_tables`."""
+    batch, channels, pixels = words.shape[0], out.shape[2], out.shape[3]
     for b in prange(batch):
-        arrangement = np.empty(unit_origin.shape[1], dtype=np.int64)
-        sequence = np.empty(n_max, dtype=np.int64)
-        filled = np.empty(4, dtype=np.int64)
-        source_channel = np.empty(channels, dtype=np.int64)
-        own_words = words[b]
-        for r in range(regions):
-            s = region_shape[r]
-            n = pixels_of_shape[s]
-            units = units_of_shape[s]
-            starts = unit_origin[s]
-            origin = region_origin[r]
-            to_global = local_to_global[s]
-            for c in range(channels):
-                source_channel[c] = c
-            if chan_offset[r] >= 0:
-                base = chan_offset[r]
-                for i in range(channels - 1, 0, -1):
-                    j = (np.int64(own_words[base + channels - 1 - i]) * (i + 1)) >> 32
-                    t = source_channel[i]
-                    source_channel[i] = source_channel[j]
-                    source_channel[j] = t
-            for c in range(channels):
-                for q in range(units):
-                    arrangement[q] = q
-                base = word_offset[c, r]
-                for i in range(units - 1, 0, -1):
-                    j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
-                    t = arrangement[i]
-                    arrangement[i] = arrangement[j]
-                    arrangement[j] = t
-                plane = (b * channels + source_channel[c]) * pixels + origin
-                for li in range(num_levels):
-                    target = out[li, b, c]
-                    if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
-                        for q in range(n):
-                            target[origin + to_global[q]] = plane + to_global[arrangement[q]]
-                        continue
-                    groups, slot, offset = rep_group[li, s], seq_index[li, s], delta[li, s]
-                    if single_group[li, s]:  # all blocks of one shape: a plain compaction
-                        k = 0
-                        for p in range(units):
-                            q = arrangement[p]
-                            if groups[q] >= 0:
-                                sequence[k] = starts[q]
-                                k += 1
-                    else:
-                        for g in range(4):
-                            filled[g] = group_base[li, s, g]
-                        for p in range(units):  # compaction: each group's block origins in arrangement order
-                            q = arrangement[p]
-                            g = groups[q]
-                            if g >= 0:
-                                sequence[filled[g]] = starts[q]
-                                filled[g] += 1
+        _image_sources(words[b], tables, b * channels * pixels, out[:, b])
+
+
+@njit(cache=True, nogil=True)
+def _image_sources(own_words, tables, start, out):  # pragma: no cover - compiled
+    """One image's sources at every level, ``out[l, c, p] = start + (source offset in the image)``: per
+    (channel, region) a Fisher-Yates arrangement of its units, then per level the compaction of each
+    block group's origins (see :mod:`fl_vmix.privacy.permutations`)."""
+    (
+        region_origin,
+        region_shape,
+        pixels_of_shape,
+        units_of_shape,
+        unit_origin,
+        local_to_global,
+        pixel_level,
+        single_group,
+        rep_group,
+        seq_index,
+        delta,
+        group_base,
+        word_offset,
+        chan_offset,
+    ) = tables
+    num_levels, channels, pixels = out.shape
+    regions = region_origin.shape[0]
+    arrangement = np.empty(unit_origin.shape[1], dtype=np.int64)
+    sequence = np.empty(local_to_global.shape[1], dtype=np.int64)
+    filled = np.empty(4, dtype=np.int64)
+    source_channel = np.empty(channels, dtype=np.int64)
+    for r in range(regions):
+        s = region_shape[r]
+        n = pixels_of_shape[s]
+        units = units_of_shape[s]
+        starts = unit_origin[s]
+        origin = region_origin[r]
+        to_global = local_to_global[s]
+        for c in range(channels):
+            source_channel[c] = c
+        if chan_offset[r] >= 0:
+            base = chan_offset[r]
+            for i in range(channels - 1, 0, -1):
+                j = (np.int64(own_words[base + channels - 1 - i]) * (i + 1)) >> 32
+                t = source_channel[i]
+                source_channel[i] = source_channel[j]
+                source_channel[j] = t
+        for c in range(channels):
+            for q in range(units):
+                arrangement[q] = q
+            base = word_offset[c, r]
+            for i in range(units - 1, 0, -1):
+                j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
+                t = arrangement[i]
+                arrangement[i] = arrangement[j]
+                arrangement[j] = t
+            plane = start + source_channel[c] * pixels + origin
+            for li in range(num_levels):
+                target = out[li, c]
+                if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
                     for q in range(n):
-                        target[origin + to_global[q]] = plane + to_global[sequence[slot[q]] + offset[q]]
+                        target[origin + to_global[q]] = plane + to_global[arrangement[q]]
+                    continue
+                groups, slot, offset = rep_group[li, s], seq_index[li, s], delta[li, s]
+                if single_group[li, s]:  # all blocks of one shape: a plain compaction
+                    k = 0
+                    for p in range(units):
+                        q = arrangement[p]
+                        if groups[q] >= 0:
+                            sequence[k] = starts[q]
+                            k += 1
+                else:
+                    for g in range(4):
+                        filled[g] = group_base[li, s, g]
+                    for p in range(units):  # compaction: each group's block origins in arrangement order
+                        q = arrangement[p]
+                        g = groups[q]
+                        if g >= 0:
+                            sequence[filled[g]] = starts[q]
+                            filled[g] += 1
+                for q in range(n):
+                    target[origin + to_global[q]] = plane + to_global[sequence[slot[q]] + offset[q]]
 
 
 @njit(cache=True, nogil=True)

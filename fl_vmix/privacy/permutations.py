@@ -184,6 +184,38 @@ class ShuffleGeometry:
     def words_per_sample(self) -> int:
         return self._word_layout[2]
 
+    @cached_property
+    def _kernel_tables(self) -> dict[tuple[int, ...], tuple[np.ndarray, ...]]:
+        return {}
+
+    def kernel_tables(self, levels: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """The tables the Numba kernels read for the given levels, built once per geometry and levels
+        (the kernels run per batch, these small tables would otherwise be sliced every call)."""
+        if levels not in self._kernel_tables:
+            rep_group, seq_index, delta, group_base = self._block_tables
+            word_offset, chan_offset, _ = self._word_layout
+            selected = np.asarray(levels, dtype=np.int64)
+            pixel_level = np.array([self.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit 1 then
+            groups = rep_group[selected]
+            single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
+            self._kernel_tables[levels] = (
+                self.region_origin,
+                self.region_shape,
+                self.pixels_of_shape,
+                self.units_of_shape,
+                self.unit_origin,
+                self.local_to_global,
+                pixel_level,
+                single_group,
+                groups,
+                seq_index[selected],
+                delta[selected],
+                group_base[selected],
+                word_offset,
+                chan_offset,
+            )
+        return self._kernel_tables[levels]
+
 
 def fisher_yates_torch(words: torch.Tensor, n: int) -> torch.Tensor:
     """Rows of uniform arrangements of ``0..n-1`` from ``[rows, n-1]`` 32-bit words (int64), vectorised."""
@@ -215,31 +247,8 @@ def _sources_numba(geometry: ShuffleGeometry, words: np.ndarray, levels: list[in
     from fl_vmix.privacy._kernels import sources_kernel, use_torch_threads  # Numba: imported on first CPU use
 
     use_torch_threads()
-    rep_group, seq_index, delta, group_base = geometry._block_tables
-    word_offset, chan_offset, _ = geometry._word_layout
-    selected = np.asarray(levels, dtype=np.int64)
     out = np.empty((len(levels), words.shape[0], geometry.channels, geometry.pixels), dtype=np.int32)
-    pixel_level = np.array([geometry.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit is 1 then
-    groups = rep_group[selected]
-    single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
-    sources_kernel(
-        np.ascontiguousarray(words),
-        geometry.region_origin,
-        geometry.region_shape,
-        geometry.pixels_of_shape,
-        geometry.units_of_shape,
-        geometry.unit_origin,
-        geometry.local_to_global,
-        pixel_level,
-        single_group,
-        groups,
-        seq_index[selected],
-        delta[selected],
-        group_base[selected],
-        word_offset,
-        chan_offset,
-        out,
-    )
+    sources_kernel(np.ascontiguousarray(words), geometry.kernel_tables(tuple(levels)), out)
     return torch.from_numpy(out)
 
 
