@@ -109,46 +109,52 @@ def _image_sources(own_words, tables, start, out):  # pragma: no cover - compile
                     target[origin + to_global[q]] = plane + to_global[sequence[slot[q]] + offset[q]]
 
 
+# Rows of a band are summed per column in float64 before they reach the int64 region totals: the loops
+# then run over whole rows (vectorised) instead of region-wide segments. Exact: values are integers with
+# |v| <= 4 * 65535 < 2**18, so a squared difference is below 2**38, a pixel adds at most two (< 2**39),
+# and a column of at most _BAND_ROWS rows stays below 2**51 < 2**53, where float64 holds every integer.
+_BAND_ROWS = 4096
+
+
 @njit(cache=True, nogil=True)
 def _add_plane_energy(plane, width, region, reference, acc):  # pragma: no cover - compiled
     """Add one channel plane's integer gradient energy to its regions' totals ``acc[r]``.
 
-    Each row is walked one region-wide segment at a time, so the inner loops are branch-free; what
-    happens at a segment's right end and below a row depends on the definition (real neighbour,
-    the prototype's zero padding, or nothing past the image)."""
+    The right neighbour of a region's last column and the row below a region's last row depend on the
+    definition: 'corrected' takes the real neighbour (nothing past the image), 'reference' the
+    prototype's zero padding (a term ``v**2``) at every region border."""
     height = plane.shape[0] // width
     columns = (width + region - 1) // region
+    band = np.zeros(width, dtype=np.float64)  # the current band's energy, per column
+    keep = np.ones(width, dtype=np.float64)  # 0 where the right neighbour is zero padding
+    if reference:
+        for x in range(region - 1, width, region):
+            keep[x] = 0.0
     for y in range(height):
         row = y * width
-        base = (y // region) * columns
-        # below: 0 = real neighbour, 1 = zero padding (-v), 2 = nothing
-        if y + 1 < height and (not reference or (y + 1) % region != 0):
-            below = 0
+        for x in range(width - 1):
+            d = keep[x] * np.float64(plane[row + x + 1]) - np.float64(plane[row + x])
+            band[x] += d * d
+        if reference:  # the image's last column: zero padding too ('corrected': nothing)
+            v = np.float64(plane[row + width - 1])
+            band[width - 1] += v * v
+        if y + 1 < height:
+            below = 0.0 if reference and (y + 1) % region == 0 else 1.0
+            for x in range(width):
+                d = below * np.float64(plane[row + width + x]) - np.float64(plane[row + x])
+                band[x] += d * d
         elif reference:
-            below = 1
-        else:
-            below = 2
-        for rx in range(columns):
-            x0 = rx * region
-            x1 = min(x0 + region, width)
-            total = 0
-            for p in range(row + x0, row + x1 - 1):
-                d = plane[p + 1] - plane[p]
-                total += d * d
-            last = row + x1 - 1
-            if reference:
-                total += plane[last] * plane[last]
-            elif x1 < width:
-                d = plane[last + 1] - plane[last]
-                total += d * d
-            if below == 0:
-                for p in range(row + x0, row + x1):
-                    d = plane[p + width] - plane[p]
-                    total += d * d
-            elif below == 1:
-                for p in range(row + x0, row + x1):
-                    total += plane[p] * plane[p]
-            acc[base + rx] += total
+            for x in range(width):
+                v = np.float64(plane[row + x])
+                band[x] += v * v
+        if (y + 1) % region == 0 or y + 1 == height or (y + 1) % _BAND_ROWS == 0:
+            base = (y // region) * columns
+            for rx in range(columns):
+                total = np.int64(0)
+                for x in range(rx * region, min(rx * region + region, width)):
+                    total += np.int64(band[x])
+                    band[x] = 0.0
+                acc[base + rx] += total
 
 
 @njit(parallel=True, cache=True, nogil=True)
