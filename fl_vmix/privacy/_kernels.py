@@ -214,6 +214,138 @@ def select_take_kernel(images, src, levels, width, region, out):  # pragma: no c
 
 
 @njit(parallel=True, cache=True, nogil=True)
+def shuffle_kernel(words, tables, images, out):  # pragma: no cover - compiled
+    """Fixed mode: ``out[b, c, p] = images[b, source]`` at the one level of ``tables``. Each image's sources
+    live in a small scratch buffer while it is taken, so no batch-wide source map is written or read.
+    ``images`` ``[B, C * P]`` and ``out`` ``[B, C, P]`` hold the values' bits (a gather moves bits)."""
+    batch, channels, pixels = out.shape
+    for b in prange(batch):
+        source = np.empty((1, channels, pixels), dtype=np.int32)
+        _image_sources(words[b], tables, 0, source)
+        image, target = images[b], out[b]
+        for c in range(channels):
+            own, plane = source[0, c], target[c]
+            for p in range(pixels):
+                plane[p] = image[own[p]]
+
+
+@njit(cache=True, nogil=True)
+def _first_reaching(predicted, shift, target):  # pragma: no cover - compiled
+    """First state whose predicted energy plus ``shift`` reaches the target (the last one if none)."""
+    for k in range(predicted.shape[0]):
+        if predicted[k] + shift >= target:
+            return k
+    return predicted.shape[0] - 1
+
+
+@njit(cache=True, nogil=True)
+def _select_segments(planes, level, width, region, target):  # pragma: no cover - compiled
+    """``target[p] = planes[level[region(p)], p]``, one region-wide row segment at a time."""
+    pixels = target.shape[0]
+    columns = (width + region - 1) // region
+    for y in range(pixels // width):
+        row = y * width
+        base = (y // region) * columns
+        for rx in range(columns):
+            plane = planes[level[base + rx]]
+            for p in range(row + rx * region, row + min(rx * region + region, width)):
+                target[p] = plane[p]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def mix_kernel(
+    words,
+    tables,
+    values,
+    images,
+    width,
+    region,
+    reference,
+    ratio,
+    absolute,
+    max_refinements,
+    out,
+    levels_out,
+    clear_out,
+    target_out,
+    achieved_out,
+):  # pragma: no cover - compiled; checked against the mixer's PyTorch path in the tests
+    """The whole targeted shuffle of each image in one pass while its data is in cache: clear and per-level
+    region energies, the refinement-state selection and its corrections, and the take. The same integer
+    function, step for step, as the PyTorch path of :meth:`VisualMixer.mix` (the twin on other devices).
+
+    ``values`` ``[B, C * P]`` is the quantised batch, ``images`` ``[B, C * P]`` the batch's bits, ``out``
+    ``[B, C, P]`` receives the shuffled bits. The target is ``ceil(clear total * ratio)`` when ``ratio >= 0``,
+    else ``ceil(absolute)``. Regions are refined by clear energy, highest first (ties by index, as the
+    stable descending sort of the PyTorch path)."""
+    batch, channels, pixels = out.shape
+    num_levels, regions = tables[6].shape[0], levels_out.shape[1]
+    states = regions * num_levels
+    for b in prange(batch):
+        source = np.empty((num_levels, channels, pixels), dtype=np.int32)
+        _image_sources(words[b], tables, 0, source)
+        own, image = values[b], images[b]
+        level_values = np.empty((num_levels, channels, pixels), dtype=np.int32)
+        energy = np.zeros((num_levels, regions), dtype=np.int64)
+        clear = np.zeros(regions, dtype=np.int64)
+        for c in range(channels):
+            _add_plane_energy(own[c * pixels : (c + 1) * pixels], width, region, reference, clear)
+            for li in range(num_levels):
+                moved, plane = source[li, c], level_values[li, c]
+                for p in range(pixels):
+                    plane[p] = own[moved[p]]
+                _add_plane_energy(plane, width, region, reference, energy[li])
+        total = clear.sum()
+        target = np.int64(np.ceil(np.float64(total) * ratio)) if ratio >= 0 else np.int64(np.ceil(absolute))
+        order = np.argsort(-clear, kind="mergesort")  # energies are >= 0: negating is exact
+        # Energy of state t = rank i * L + level j (higher ranks finest, lower ranks coarsest).
+        predicted = np.empty(states, dtype=np.int64)
+        after = energy[0].sum()
+        before = np.int64(0)
+        for i in range(regions):
+            r = order[i]
+            after -= energy[0, r]
+            for j in range(num_levels):
+                predicted[i * num_levels + j] = before + after + energy[j, r]
+            before += energy[num_levels - 1, r]
+        state = _first_reaching(predicted, 0, target)
+        level = np.empty(regions, dtype=np.int64)
+        per_region = np.empty(regions, dtype=np.int64)
+        selected = np.empty(pixels, dtype=np.int32)
+        achieved = np.int64(0)
+        for step in range(max_refinements + 1):
+            rank_now, level_now = state // num_levels, state % num_levels
+            for i in range(regions):
+                level[order[i]] = num_levels - 1 if i < rank_now else (level_now if i == rank_now else 0)
+            achieved = 0
+            if reference:  # regions do not interact (window = region): the sum of their own energies
+                for r in range(regions):
+                    achieved += energy[level[r], r]
+            else:
+                per_region[:] = 0
+                for c in range(channels):
+                    _select_segments(level_values[:, c], level, width, region, selected)
+                    _add_plane_energy(selected, width, region, reference, per_region)
+                achieved = per_region.sum()
+            if step == max_refinements or not (achieved < target and state < states - 1):
+                break
+            # 'corrected' regions interact through shared borders: shift the prediction by the observed
+            # error and move at least one step further.
+            shifted = _first_reaching(predicted, achieved - predicted[state], target)
+            state = min(max(shifted, state + 1), states - 1)
+        target_plane = out[b]
+        for c in range(channels):
+            _select_segments(source[:, c], level, width, region, selected)
+            plane = target_plane[c]
+            for p in range(pixels):
+                plane[p] = image[selected[p]]
+        levels_out[b] = level
+        clear_out[b] = total
+        target_out[b] = target
+        achieved_out[b] = achieved
+
+
+@njit(parallel=True, cache=True, nogil=True)
 def quantize_kernel(x, scale, limit, out):  # pragma: no cover - compiled
     """``out = round(x * scale)`` (half to even, in float64) in one pass; returns how many values are
     NaN, infinite or beyond ``limit`` in magnitude (those are not converted)."""
