@@ -37,32 +37,31 @@ def _image_sources(own_words, tables, start, out):  # pragma: no cover - compile
     (
         region_origin,
         region_shape,
-        pixels_of_shape,
+        shape_height,
+        shape_width,
         units_of_shape,
-        unit_origin,
-        local_to_global,
+        unit_offset,
         pixel_level,
         single_group,
         rep_group,
         seq_index,
-        delta,
+        step,
         group_base,
         word_offset,
         chan_offset,
+        width,
     ) = tables
     num_levels, channels, pixels = out.shape
     regions = region_origin.shape[0]
-    arrangement = np.empty(unit_origin.shape[1], dtype=np.int64)
-    sequence = np.empty(local_to_global.shape[1], dtype=np.int64)
+    arrangement = np.empty(unit_offset.shape[1], dtype=np.int64)
+    sequence = np.empty(unit_offset.shape[1], dtype=np.int64)
     filled = np.empty(4, dtype=np.int64)
     source_channel = np.empty(channels, dtype=np.int64)
     for r in range(regions):
         s = region_shape[r]
-        n = pixels_of_shape[s]
-        units = units_of_shape[s]
-        starts = unit_origin[s]
+        h, w, units = shape_height[s], shape_width[s], units_of_shape[s]
+        offsets = unit_offset[s]
         origin = region_origin[r]
-        to_global = local_to_global[s]
         for c in range(channels):
             source_channel[c] = c
         if chan_offset[r] >= 0:
@@ -85,17 +84,18 @@ def _image_sources(own_words, tables, start, out):  # pragma: no cover - compile
             for li in range(num_levels):
                 target = out[li, c]
                 if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
-                    for q in range(n):
-                        target[origin + to_global[q]] = plane + to_global[arrangement[q]]
+                    for y in range(h):
+                        row, q0 = origin + y * width, y * w
+                        for x in range(w):
+                            target[row + x] = plane + offsets[arrangement[q0 + x]]
                     continue
-                groups, slot, offset = rep_group[li, s], seq_index[li, s], delta[li, s]
-                if single_group[li, s]:  # all blocks of one shape: a plain compaction
+                groups, slot, offset = rep_group[li, s], seq_index[li, s], step[li, s]
+                if single_group[li, s]:  # all blocks of one shape: a plain compaction, without branches
                     k = 0
                     for p in range(units):
                         q = arrangement[p]
-                        if groups[q] >= 0:
-                            sequence[k] = starts[q]
-                            k += 1
+                        sequence[k] = offsets[q]
+                        k += groups[q] >= 0
                 else:
                     for g in range(4):
                         filled[g] = group_base[li, s, g]
@@ -103,10 +103,12 @@ def _image_sources(own_words, tables, start, out):  # pragma: no cover - compile
                         q = arrangement[p]
                         g = groups[q]
                         if g >= 0:
-                            sequence[filled[g]] = starts[q]
+                            sequence[filled[g]] = offsets[q]
                             filled[g] += 1
-                for q in range(n):
-                    target[origin + to_global[q]] = plane + to_global[sequence[slot[q]] + offset[q]]
+                for y in range(h):
+                    row, q0 = origin + y * width, y * w
+                    for x in range(w):
+                        target[row + x] = plane + sequence[slot[q0 + x]] + offset[q0 + x]
 
 
 # Rows of a band are summed per column in float64 before they reach the int64 region totals: the loops

@@ -185,10 +185,10 @@ class ShuffleGeometry:
         return self._word_layout[2]
 
     @cached_property
-    def _kernel_tables(self) -> dict[tuple[int, ...], tuple[np.ndarray, ...]]:
+    def _kernel_tables(self) -> dict[tuple[int, ...], tuple[np.ndarray | int, ...]]:
         return {}
 
-    def kernel_tables(self, levels: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    def kernel_tables(self, levels: tuple[int, ...]) -> tuple[np.ndarray | int, ...]:
         """The tables the Numba kernels read for the given levels, built once per geometry and levels
         (the kernels run per batch, these small tables would otherwise be sliced every call)."""
         if levels not in self._kernel_tables:
@@ -198,21 +198,27 @@ class ShuffleGeometry:
             pixel_level = np.array([self.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit 1 then
             groups = rep_group[selected]
             single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
+            # In image offsets: each unit's origin, and each pixel's offset from its block's origin (a block
+            # never leaves its region's rows), so the kernel adds instead of converting local positions.
+            widths = np.array([w for _, w in self.shapes], dtype=np.int64).reshape(1, -1, 1)
+            step = delta[selected] // widths * self.width + delta[selected] % widths
+            unit_offset = np.take_along_axis(self.local_to_global, self.unit_origin, axis=1)
             self._kernel_tables[levels] = (
                 self.region_origin,
                 self.region_shape,
-                self.pixels_of_shape,
+                np.array([h for h, _ in self.shapes], dtype=np.int64),
+                widths.reshape(-1),
                 self.units_of_shape,
-                self.unit_origin,
-                self.local_to_global,
+                unit_offset,
                 pixel_level,
                 single_group,
                 groups,
                 seq_index[selected],
-                delta[selected],
+                step.astype(np.int32),
                 group_base[selected],
                 word_offset,
                 chan_offset,
+                self.width,
             )
         return self._kernel_tables[levels]
 
