@@ -31,9 +31,56 @@ def sources_kernel(words, tables, out):  # pragma: no cover - compiled; checked 
 
 @njit(cache=True, nogil=True)
 def _image_sources(own_words, tables, start, out):  # pragma: no cover - compiled
-    """One image's sources at every level, ``out[l, c, p] = start + (source offset in the image)``: per
-    (channel, region) a Fisher-Yates arrangement of its units, then per level the compaction of each
-    block group's origins (see :mod:`fl_vmix.privacy.permutations`)."""
+    """One image's sources at every level, ``out[l, c, p] = start + (source offset in the image)``."""
+    arrangements, source_channel = _arrangements(own_words, tables, out.shape[1])
+    for li in range(out.shape[0]):
+        _level_sources(tables, li, arrangements, source_channel, start, out[li])
+
+
+@njit(cache=True, nogil=True)
+def _arrangements(own_words, tables, channels):  # pragma: no cover - compiled
+    """Per (channel, region) the Fisher-Yates arrangement of its units, ``[C, R, units]``, and per region
+    the source of each channel, ``[R, C]`` (see :mod:`fl_vmix.privacy.permutations`). Every level of
+    the image is made from these."""
+    region_shape, units_of_shape, unit_offset, word_offset, chan_offset = (
+        tables[1],
+        tables[4],
+        tables[5],
+        tables[12],
+        tables[13],
+    )
+    regions = region_shape.shape[0]
+    arrangements = np.empty((channels, regions, unit_offset.shape[1]), dtype=np.int32)
+    source_channel = np.empty((regions, channels), dtype=np.int64)
+    for r in range(regions):
+        own_channels = source_channel[r]
+        for c in range(channels):
+            own_channels[c] = c
+        if chan_offset[r] >= 0:
+            base = chan_offset[r]
+            for i in range(channels - 1, 0, -1):
+                j = (np.int64(own_words[base + channels - 1 - i]) * (i + 1)) >> 32
+                t = own_channels[i]
+                own_channels[i] = own_channels[j]
+                own_channels[j] = t
+        units = units_of_shape[region_shape[r]]
+        for c in range(channels):
+            arrangement = arrangements[c, r]
+            for q in range(units):
+                arrangement[q] = q
+            base = word_offset[c, r]
+            for i in range(units - 1, 0, -1):
+                j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
+                t = arrangement[i]
+                arrangement[i] = arrangement[j]
+                arrangement[j] = t
+    return arrangements, source_channel
+
+
+@njit(cache=True, nogil=True)
+def _level_sources(tables, li, arrangements, source_channel, start, out):  # pragma: no cover - compiled
+    """One image's sources at level ``li`` of ``tables``, ``out[c, p] = start + (source offset in the
+    image)``: per (channel, region) the compaction of each block group's origins in arrangement order."""
     (
         region_origin,
         region_shape,
@@ -47,68 +94,48 @@ def _image_sources(own_words, tables, start, out):  # pragma: no cover - compile
         seq_index,
         step,
         group_base,
-        word_offset,
-        chan_offset,
+        _,
+        _,
         width,
     ) = tables
-    num_levels, channels, pixels = out.shape
-    regions = region_origin.shape[0]
-    arrangement = np.empty(unit_offset.shape[1], dtype=np.int64)
+    channels, pixels = out.shape
     sequence = np.empty(unit_offset.shape[1], dtype=np.int64)
     filled = np.empty(4, dtype=np.int64)
-    source_channel = np.empty(channels, dtype=np.int64)
-    for r in range(regions):
+    for r in range(region_origin.shape[0]):
         s = region_shape[r]
         h, w, units = shape_height[s], shape_width[s], units_of_shape[s]
         offsets = unit_offset[s]
         origin = region_origin[r]
+        groups, slot, offset = rep_group[li, s], seq_index[li, s], step[li, s]
         for c in range(channels):
-            source_channel[c] = c
-        if chan_offset[r] >= 0:
-            base = chan_offset[r]
-            for i in range(channels - 1, 0, -1):
-                j = (np.int64(own_words[base + channels - 1 - i]) * (i + 1)) >> 32
-                t = source_channel[i]
-                source_channel[i] = source_channel[j]
-                source_channel[j] = t
-        for c in range(channels):
-            for q in range(units):
-                arrangement[q] = q
-            base = word_offset[c, r]
-            for i in range(units - 1, 0, -1):
-                j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
-                t = arrangement[i]
-                arrangement[i] = arrangement[j]
-                arrangement[j] = t
-            plane = start + source_channel[c] * pixels + origin
-            for li in range(num_levels):
-                target = out[li, c]
-                if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
-                    for y in range(h):
-                        row, q0 = origin + y * width, y * w
-                        for x in range(w):
-                            target[row + x] = plane + offsets[arrangement[q0 + x]]
-                    continue
-                groups, slot, offset = rep_group[li, s], seq_index[li, s], step[li, s]
-                if single_group[li, s]:  # all blocks of one shape: a plain compaction, without branches
-                    k = 0
-                    for p in range(units):
-                        q = arrangement[p]
-                        sequence[k] = offsets[q]
-                        k += groups[q] >= 0
-                else:
-                    for g in range(4):
-                        filled[g] = group_base[li, s, g]
-                    for p in range(units):  # compaction: each group's block origins in arrangement order
-                        q = arrangement[p]
-                        g = groups[q]
-                        if g >= 0:
-                            sequence[filled[g]] = offsets[q]
-                            filled[g] += 1
+            arrangement = arrangements[c, r]
+            plane = start + source_channel[r, c] * pixels + origin
+            target = out[c]
+            if pixel_level[li]:  # 1-px blocks (and units): the arrangement itself
                 for y in range(h):
                     row, q0 = origin + y * width, y * w
                     for x in range(w):
-                        target[row + x] = plane + sequence[slot[q0 + x]] + offset[q0 + x]
+                        target[row + x] = plane + offsets[arrangement[q0 + x]]
+                continue
+            if single_group[li, s]:  # all blocks of one shape: a plain compaction, without branches
+                k = 0
+                for p in range(units):
+                    q = arrangement[p]
+                    sequence[k] = offsets[q]
+                    k += groups[q] >= 0
+            else:
+                for g in range(4):
+                    filled[g] = group_base[li, s, g]
+                for p in range(units):  # compaction: each group's block origins in arrangement order
+                    q = arrangement[p]
+                    g = groups[q]
+                    if g >= 0:
+                        sequence[filled[g]] = offsets[q]
+                        filled[g] += 1
+            for y in range(h):
+                row, q0 = origin + y * width, y * w
+                for x in range(w):
+                    target[row + x] = plane + sequence[slot[q0 + x]] + offset[q0 + x]
 
 
 # Rows of a band are summed per column in float64 before they reach the int64 region totals: the loops
@@ -282,60 +309,42 @@ def mix_kernel(
     stable descending sort of the PyTorch path)."""
     batch, channels, pixels = out.shape
     num_levels, regions = tables[6].shape[0], levels_out.shape[1]
-    states = regions * num_levels
     for b in prange(batch):
-        source = np.empty((num_levels, channels, pixels), dtype=np.int32)
-        _image_sources(words[b], tables, 0, source)
         own, image = values[b], images[b]
+        arrangements, source_channel = _arrangements(words[b], tables, channels)
+        source = np.empty((num_levels, channels, pixels), dtype=np.int32)
         level_values = np.empty((num_levels, channels, pixels), dtype=np.int32)
         energy = np.zeros((num_levels, regions), dtype=np.int64)
         clear = np.zeros(regions, dtype=np.int64)
         for c in range(channels):
             _add_plane_energy(own[c * pixels : (c + 1) * pixels], width, region, reference, clear)
-            for li in range(num_levels):
-                moved, plane = source[li, c], level_values[li, c]
-                for p in range(pixels):
-                    plane[p] = own[moved[p]]
-                _add_plane_energy(plane, width, region, reference, energy[li])
         total = clear.sum()
         target = np.int64(np.ceil(np.float64(total) * ratio)) if ratio >= 0 else np.int64(np.ceil(absolute))
-        order = np.argsort(-clear, kind="mergesort")  # energies are >= 0: negating is exact
-        # Energy of state t = rank i * L + level j (higher ranks finest, lower ranks coarsest).
-        predicted = np.empty(states, dtype=np.int64)
-        after = energy[0].sum()
-        before = np.int64(0)
-        for i in range(regions):
-            r = order[i]
-            after -= energy[0, r]
-            for j in range(num_levels):
-                predicted[i * num_levels + j] = before + after + energy[j, r]
-            before += energy[num_levels - 1, r]
-        state = _first_reaching(predicted, 0, target)
-        level = np.empty(regions, dtype=np.int64)
-        per_region = np.empty(regions, dtype=np.int64)
-        selected = np.empty(pixels, dtype=np.int32)
-        achieved = np.int64(0)
-        for step in range(max_refinements + 1):
-            rank_now, level_now = state // num_levels, state % num_levels
-            for i in range(regions):
-                level[order[i]] = num_levels - 1 if i < rank_now else (level_now if i == rank_now else 0)
-            achieved = 0
-            if reference:  # regions do not interact (window = region): the sum of their own energies
-                for r in range(regions):
-                    achieved += energy[level[r], r]
-            else:
-                per_region[:] = 0
-                for c in range(channels):
-                    _select_segments(level_values[:, c], level, width, region, selected)
-                    _add_plane_energy(selected, width, region, reference, per_region)
-                achieved = per_region.sum()
-            if step == max_refinements or not (achieved < target and state < states - 1):
-                break
-            # 'corrected' regions interact through shared borders: shift the prediction by the observed
-            # error and move at least one step further.
-            shifted = _first_reaching(predicted, achieved - predicted[state], target)
-            state = min(max(shifted, state + 1), states - 1)
+        level = np.zeros(regions, dtype=np.int64)
+        # Levels are measured when needed: state 0 (every region coarsest) has exactly the coarsest level's
+        # energy, so when that reaches the target it is the first state that does, and it is kept.
+        _measure_level(
+            tables, 0, arrangements, source_channel, own, width, region, reference, source, level_values, energy
+        )
+        achieved = energy[0].sum()
+        if achieved < target:
+            for li in range(1, num_levels):
+                _measure_level(
+                    tables,
+                    li,
+                    arrangements,
+                    source_channel,
+                    own,
+                    width,
+                    region,
+                    reference,
+                    source,
+                    level_values,
+                    energy,
+                )
+            achieved = _select(energy, level_values, clear, target, width, region, reference, max_refinements, level)
         target_plane = out[b]
+        selected = np.empty(pixels, dtype=np.int32)
         for c in range(channels):
             _select_segments(source[:, c], level, width, region, selected)
             plane = target_plane[c]
@@ -345,6 +354,71 @@ def mix_kernel(
         clear_out[b] = total
         target_out[b] = target
         achieved_out[b] = achieved
+
+
+@njit(cache=True, nogil=True)
+def _measure_level(
+    tables, li, arrangements, source_channel, own, width, region, reference, source, level_values, energy
+):  # pragma: no cover - compiled
+    """Level ``li`` of one image: its sources, its quantised values and their region energies."""
+    _level_sources(tables, li, arrangements, source_channel, 0, source[li])
+    for c in range(source.shape[1]):
+        moved, plane = source[li, c], level_values[li, c]
+        for p in range(plane.shape[0]):
+            plane[p] = own[moved[p]]
+        _add_plane_energy(plane, width, region, reference, energy[li])
+
+
+@njit(cache=True, nogil=True)
+def _select(
+    energy, level_values, clear, target, width, region, reference, max_refinements, level
+):  # pragma: no cover - compiled
+    """The refinement of :meth:`VisualMixer.mix` for one image: the first state whose predicted energy
+    reaches the target, then corrections from the measured energy. Fills ``level``; returns the energy."""
+    num_levels, regions = energy.shape
+    channels, pixels = level_values.shape[1], level_values.shape[2]
+    states = regions * num_levels
+    order = np.argsort(-clear, kind="mergesort")  # energies are >= 0: negating is exact
+    # Energy of state t = rank i * L + level j (higher ranks finest, lower ranks coarsest).
+    predicted = np.empty(states, dtype=np.int64)
+    after = energy[0].sum()
+    before = np.int64(0)
+    for i in range(regions):
+        r = order[i]
+        after -= energy[0, r]
+        for j in range(num_levels):
+            predicted[i * num_levels + j] = before + after + energy[j, r]
+        before += energy[num_levels - 1, r]
+    state = _first_reaching(predicted, 0, target)
+    per_region = np.empty(regions, dtype=np.int64)
+    selected = np.empty(pixels, dtype=np.int32)
+    achieved = np.int64(0)
+    for step in range(max_refinements + 1):
+        rank_now, level_now = state // num_levels, state % num_levels
+        for i in range(regions):
+            level[order[i]] = num_levels - 1 if i < rank_now else (level_now if i == rank_now else 0)
+        uniform = True
+        for r in range(regions):
+            uniform = uniform and level[r] == level[0]
+        achieved = 0
+        if uniform:  # one level everywhere: that level's own map
+            achieved = energy[level[0]].sum()
+        elif reference:  # regions do not interact (window = region): the sum of their own energies
+            for r in range(regions):
+                achieved += energy[level[r], r]
+        else:
+            per_region[:] = 0
+            for c in range(channels):
+                _select_segments(level_values[:, c], level, width, region, selected)
+                _add_plane_energy(selected, width, region, reference, per_region)
+            achieved = per_region.sum()
+        if step == max_refinements or not (achieved < target and state < states - 1):
+            break
+        # 'corrected' regions interact through shared borders: shift the prediction by the observed
+        # error and move at least one step further.
+        shifted = _first_reaching(predicted, achieved - predicted[state], target)
+        state = min(max(shifted, state + 1), states - 1)
+    return achieved
 
 
 @njit(parallel=True, cache=True, nogil=True)
