@@ -285,7 +285,9 @@ def _select_segments(planes, level, width, region, target):  # pragma: no cover 
 def mix_kernel(
     words,
     tables,
-    values,
+    data,
+    scale,
+    limit,
     images,
     width,
     region,
@@ -303,14 +305,18 @@ def mix_kernel(
     region energies, the refinement-state selection and its corrections, and the take. The same integer
     function, step for step, as the PyTorch path of :meth:`VisualMixer.mix` (the twin on other devices).
 
-    ``values`` ``[B, C * P]`` is the quantised batch, ``images`` ``[B, C * P]`` the batch's bits, ``out``
-    ``[B, C, P]`` receives the shuffled bits. The target is ``ceil(clear total * ratio)`` when ``ratio >= 0``,
-    else ``ceil(absolute)``. Regions are refined by clear energy, highest first (ties by index, as the
-    stable descending sort of the PyTorch path)."""
+    ``data`` ``[B, C * P]`` is quantised here, per image, as :func:`quantize_kernel` does (``scale`` 257 and
+    ``limit`` inf read uint8; 1 and inf take values quantised before), so no batch-wide copy is made;
+    returns how many values are out of range (the outputs are then not to be used). ``images``
+    ``[B, C * P]`` holds the batch's bits; ``out`` ``[B, C, P]`` receives the shuffled bits. The target is
+    ``ceil(clear total * ratio)`` when ``ratio >= 0``, else ``ceil(absolute)``. Regions are refined by
+    clear energy, highest first (ties by index, as the stable descending sort of the PyTorch path)."""
     batch, channels, pixels = out.shape
     num_levels, regions = tables[6].shape[0], levels_out.shape[1]
+    bad = 0
     for b in prange(batch):
-        own, image = values[b], images[b]
+        own, image = np.empty(channels * pixels, dtype=np.int32), images[b]
+        bad += _quantize(data[b], scale, limit, own)
         arrangements, source_channel = _arrangements(words[b], tables, channels)
         source = np.empty((num_levels, channels, pixels), dtype=np.int32)
         level_values = np.empty((num_levels, channels, pixels), dtype=np.int32)
@@ -354,6 +360,22 @@ def mix_kernel(
         clear_out[b] = total
         target_out[b] = target
         achieved_out[b] = achieved
+    return bad
+
+
+@njit(cache=True, nogil=True)
+def _quantize(x, scale, limit, out):  # pragma: no cover - compiled
+    """``out = round(x * scale)`` (half to even, in float64); returns how many values are NaN, infinite or
+    beyond ``limit`` in magnitude (those are not converted)."""
+    bad = 0
+    for i in range(x.shape[0]):
+        v = np.float64(x[i])
+        if abs(v) <= limit:
+            out[i] = np.int32(np.round(v * scale))
+        else:
+            out[i] = 0
+            bad += 1
+    return bad
 
 
 @njit(cache=True, nogil=True)
@@ -425,12 +447,8 @@ def _select(
 def quantize_kernel(x, scale, limit, out):  # pragma: no cover - compiled
     """``out = round(x * scale)`` (half to even, in float64) in one pass; returns how many values are
     NaN, infinite or beyond ``limit`` in magnitude (those are not converted)."""
+    step = 1 << 16  # chunks of work for the threads
     bad = 0
-    for i in prange(x.shape[0]):
-        v = np.float64(x[i])
-        if abs(v) <= limit:
-            out[i] = np.int32(np.round(v * scale))
-        else:
-            out[i] = 0
-            bad += 1
+    for k in prange((x.shape[0] + step - 1) // step):
+        bad += _quantize(x[k * step : (k + 1) * step], scale, limit, out[k * step : (k + 1) * step])
     return bad

@@ -26,6 +26,7 @@ inverts exactly with :meth:`VisualMixer.invert`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +39,7 @@ from torch import nn
 from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
 from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
+    MAX_ABS,
     SCALE,
     identity_sources,
     quantize,
@@ -373,9 +375,9 @@ class VisualMixer(nn.Module):
             report = MixReport(None, torch.ones(batch, dtype=torch.bool, device=images.device), measure)
             return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
-        values = quantize(images).view(-1)
         if compiled and self.attention is None:
-            return self._mix_compiled(images, values, layout, ids, epoch)
+            return self._mix_compiled(images, layout, ids, epoch)
+        values = quantize(images).view(-1)
         clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[
             :, 0
         ]
@@ -420,9 +422,7 @@ class VisualMixer(nn.Module):
         )
         return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
-    def _mix_compiled(
-        self, images: torch.Tensor, values: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int
-    ) -> MixResult:
+    def _mix_compiled(self, images: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int) -> MixResult:
         """The targeted shuffle on the CPU: :func:`fl_vmix.privacy._kernels.mix_kernel` does per image what
         the rest of :meth:`mix` does batch-wide (the tests hold the two equal)."""
         from fl_vmix.privacy._kernels import mix_kernel, use_torch_threads
@@ -435,10 +435,19 @@ class VisualMixer(nn.Module):
         levels = np.empty((batch, layout.num_regions), dtype=np.int64)
         clear, target, achieved = (np.empty(batch, dtype=np.int64) for _ in range(3))
         absolute = float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
-        mix_kernel(
+        # The kernel quantises each image as quantize() does; other float types go through quantize() first.
+        if images.dtype in (torch.float32, torch.float64):
+            data, scale, limit = images.detach().contiguous(), float(SCALE), MAX_ABS
+        elif images.dtype == torch.uint8:
+            data, scale, limit = images.detach().contiguous(), 257.0, math.inf
+        else:
+            data, scale, limit = quantize(images), 1.0, math.inf
+        bad = mix_kernel(
             np.ascontiguousarray(words),
             geometry.kernel_tables(tuple(range(len(self.block_sizes)))),
-            values.view(batch, -1).numpy(),
+            data.view(batch, -1).numpy(),
+            scale,
+            limit,
             bits.view(batch, -1).numpy(),
             layout.width,
             layout.region,
@@ -452,6 +461,9 @@ class VisualMixer(nn.Module):
             target,
             achieved,
         )
+        if bad:
+            quantize(images)  # raises, naming the problem
+            raise AssertionError("the mix kernel and quantize disagree on the images' range")
         clear_totals, target_totals, achieved_totals = (torch.from_numpy(t) for t in (clear, target, achieved))
         clear_vfe, achieved_vfe = (
             self._to_vfe(clear_totals, layout, channels),
