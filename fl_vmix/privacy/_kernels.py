@@ -1,10 +1,13 @@
-"""Numba kernels of the CPU path (:mod:`fl_vmix.privacy.permutations`, :mod:`fl_vmix.privacy.region_energy`).
+"""Numba kernels of the CPU path (:mod:`fl_vmix.privacy.permutations`, :mod:`fl_vmix.privacy.region_energy`,
+:class:`fl_vmix.privacy.mixer.VisualMixer`).
 
 Each kernel computes the same integer function as its PyTorch twin (the path for other devices, and the
 tests' oracle), in one compiled pass: the permutations (Fisher-Yates over a region's pixels from its PRF
 words, then per level the compaction of each block group's top-left pixels), the integer region
-energies, and the per-region level selection. Images run in parallel (``prange``); each writes only its
-own slice, so results do not depend on the thread count. Compiled on first use and cached on disk.
+energies, and the per-region level selection. :func:`mix_kernel` and :func:`shuffle_kernel` run a whole
+mix per image while its data is in cache (their twin is the batch-wide path of ``VisualMixer.mix``).
+Images run in parallel (``prange``); each writes only its own slice, so results do not depend on the
+thread count. Compiled on first use and cached on disk.
 """
 
 from __future__ import annotations
