@@ -100,8 +100,12 @@ class KeyedPRF:
         counters = np.empty((len(ids), blocks, 2), dtype="<u8")
         counters[:, :, 0] = ids.astype(np.int64).view(np.uint64)[:, None]
         counters[:, :, 1] = np.uint64(_check_epoch(epoch)) | (np.arange(blocks, dtype=np.uint64) << np.uint64(32))
-        stream = self._cipher.encryptor().update(counters.tobytes())
-        return np.frombuffer(stream, dtype="<u4").reshape(len(ids), blocks * 4)[:, :count]
+        # update_into a preallocated buffer: the same bytes as update(), which is ~10x slower on MBs of output
+        # (it builds a bytes object); the buffer has the block of slack update_into asks for.
+        data = counters.reshape(-1).view(np.uint8)
+        stream = np.empty(data.size + 16, dtype=np.uint8)
+        written = self._cipher.encryptor().update_into(data.data, stream.data)
+        return stream[:written].view("<u4").reshape(len(ids), blocks * 4)[:, :count]
 
     def seed(self, *fields: int) -> int:
         """A secret 63-bit seed for a seeded generator (e.g. noise), one per tuple of public fields:

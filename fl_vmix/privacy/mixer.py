@@ -26,6 +26,7 @@ inverts exactly with :meth:`VisualMixer.invert`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,6 +39,7 @@ from torch import nn
 from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
 from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
+    MAX_ABS,
     SCALE,
     identity_sources,
     quantize,
@@ -119,6 +121,16 @@ class _Layout:
         return per_region.index_select(-1, self.region_of_pixel)
 
 
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images' bits as integers (contiguous) and an empty output of that type: the compiled shuffles
+    only move values, so one kernel per element size serves every dtype, bit for bit."""
+    bits = images.detach().contiguous().view(_BITS[images.element_size()])
+    return bits, torch.empty_like(bits)
+
+
 class VisualMixer(nn.Module):
     """Keyed VisualMixer shuffle. ``mixer(images, sample_ids)`` returns obfuscated images.
 
@@ -139,6 +151,8 @@ class VisualMixer(nn.Module):
         max_refinements: extra refinement steps when a definition whose regions interact
             (``corrected``) falls just short of the target after the exact per-region prediction.
     """
+
+    compiled_cpu = True  # the one-pass CPU kernels; the tests switch them off to compare with the torch path
 
     def __init__(
         self,
@@ -339,19 +353,30 @@ class VisualMixer(nn.Module):
         epoch = self._epoch(epoch)
         layout = self._layout(height, width, channels, images.device)
         num_levels = len(self.block_sizes)
+        # The CPU runs each image's whole shuffle in one compiled pass (same integers as the path below,
+        # which other devices run); images that carry gradient take the differentiable torch gathers.
+        compiled = (
+            self.compiled_cpu and images.device.type == "cpu" and not (images.requires_grad and torch.is_grad_enabled())
+        )
         if not self.targeted:
             levels = torch.full((batch, layout.num_regions), num_levels - 1, device=images.device)
-            source = self._sources(layout, ids, epoch, [num_levels - 1])
+            if compiled:
+                mixed = self._shuffle_compiled(images, layout, ids, epoch, num_levels - 1)
+            else:
+                mixed = self._take(images, self._sources(layout, ids, epoch, [num_levels - 1])[0]).view_as(images)
 
             def measure() -> tuple[torch.Tensor, torch.Tensor]:
                 values = quantize(images).view(-1)
+                source = self._sources(layout, ids, epoch, [num_levels - 1])
                 both = torch.cat([identity_sources(batch, channels, layout.pixels, images.device), source])
                 totals = self._energies(values, both, layout).sum(2)
                 return self._to_vfe(totals[:, 0], layout, channels), self._to_vfe(totals[:, 1], layout, channels)
 
             report = MixReport(None, torch.ones(batch, dtype=torch.bool, device=images.device), measure)
-            return self._finish(self._take(images, source[0]).view_as(images), MixParams(ids, epoch, levels), report)
+            return self._finish(mixed, MixParams(ids, epoch, levels), report)
 
+        if compiled and self.attention is None:
+            return self._mix_compiled(images, layout, ids, epoch)
         values = quantize(images).view(-1)
         clear_region = self._energies(values, identity_sources(batch, channels, layout.pixels, images.device), layout)[
             :, 0
@@ -396,6 +421,78 @@ class VisualMixer(nn.Module):
             self._to_vfe(target, layout, channels), achieved >= target, lambda: (clear_vfe, achieved_vfe)
         )
         return self._finish(mixed, MixParams(ids, epoch, levels), report)
+
+    def _mix_compiled(self, images: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int) -> MixResult:
+        """The targeted shuffle on the CPU: :func:`fl_vmix.privacy._kernels.mix_kernel` does per image what
+        the rest of :meth:`mix` does batch-wide (the tests hold the two equal)."""
+        from fl_vmix.privacy._kernels import mix_kernel, use_torch_threads
+
+        use_torch_threads()
+        batch, channels = images.shape[:2]
+        geometry = layout.geometry
+        words = layout.prf.words(ids, epoch, geometry.words_per_sample)
+        bits, mixed = _bits(images)
+        levels = np.empty((batch, layout.num_regions), dtype=np.int64)
+        clear, target, achieved = (np.empty(batch, dtype=np.int64) for _ in range(3))
+        absolute = float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
+        # The kernel quantises each image as quantize() does; other float types go through quantize() first.
+        if images.dtype in (torch.float32, torch.float64):
+            data, scale, limit = images.detach().contiguous(), float(SCALE), MAX_ABS
+        elif images.dtype == torch.uint8:
+            data, scale, limit = images.detach().contiguous(), 257.0, math.inf
+        else:
+            data, scale, limit = quantize(images), 1.0, math.inf
+        bad = mix_kernel(
+            np.ascontiguousarray(words),
+            geometry.kernel_tables(tuple(range(len(self.block_sizes)))),
+            data.view(batch, -1).numpy(),
+            scale,
+            limit,
+            bits.view(batch, -1).numpy(),
+            layout.width,
+            layout.region,
+            self.vfe_method == "reference",
+            -1.0 if self.target_ratio is None else float(self.target_ratio),
+            absolute,
+            self.max_refinements,
+            mixed.view(batch, channels, -1).numpy(),
+            levels,
+            clear,
+            target,
+            achieved,
+        )
+        if bad:
+            quantize(images)  # raises, naming the problem
+            raise AssertionError("the mix kernel and quantize disagree on the images' range")
+        clear_totals, target_totals, achieved_totals = (torch.from_numpy(t) for t in (clear, target, achieved))
+        clear_vfe, achieved_vfe = (
+            self._to_vfe(clear_totals, layout, channels),
+            self._to_vfe(achieved_totals, layout, channels),
+        )
+        report = MixReport(
+            self._to_vfe(target_totals, layout, channels),
+            achieved_totals >= target_totals,
+            lambda: (clear_vfe, achieved_vfe),
+        )
+        return self._finish(mixed.view(images.dtype), MixParams(ids, epoch, torch.from_numpy(levels)), report)
+
+    def _shuffle_compiled(
+        self, images: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int, level: int
+    ) -> torch.Tensor:
+        """Every region at one level on the CPU, without a batch-wide source map."""
+        from fl_vmix.privacy._kernels import shuffle_kernel, use_torch_threads
+
+        use_torch_threads()
+        batch, channels = images.shape[:2]
+        words = layout.prf.words(ids, epoch, layout.geometry.words_per_sample)
+        bits, mixed = _bits(images)
+        shuffle_kernel(
+            np.ascontiguousarray(words),
+            layout.geometry.kernel_tables((level,)),
+            bits.view(batch, -1).numpy(),
+            mixed.view(batch, channels, -1).numpy(),
+        )
+        return mixed.view(images.dtype)
 
     def _straight_through(self, mixed, coarse, fine, scores, order, state, layout) -> torch.Tensor:
         """Forward value stays the hard shuffle; gradient reaches the scorer through a soft

@@ -597,3 +597,55 @@ def test_dynamic_mode_needs_an_epoch():
         VisualMixer(KEY, mode="dynamic")(textured_images(1), [0])
     with pytest.raises(ValueError, match="epoch"):
         VisualMixer(KEY, mode="dynamic")(textured_images(1), [0], epoch=-1)
+
+
+# Ratios between what the coarse and the fine level reach on these images, so regions end up at both.
+BETWEEN_LEVELS = {
+    "corrected": {32: 13.0, 21: 10.0, 13: 8.0, 64: 2.2},
+    "reference": {32: 1.4, 21: 1.42, 13: 1.45, 64: 1.2},
+}
+COMPILED_CASES = [
+    dict(block_sizes=(2, 1), target_ratio="between"),
+    dict(block_sizes=(2, 1), target_ratio="between", vfe_method="reference"),
+    dict(block_sizes=(4, 2, 1), target_ratio=8.0, permute_channels=True, mode="dynamic"),
+    dict(block_sizes=(3, 2), target_ratio=4.5, vfe_method="reference", mode="dynamic"),
+    dict(block_sizes=(8, 4, 2), target_vfe=0.01, target_ratio=None, permute_channels=True),
+    dict(block_sizes=(8, 2, 1), target_ratio=8.0),  # refinement steps after the prediction
+    dict(block_sizes=(4, 1), target_ratio=50.0, max_refinements=2),  # unreachable: every refinement step
+    dict(block_sizes=(1,), target_ratio=None),
+    dict(block_sizes=(3,), target_ratio=None, permute_channels=True, mode="dynamic"),
+    dict(block_sizes=(8, 2), target_ratio=None),
+]
+
+
+@pytest.mark.parametrize("options", COMPILED_CASES)
+@pytest.mark.parametrize("channels, height, width", [(3, 32, 32), (1, 21, 17), (3, 13, 30), (3, 64, 72)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64, torch.bfloat16])
+def test_compiled_cpu_shuffle_equals_the_torch_path(options, channels, height, width, dtype, monkeypatch):
+    # mix_kernel / shuffle_kernel redo per image what mix does batch-wide (energies, selection, refinement,
+    # take): outputs, levels and report must be the same bits.
+    g = torch.Generator().manual_seed(height)
+    images = smooth_images(5, channels, height, width, seed=height) + 0.05 * torch.rand(
+        5, channels, height, width, generator=g
+    )
+    if height == 64:  # one region's content tiled: 72 regions of equal clear energy, ranked by index
+        images = images[:, :, :8, :8].repeat(1, 1, 8, 9)
+    images = images.clamp(0, 1)
+    images = (images * 255).round().to(torch.uint8) if dtype == torch.uint8 else images.to(dtype)
+    if options.get("target_ratio") == "between":
+        options = {**options, "target_ratio": BETWEEN_LEVELS[options.get("vfe_method", "corrected")][height]}
+    mixer = VisualMixer(KEY, region_size=8, **options)
+    ids, epoch = torch.tensor([4, 0, 9, 2**40, 7]), 3 if options.get("mode") == "dynamic" else None
+    compiled = mixer.mix(images, ids, epoch)
+    monkeypatch.setattr(VisualMixer, "compiled_cpu", False)
+    expected = mixer.mix(images, ids, epoch)
+    assert compiled.images.dtype == dtype and torch.equal(compiled.images, expected.images)
+    assert torch.equal(compiled.params.levels, expected.params.levels)
+    assert compiled.params.levels.dtype == expected.params.levels.dtype
+    for name in ("clear_vfe", "achieved_vfe", "reached"):
+        assert torch.equal(getattr(compiled.report, name), getattr(expected.report, name)), name
+    assert (compiled.report.target_vfe is None) == (expected.report.target_vfe is None)
+    if expected.report.target_vfe is not None:
+        assert torch.equal(compiled.report.target_vfe, expected.report.target_vfe)
+    if options["block_sizes"] == (2, 1):
+        assert len(set(expected.params.levels.flatten().tolist())) > 1  # the selection did some work here

@@ -184,6 +184,44 @@ class ShuffleGeometry:
     def words_per_sample(self) -> int:
         return self._word_layout[2]
 
+    @cached_property
+    def _kernel_tables(self) -> dict[tuple[int, ...], tuple[np.ndarray | int, ...]]:
+        return {}
+
+    def kernel_tables(self, levels: tuple[int, ...]) -> tuple[np.ndarray | int, ...]:
+        """The tables the Numba kernels read for the given levels, built once per geometry and levels
+        (the kernels run per batch, these small tables would otherwise be sliced every call)."""
+        if levels not in self._kernel_tables:
+            rep_group, seq_index, delta, group_base = self._block_tables
+            word_offset, chan_offset, _ = self._word_layout
+            selected = np.asarray(levels, dtype=np.int64)
+            pixel_level = np.array([self.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit 1 then
+            groups = rep_group[selected]
+            single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
+            # In image offsets: each unit's origin, and each pixel's offset from its block's origin (a block
+            # never leaves its region's rows), so the kernel adds instead of converting local positions.
+            widths = np.array([w for _, w in self.shapes], dtype=np.int64).reshape(1, -1, 1)
+            step = delta[selected] // widths * self.width + delta[selected] % widths
+            unit_offset = np.take_along_axis(self.local_to_global, self.unit_origin, axis=1)
+            self._kernel_tables[levels] = (
+                self.region_origin,
+                self.region_shape,
+                np.array([h for h, _ in self.shapes], dtype=np.int64),
+                widths.reshape(-1),
+                self.units_of_shape,
+                unit_offset,
+                pixel_level,
+                single_group,
+                groups,
+                seq_index[selected],
+                step.astype(np.int32),
+                group_base[selected],
+                word_offset,
+                chan_offset,
+                self.width,
+            )
+        return self._kernel_tables[levels]
+
 
 def fisher_yates_torch(words: torch.Tensor, n: int) -> torch.Tensor:
     """Rows of uniform arrangements of ``0..n-1`` from ``[rows, n-1]`` 32-bit words (int64), vectorised."""
@@ -215,31 +253,8 @@ def _sources_numba(geometry: ShuffleGeometry, words: np.ndarray, levels: list[in
     from fl_vmix.privacy._kernels import sources_kernel, use_torch_threads  # Numba: imported on first CPU use
 
     use_torch_threads()
-    rep_group, seq_index, delta, group_base = geometry._block_tables
-    word_offset, chan_offset, _ = geometry._word_layout
-    selected = np.asarray(levels, dtype=np.int64)
     out = np.empty((len(levels), words.shape[0], geometry.channels, geometry.pixels), dtype=np.int32)
-    pixel_level = np.array([geometry.block_sizes[level] == 1 for level in levels], dtype=np.bool_)  # unit is 1 then
-    groups = rep_group[selected]
-    single_group = np.array([[len(set(g[g >= 0].tolist())) <= 1 for g in per_level] for per_level in groups])
-    sources_kernel(
-        np.ascontiguousarray(words),
-        geometry.region_origin,
-        geometry.region_shape,
-        geometry.pixels_of_shape,
-        geometry.units_of_shape,
-        geometry.unit_origin,
-        geometry.local_to_global,
-        pixel_level,
-        single_group,
-        groups,
-        seq_index[selected],
-        delta[selected],
-        group_base[selected],
-        word_offset,
-        chan_offset,
-        out,
-    )
+    sources_kernel(np.ascontiguousarray(words), geometry.kernel_tables(tuple(levels)), out)
     return torch.from_numpy(out)
 
 

@@ -172,3 +172,19 @@ def test_take_selected_gathers_each_region_at_its_level_in_any_memory_layout(dty
     assert torch.equal(take_selected(images, maps, levels, geometry), expected)
     channels_last = images.to(memory_format=torch.channels_last)  # strides of another layout, same values
     assert torch.equal(take_selected(channels_last, maps, levels, geometry), expected)
+
+
+@pytest.mark.parametrize("reference", [True, False])
+def test_compiled_energies_stay_exact_at_the_value_bound(reference):
+    # The kernels sum squares in float64 per band of rows (exact below 2**53): the largest values quantize
+    # lets through, alternating in sign, and regions taller than a band still give the integers of the twin.
+    geometry = ShuffleGeometry(4500, 5, 1, 4500, (1,), False)
+    bound = int(4.0 * SCALE)
+    sign = torch.tensor([1, -1], dtype=torch.int32).repeat(4500 * 5 // 2 + 1)[: 4500 * 5]
+    values = (sign * bound).view(1, 1, -1).expand(2, 1, -1).clone()
+    values[1, 0, ::7] = 0  # some variety in the second image
+    values = values.view(-1)
+    maps = identity_sources(2, 1, geometry.pixels, torch.device("cpu"))
+    compiled = region_energies(values, maps, geometry, reference)
+    assert torch.equal(compiled, _region_energies_torch(values, maps, geometry, reference))
+    assert int(compiled[0, 0, 0]) > 2**53  # beyond float64's exact integers as a whole
