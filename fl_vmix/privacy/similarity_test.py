@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -216,3 +217,59 @@ def test_images_at_the_edge_of_the_value_range_are_accepted() -> None:
     x[..., 0, 0], x[..., 0, 1] = 0.0, 1 + 1e-5
     with pytest.raises(ValueError, match="must lie in"):
         psnr(x, x)
+
+
+def test_the_tolerance_itself_is_accepted() -> None:
+    # Exactly -1e-6 and 1 + 1e-6 (float64) are inside the tolerance, not beyond it.
+    x = torch.zeros(1, 1, 12, 12, dtype=torch.float64)
+    x[..., 0, 0], x[..., 0, 1] = -1e-6, 1 + 1e-6
+    assert torch.isfinite(psnr(x, x.clamp(0, 1))).all()
+
+
+def test_a_single_value_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"x has values in \[2, 2\]"):
+        psnr(torch.full((1, 1, 1, 1), 2.0), torch.zeros(1, 1, 1, 1))
+
+
+def test_errors_name_the_argument_at_fault() -> None:
+    good, bad = _images(b=1), _images(b=1) * 255
+    with pytest.raises(ValueError, match=r"^x has values"):
+        psnr(bad, good)
+    with pytest.raises(ValueError, match=r"^y has values"):
+        psnr(good, bad)
+    with pytest.raises(ValueError, match=r"^y must have shape"):
+        ssim(good, good[0])
+    with pytest.raises(ValueError, match=r"^x has dtype"):
+        ssim(good.to(torch.int32), good)
+
+
+def test_mixed_float_types_are_compared_in_the_wider_one() -> None:
+    x, y = _images(seed=1).double(), _images(seed=2).double()
+    for fn in (ssim, psnr):
+        torch.testing.assert_close(fn(x, y.float()), fn(x, y.float().double()))
+        torch.testing.assert_close(fn(x.float(), y), fn(x.float().double(), y))
+        assert fn(x, y.float()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("side", [3, 4, 7, 8, 9, 10])
+def test_the_suggested_sigma_fits_the_image(side: int) -> None:
+    # The message names the largest sigma (and its odd window) that fits; using it works.
+    x = _images(b=1, h=side, w=side)
+    with pytest.raises(ValueError, match=r"pass sigma <= ([\d.]+) \(window (\d+) px\)") as info:
+        ssim(x, x)
+    sigma_text, window = re.search(r"sigma <= ([\d.]+) \(window (\d+) px\)", str(info.value)).groups()
+    expected_window = side if side % 2 else side - 1
+    assert int(window) == expected_window
+    assert ssim_window_size(float(sigma_text)) == expected_window
+    torch.testing.assert_close(ssim(x, x, sigma=float(sigma_text)), torch.ones(1))
+
+
+def test_images_under_three_pixels_are_told_to_upsample() -> None:
+    x = _images(b=1, h=2, w=12)
+    with pytest.raises(ValueError, match=r"at least 3 x 3 px; upsample the images first"):
+        ssim(x, x)
+
+
+def test_an_empty_batch_has_no_psnr_values() -> None:
+    empty = torch.empty(0, 3, 16, 16)
+    assert psnr(empty, empty).shape == (0,)
