@@ -3,8 +3,9 @@
     python scripts/bench_vmix.py [--device cpu|cuda] [--repeats 10]
 
 Prints a table and, as its last line, one JSON object with the figures (recorded in the README).
-Images are synthetic but photograph-like (smooth shapes plus texture), so the VFE targeting does
-the same work as on real data; fresh sample ids every repeat, so every permutation is freshly drawn
+Images are synthetic but photograph-like (smooth shapes plus texture); when CIFAR-10 is in the data root
+($FL_VMIX_DATA), 512 real test images go through target mode too (their level selection does more work: about
+half of them need the finer block size). Fresh sample ids every repeat, so every permutation is freshly drawn
 from the keyed PRF (as in training). The CPU path runs Numba kernels with as many threads as torch
 (``torch.set_num_threads``); the first call compiles them (cached on disk), and the warm-up call of
 every measure keeps compilation out of the figures.
@@ -37,6 +38,22 @@ def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
     return (shapes + texture).clamp(0, 1)
 
 
+def real_cifar10(count: int) -> torch.Tensor | None:
+    """The first ``count`` CIFAR-10 test images (0-1 floats) when the data is on this machine, else None.
+
+    Real photographs need the finer block size in about half the images at the default target (the synthetic
+    ones in none), so the target-mode figure on them is the one to expect in training."""
+    from fl_vmix.data.errors import DataError
+    from fl_vmix.data.sources import load_dataset
+
+    try:
+        images = load_dataset("cifar10", split="test", download=False).images[:count]
+    except DataError as error:
+        print(f"real CIFAR-10 not measured: {str(error).splitlines()[0]}")
+        return None
+    return torch.from_numpy(images.copy()).float().div(255.0)
+
+
 def timed(functions: dict[str, Callable[[int], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each function, after one warm-up call each. Calls are interleaved
     (round-robin), so a floor and the measures it divides see the same machine load."""
@@ -66,6 +83,7 @@ def main() -> None:
     results: dict[str, float | str] = {"device": str(device), "threads": torch.get_num_threads()}
 
     small = photo_like(512, 32).to(device)
+    cifar = real_cifar10(512)
     flat = small.view(512, -1)
     index = torch.stack(
         [torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]
@@ -79,6 +97,7 @@ def main() -> None:
             "mix": lambda i: mixer32(small, ids + 512 * i),  # fresh ids: fresh permutations every call
             "fixed": lambda i: fixed32(small, ids + 512 * i),
             "vfe": lambda i: vfe(small, 8, "corrected"),
+            **({"cifar10": lambda i: mixer32(cifar.to(device), ids + 512 * i)} if cifar is not None else {}),
         },
         args.repeats,
         device,
@@ -91,6 +110,10 @@ def main() -> None:
         vmix_32_over_gather=t["mix"] / t["gather"],
         vmix_fixed_32_over_gather=t["fixed"] / t["gather"],
     )
+    if cifar is not None:
+        results.update(
+            vmix_32_cifar10_img_per_s=512 / t["cifar10"], vmix_32_cifar10_over_gather=t["cifar10"] / t["gather"]
+        )
 
     large = photo_like(128, 224, seed=1).to(device)
     flat = large.view(128, -1)
