@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from opacus.accountants.analysis.gdp import delta_eps_mu, eps_from_mu
 from scipy import stats
 
-from fl_vmix.privacy.baselines import cell_means, pixelate
+from fl_vmix.privacy.baselines import GaussianBlur, cell_means, pixelate
 from fl_vmix.privacy.calibration import gaussian_delta, gaussian_epsilon, gaussian_sigma
 from fl_vmix.privacy.keyed import KeyedPRF
 from fl_vmix.privacy.methods import (
@@ -22,6 +22,7 @@ from fl_vmix.privacy.methods import (
     PrivacyMethod,
     TrainingLevelMethod,
     build_privacy_method,
+    check_batch,
     register_privacy_method,
 )
 from fl_vmix.privacy.noise import per_sample_noise
@@ -381,6 +382,47 @@ def test_register_external_methods(registry: dict[str, type[PrivacyMethod]]) -> 
         register_privacy_method("Visual Mixer")
     with pytest.raises(ValueError, match="not a PrivacyMethod subclass"):
         register_privacy_method("not_a_method")(dict)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("name", ["Visual Mixer", "visual mixer", "VisualMixer", "2fast", 42])
+def test_only_lower_snake_case_names_register(registry: dict[str, type[PrivacyMethod]], name: object) -> None:
+    with pytest.raises(ValueError, match="lower_snake_case"):
+        register_privacy_method(name)  # type: ignore[arg-type]
+
+
+def test_a_registered_class_takes_its_name(registry: dict[str, type[PrivacyMethod]]) -> None:
+    @register_privacy_method("named_test")
+    class Named(GaussianBlur):
+        pass
+
+    assert Named.name == "named_test" and registry["named_test"] is Named
+    assert build_privacy_method("named_test").name == "named_test"
+
+
+def test_repr_shows_the_class_parameters_and_guarantee() -> None:
+    assert repr(GaussianBlur()) == (
+        "GaussianBlur(kernel_size=7, sigma=2.0)  # name='gaussian_blur', epsilon=None, delta=None"
+    )
+
+
+def test_calling_a_method_protects_epoch_zero_by_default() -> None:
+    x, ids = _batch()
+    method = build_privacy_method("pixel_dp_gaussian", epsilon=8.0, key=bytes(32), noise_mode="dynamic")
+    assert torch.equal(method(x, ids), method(x, ids, 0))
+    assert not torch.equal(method(x, ids), method(x, ids, 1))
+
+
+@pytest.mark.parametrize(
+    ("images", "got"),
+    [
+        (torch.rand(3, 8, 8), r"got \(3, 8, 8\) torch.float32"),
+        ([[0.5]], "got list"),
+        (torch.zeros(1, 1, 2, 2, dtype=torch.uint8), r"got \(1, 1, 2, 2\) torch.uint8"),
+    ],
+)
+def test_a_bad_batch_is_described_in_the_error(images: object, got: str) -> None:
+    with pytest.raises(ValueError, match=f"images must be a float tensor \\[B, C, H, W\\], {got}"):
+        check_batch(images, torch.arange(1), 0)
 
 
 # ---------------------------------------------------------------------------------------------- units
