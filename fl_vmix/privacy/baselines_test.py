@@ -425,6 +425,35 @@ def test_a_bad_batch_is_described_in_the_error(images: object, got: str) -> None
         check_batch(images, torch.arange(1), 0)
 
 
+def test_the_batch_contract_at_its_edges() -> None:
+    ids = torch.arange(1)
+    check_batch(torch.empty(0, 3, 4, 4), torch.empty(0, dtype=torch.int64), 0)  # an empty batch is fine
+    edge = torch.zeros(1, 1, 2, 2, dtype=torch.float64)
+    edge[..., 0, 0], edge[..., 0, 1] = -1e-6, 1 + 1e-6  # rounding tolerance, inclusive
+    check_batch(edge, ids, 0)
+    for lo, hi in ((-2e-6, 1.0), (0.0, 1 + 2e-6), (-2e-6, 1 + 2e-6)):
+        edge[..., 0, 0], edge[..., 0, 1] = lo, hi
+        with pytest.raises(ValueError, match="must lie in \\[0, 1\\]"):
+            check_batch(edge, ids, 0)
+    with pytest.raises(ValueError, match="must lie in \\[0, 1\\]"):
+        check_batch(torch.full((1, 1, 1, 1), 2.0), ids, 0)  # a single value is checked too
+
+
+@pytest.mark.parametrize(
+    ("ids", "got"),
+    [
+        (torch.zeros(1, dtype=torch.bool), r"got \(1,\) torch.bool"),
+        (torch.zeros(1, dtype=torch.complex64), r"got \(1,\) torch.complex64"),
+        (torch.zeros(1), r"got \(1,\) torch.float32"),
+        (torch.zeros(2, dtype=torch.int64), r"got \(2,\) torch.int64"),
+        ([7], r"got \[7\]"),
+    ],
+)
+def test_bad_sample_ids_are_described(ids: object, got: str) -> None:
+    with pytest.raises(ValueError, match=f"shape \\[1\\] \\(one id per image\\), {got}; pass the dataset index"):
+        check_batch(torch.zeros(1, 1, 2, 2), ids, 0)
+
+
 # ---------------------------------------------------------------------------------------------- units
 
 
