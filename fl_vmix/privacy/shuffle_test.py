@@ -62,3 +62,72 @@ def test_block_shuffle_is_one_block_size_without_a_target() -> None:
     regions = protected.images.unfold(2, 8, 8).unfold(3, 8, 8).flatten(-2).sort(-1).values
     assert torch.equal(regions, images.unfold(2, 8, 8).unfold(3, 8, 8).flatten(-2).sort(-1).values)
     assert not torch.equal(protected.images, images)
+
+
+def _mixer_settings(mixer: VisualMixer) -> dict[str, object]:
+    return {
+        "region_size": mixer.region_size,
+        "block_sizes": tuple(mixer.block_sizes),
+        "target_ratio": mixer.target_ratio,
+        "target_vfe": mixer.target_vfe,
+        "vfe_method": mixer.vfe_method,
+        "mode": mixer.mode,
+        "permute_channels": mixer.permute_channels,
+    }
+
+
+def test_the_defaults_are_the_papers_setting_and_reported() -> None:
+    # Region 8, blocks 2 then 1, 3x the clear VFE, static, corrected VFE: the setting the README's results use.
+    method = VisualMixerMethod(KEY)
+    assert method.params == {
+        "region_size": 8,
+        "block_sizes": [2, 1],
+        "target_ratio": 3.0,
+        "target_vfe": None,
+        "vfe_method": "corrected",
+        "mode": "static",
+        "permute_channels": False,
+    }
+    assert _mixer_settings(method.mixer) == {**method.params, "block_sizes": (2, 1)}
+    block = BlockShuffleMethod(KEY)
+    assert block.params == {"region_size": 8, "block_size": 1, "mode": "static", "permute_channels": True}
+    assert _mixer_settings(block.mixer) == {
+        "region_size": 8,
+        "block_sizes": (1,),
+        "target_ratio": None,
+        "target_vfe": None,
+        "vfe_method": "corrected",
+        "mode": "static",
+        "permute_channels": True,
+    }
+
+
+def test_every_setting_reaches_the_mixer() -> None:
+    settings = {
+        "region_size": 4,
+        "block_sizes": [4, 2],
+        "target_ratio": None,
+        "target_vfe": 0.25,
+        "vfe_method": "reference",
+        "mode": "dynamic",
+        "permute_channels": True,
+    }
+    method = VisualMixerMethod(KEY, **settings)
+    assert method.params == settings
+    assert _mixer_settings(method.mixer) == {**settings, "block_sizes": (4, 2)}
+    block = BlockShuffleMethod(KEY, region_size=4, block_size=2, mode="dynamic", permute_channels=False)
+    assert _mixer_settings(block.mixer) == {
+        "region_size": 4,
+        "block_sizes": (2,),
+        "target_ratio": None,
+        "target_vfe": None,
+        "vfe_method": "corrected",
+        "mode": "dynamic",
+        "permute_channels": False,
+    }
+
+
+def test_a_missing_key_names_the_method() -> None:
+    for cls in (VisualMixerMethod, BlockShuffleMethod):
+        with pytest.raises(ValueError, match=f"^{cls.__name__} needs the client's secret key"):
+            cls()
