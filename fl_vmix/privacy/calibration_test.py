@@ -62,12 +62,39 @@ def test_classical_calibration_is_refused_from_epsilon_one():
         (lambda: gaussian_sigma(epsilon=1.0, delta=0.0), r"delta must be in \(0, 1\)"),
         (lambda: gaussian_sigma(epsilon=1.0, delta=1e-5, sensitivity=0.0), "sensitivity must be .* use sqrt"),
         (lambda: gaussian_sigma(epsilon=1.0, delta=1e-5, calibration="rdp"), "unknown calibration 'rdp'"),
-        (lambda: gaussian_epsilon(sigma=0.0, delta=1e-5), "noise_scale must be a finite number > 0"),
+        (
+            lambda: gaussian_epsilon(sigma=0.0, delta=1e-5),
+            r"^noise_scale must be a finite number > 0, got 0.0; "
+            r"pass the Gaussian standard deviation in \[0, 1\] pixel units$",
+        ),
         (lambda: gaussian_epsilon(sigma=1.0, delta=1.0), r"delta must be in \(0, 1\)"),
-        (lambda: gaussian_epsilon(sigma=1.0, delta=1e-5, sensitivity=-1.0), "sensitivity must be"),
+        (
+            lambda: gaussian_epsilon(sigma=1.0, delta=1e-5, sensitivity=-1.0),
+            r"^sensitivity must be a finite number > 0, got -1.0; use sqrt\(m\) for m-neighbouring images$",
+        ),
         (lambda: gaussian_epsilon(sigma=1.0, delta=1e-5, calibration="pld"), "unknown calibration 'pld'"),
     ],
 )
 def test_bad_arguments_are_refused(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("calibration", ["analytic", "classical"])
+@pytest.mark.parametrize("sensitivity", [0.5, 2.0, 3.0])
+def test_epsilon_depends_on_noise_over_sensitivity_only(calibration, sensitivity):
+    # The Gaussian mechanism's privacy curve is a function of sigma / sensitivity: scaling both changes nothing.
+    sigma = 7.0  # classical epsilon stays below 1 for every sensitivity here
+    scaled = gaussian_epsilon(sigma=sigma * sensitivity, delta=1e-5, sensitivity=sensitivity, calibration=calibration)
+    assert scaled == pytest.approx(gaussian_epsilon(sigma=sigma, delta=1e-5, calibration=calibration), rel=1e-9)
+    if calibration == "classical":
+        assert scaled == pytest.approx(math.sqrt(2 * math.log(1.25 / 1e-5)) / sigma, rel=1e-12)
+
+
+def test_epsilon_zero_is_judged_at_the_given_sensitivity():
+    # delta at epsilon 0 is 2 Phi(D / 2 sigma) - 1: about 0.6e-5 for D = 1 but 1.2e-5 for D = 2 at this sigma, so
+    # delta = 1e-5 needs epsilon > 0 only for the larger sensitivity.
+    sigma = 1 / (math.sqrt(2 * math.pi) * 0.6e-5)
+    assert gaussian_epsilon(sigma=sigma, delta=1e-5) == 0.0
+    epsilon = gaussian_epsilon(sigma=sigma, delta=1e-5, sensitivity=2.0)
+    assert epsilon > 0 and closed_form_delta(epsilon, sigma, 2.0) == pytest.approx(1e-5, rel=1e-6)
