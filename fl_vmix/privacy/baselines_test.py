@@ -399,6 +399,14 @@ def test_a_registered_class_takes_its_name(registry: dict[str, type[PrivacyMetho
     assert build_privacy_method("named_test").name == "named_test"
 
 
+def test_a_training_level_method_starts_without_a_guarantee() -> None:
+    class Bare(TrainingLevelMethod):
+        pass
+
+    method = Bare(noise_multiplier=1.0)
+    assert method.epsilon is None and method.delta is None and method.params == {"noise_multiplier": 1.0}
+
+
 def test_repr_shows_the_class_parameters_and_guarantee() -> None:
     assert repr(GaussianBlur()) == (
         "GaussianBlur(kernel_size=7, sigma=2.0)  # name='gaussian_blur', epsilon=None, delta=None"
@@ -409,6 +417,7 @@ def test_calling_a_method_protects_epoch_zero_by_default() -> None:
     x, ids = _batch()
     method = build_privacy_method("pixel_dp_gaussian", epsilon=8.0, key=bytes(32), noise_mode="dynamic")
     assert torch.equal(method(x, ids), method(x, ids, 0))
+    assert torch.equal(method.protect(x, ids).images, method(x, ids, 0))
     assert not torch.equal(method(x, ids), method(x, ids, 1))
 
 

@@ -52,3 +52,8 @@ def test_defaults_and_settings_are_kept_and_reported():
     assert (central.noise_multiplier, central.clipping_norm, central.delta) == (0.7, 2.5, 1e-6)
     sgd = DPSGD(noise_multiplier=1.3, max_grad_norm=0.5, delta=1e-7)
     assert (sgd.noise_multiplier, sgd.max_grad_norm, sgd.delta) == (1.3, 0.5, 1e-7)
+
+
+def test_a_bad_key_is_named_as_dp_sgds():
+    with pytest.raises(ValueError, match=r"^DPSGD: a key needs 16 to 64 bytes"):
+        DPSGD(key=b"short")
