@@ -79,7 +79,10 @@ def test_training_metrics_count_the_sampled_examples():
     # Rate 1 (batch size = data size): every step sees all 4 examples; two epochs, two steps.
     torch.manual_seed(0)
     model = build_model("cnn", num_classes=2)
-    images, labels = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():  # labels the untrained model gets right 3 times of 4: accuracy 0.75, not its complement
+        labels = model(images).argmax(1)
+    labels[0] = 1 - labels[0]
     result = train_dp_sgd(
         model, images, labels, torch.optim.SGD(model.parameters(), lr=0.0), DPSGD(noise_multiplier=2.0), (),
         epochs=2, batch_size=4, sampling_seed=0, noise_seed=0,
@@ -90,6 +93,7 @@ def test_training_metrics_count_the_sampled_examples():
     expected_loss = float(torch.nn.functional.cross_entropy(logits, labels))
     assert result.metrics["train_loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert result.metrics["train_accuracy"] == float((logits.argmax(1) == labels).float().mean())
+    assert result.metrics["train_accuracy"] == 0.75
     assert result.metrics["epsilon"] == pytest.approx(_google_rdp_epsilon(2.0, 1.0, 2, 1e-5), rel=2e-3)
 
 
