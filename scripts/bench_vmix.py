@@ -84,6 +84,7 @@ def main() -> None:
 
     small = photo_like(512, 32).to(device)
     cifar = real_cifar10(512)
+    cifar = cifar.to(device) if cifar is not None else None
     flat = small.view(512, -1)
     index = torch.stack(
         [torch.randperm(flat.shape[1], generator=torch.Generator().manual_seed(i)) for i in range(512)]
@@ -97,7 +98,7 @@ def main() -> None:
             "mix": lambda i: mixer32(small, ids + 512 * i),  # fresh ids: fresh permutations every call
             "fixed": lambda i: fixed32(small, ids + 512 * i),
             "vfe": lambda i: vfe(small, 8, "corrected"),
-            **({"cifar10": lambda i: mixer32(cifar.to(device), ids + 512 * i)} if cifar is not None else {}),
+            **({"cifar10": lambda i: mixer32(cifar, ids + 512 * i)} if cifar is not None else {}),
         },
         args.repeats,
         device,

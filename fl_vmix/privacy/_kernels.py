@@ -45,13 +45,8 @@ def _arrangements(own_words, tables, channels):  # pragma: no cover - compiled
     """Per (channel, region) the Fisher-Yates arrangement of its units, ``[C, R, units]``, and per region
     the source of each channel, ``[R, C]`` (see :mod:`fl_vmix.privacy.permutations`). Every level of
     the image is made from these."""
-    region_shape, units_of_shape, unit_offset, word_offset, chan_offset = (
-        tables[1],
-        tables[4],
-        tables[5],
-        tables[12],
-        tables[13],
-    )
+    region_shape, units_of_shape, unit_offset = tables.region_shape, tables.units_of_shape, tables.unit_offset
+    word_offset, chan_offset = tables.word_offset, tables.chan_offset
     regions = region_shape.shape[0]
     arrangements = np.empty((channels, regions, unit_offset.shape[1]), dtype=np.int32)
     source_channel = np.empty((regions, channels), dtype=np.int64)
@@ -84,23 +79,10 @@ def _arrangements(own_words, tables, channels):  # pragma: no cover - compiled
 def _level_sources(tables, li, arrangements, source_channel, start, out):  # pragma: no cover - compiled
     """One image's sources at level ``li`` of ``tables``, ``out[c, p] = start + (source offset in the
     image)``: per (channel, region) the compaction of each block group's origins in arrangement order."""
-    (
-        region_origin,
-        region_shape,
-        shape_height,
-        shape_width,
-        units_of_shape,
-        unit_offset,
-        pixel_level,
-        single_group,
-        rep_group,
-        seq_index,
-        step,
-        group_base,
-        _,
-        _,
-        width,
-    ) = tables
+    region_origin, region_shape, width = tables.region_origin, tables.region_shape, tables.width
+    shape_height, shape_width, units_of_shape = tables.shape_height, tables.shape_width, tables.units_of_shape
+    unit_offset, pixel_level, single_group = tables.unit_offset, tables.pixel_level, tables.single_group
+    rep_group, seq_index, step, group_base = tables.rep_group, tables.seq_index, tables.step, tables.group_base
     channels, pixels = out.shape
     sequence = np.empty(unit_offset.shape[1], dtype=np.int64)
     filled = np.empty(4, dtype=np.int64)
@@ -315,7 +297,7 @@ def mix_kernel(
     ``ceil(clear total * ratio)`` when ``ratio >= 0``, else ``ceil(absolute)``. Regions are refined by
     clear energy, highest first (ties by index, as the stable descending sort of the PyTorch path)."""
     batch, channels, pixels = out.shape
-    num_levels, regions = tables[6].shape[0], levels_out.shape[1]
+    num_levels, regions = tables.pixel_level.shape[0], levels_out.shape[1]
     bad = 0
     for b in prange(batch):
         own, image = np.empty(channels * pixels, dtype=np.int32), images[b]

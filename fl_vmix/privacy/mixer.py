@@ -41,6 +41,7 @@ from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
     MAX_ABS,
     SCALE,
+    UINT8_STEP,
     identity_sources,
     quantize,
     region_energies,
@@ -321,13 +322,16 @@ class VisualMixer(nn.Module):
         """Integer energy totals ``[B]`` as VFE (mean window energy over windows and channels, 0-1 scale)."""
         return (totals.double() / (channels * layout.num_regions * float(SCALE) ** 2)).float()
 
+    def _absolute_total(self, layout: _Layout, channels: int) -> float:
+        """``target_vfe`` as an energy total (0 without one)."""
+        return float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
+
     def _target_totals(self, clear_totals: torch.Tensor, layout: _Layout, channels: int) -> torch.Tensor:
         """The target as an integer energy total: an image reaches it when its total is at least this."""
         if self.target_ratio is not None:
             target = clear_totals.double() * self.target_ratio
         else:
-            absolute = float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
-            target = torch.full_like(clear_totals, absolute, dtype=torch.float64)
+            target = torch.full_like(clear_totals, self._absolute_total(layout, channels), dtype=torch.float64)
         return torch.ceil(target).to(torch.int64)
 
     @staticmethod
@@ -434,12 +438,11 @@ class VisualMixer(nn.Module):
         bits, mixed = _bits(images)
         levels = np.empty((batch, layout.num_regions), dtype=np.int64)
         clear, target, achieved = (np.empty(batch, dtype=np.int64) for _ in range(3))
-        absolute = float(self.target_vfe or 0.0) * channels * layout.num_regions * float(SCALE) ** 2
         # The kernel quantises each image as quantize() does; other float types go through quantize() first.
         if images.dtype in (torch.float32, torch.float64):
             data, scale, limit = images.detach().contiguous(), float(SCALE), MAX_ABS
         elif images.dtype == torch.uint8:
-            data, scale, limit = images.detach().contiguous(), 257.0, math.inf
+            data, scale, limit = images.detach().contiguous(), float(UINT8_STEP), math.inf
         else:
             data, scale, limit = quantize(images), 1.0, math.inf
         bad = mix_kernel(
@@ -453,7 +456,7 @@ class VisualMixer(nn.Module):
             layout.region,
             self.vfe_method == "reference",
             -1.0 if self.target_ratio is None else float(self.target_ratio),
-            absolute,
+            self._absolute_total(layout, channels),
             self.max_refinements,
             mixed.view(batch, channels, -1).numpy(),
             levels,

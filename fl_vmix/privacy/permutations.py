@@ -34,11 +34,39 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 NUM_GROUPS = 4  # block shape groups: 0 corner, 1 bottom edge, 2 right edge, 3 full (full_h * 2 + full_w)
+
+
+class KernelTables(NamedTuple):
+    """What the Numba kernels read of a geometry for a set of levels (a named tuple: Numba passes it as one
+    argument and reads its fields by name). Per region: ``region_origin`` (offset of its top-left pixel in
+    the image), ``region_shape`` (index into the per-shape tables). Per shape: ``shape_height``,
+    ``shape_width``, ``units_of_shape`` and ``unit_offset`` (each unit's origin as an image offset from the
+    region's). Per selected level: ``pixel_level`` (1-px blocks), and per shape ``single_group``,
+    ``rep_group``, ``seq_index``, ``step`` (each pixel's offset from its block's origin), ``group_base``.
+    ``word_offset`` / ``chan_offset``: where each (channel, region)'s and each region's channel
+    permutation's PRF words start; ``width``: the image width."""
+
+    region_origin: np.ndarray
+    region_shape: np.ndarray
+    shape_height: np.ndarray
+    shape_width: np.ndarray
+    units_of_shape: np.ndarray
+    unit_offset: np.ndarray
+    pixel_level: np.ndarray
+    single_group: np.ndarray
+    rep_group: np.ndarray
+    seq_index: np.ndarray
+    step: np.ndarray
+    group_base: np.ndarray
+    word_offset: np.ndarray
+    chan_offset: np.ndarray
+    width: int
 
 
 @dataclass(frozen=True)
@@ -185,10 +213,10 @@ class ShuffleGeometry:
         return self._word_layout[2]
 
     @cached_property
-    def _kernel_tables(self) -> dict[tuple[int, ...], tuple[np.ndarray | int, ...]]:
+    def _kernel_tables(self) -> dict[tuple[int, ...], KernelTables]:
         return {}
 
-    def kernel_tables(self, levels: tuple[int, ...]) -> tuple[np.ndarray | int, ...]:
+    def kernel_tables(self, levels: tuple[int, ...]) -> KernelTables:
         """The tables the Numba kernels read for the given levels, built once per geometry and levels
         (the kernels run per batch, these small tables would otherwise be sliced every call)."""
         if levels not in self._kernel_tables:
@@ -203,22 +231,22 @@ class ShuffleGeometry:
             widths = np.array([w for _, w in self.shapes], dtype=np.int64).reshape(1, -1, 1)
             step = delta[selected] // widths * self.width + delta[selected] % widths
             unit_offset = np.take_along_axis(self.local_to_global, self.unit_origin, axis=1)
-            self._kernel_tables[levels] = (
-                self.region_origin,
-                self.region_shape,
-                np.array([h for h, _ in self.shapes], dtype=np.int64),
-                widths.reshape(-1),
-                self.units_of_shape,
-                unit_offset,
-                pixel_level,
-                single_group,
-                groups,
-                seq_index[selected],
-                step.astype(np.int32),
-                group_base[selected],
-                word_offset,
-                chan_offset,
-                self.width,
+            self._kernel_tables[levels] = KernelTables(
+                region_origin=self.region_origin,
+                region_shape=self.region_shape,
+                shape_height=np.array([h for h, _ in self.shapes], dtype=np.int64),
+                shape_width=widths.reshape(-1),
+                units_of_shape=self.units_of_shape,
+                unit_offset=unit_offset,
+                pixel_level=pixel_level,
+                single_group=single_group,
+                rep_group=groups,
+                seq_index=seq_index[selected],
+                step=step.astype(np.int32),
+                group_base=group_base[selected],
+                word_offset=word_offset,
+                chan_offset=chan_offset,
+                width=self.width,
             )
         return self._kernel_tables[levels]
 

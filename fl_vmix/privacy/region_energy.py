@@ -19,6 +19,7 @@ import torch
 from fl_vmix.privacy.permutations import ShuffleGeometry
 
 SCALE = 65535  # quantisation: 16-bit fixed point for 0-1 images
+UINT8_STEP = SCALE // 255  # uint8 k is quantised as 257 k, exactly the float k / 255
 MAX_ABS = 4.0  # |x| bound that keeps int64 energy sums exact for any image size used here
 
 
@@ -27,7 +28,7 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
 
     Refuses NaN, infinite and out-of-range values with a message (one pass over the batch)."""
     if images.dtype == torch.uint8:
-        return images.to(torch.int32) * 257
+        return images.to(torch.int32) * UINT8_STEP
     flat = images.detach().reshape(-1)
     if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
         from fl_vmix.privacy._kernels import quantize_kernel, use_torch_threads
