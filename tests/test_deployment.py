@@ -21,12 +21,12 @@ from typing import Self
 
 import pytest
 
-from conftest import require_shared
+from conftest import FLOWER_RUNS, require_shared
 from fl_vmix.deploy.tls import write_certificates
 from fl_vmix.runtime.connection import write_connection
 from fl_vmix.runtime.processes import descendants, free_port, stop_processes
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, FLOWER_RUNS, pytest.mark.timeout(1500)]
 NUM_NODES = 3
 SMALL = [f"num_clients={NUM_NODES}", "dataset.data_fraction=0.05"]
 RUN_TIMEOUT_S = 360

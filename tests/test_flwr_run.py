@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_shared
+from conftest import FLOWER_RUNS, require_shared
 from fl_vmix.runtime.launcher import OFFLINE_ENV, flwr_executable
 from fl_vmix.runtime.processes import descendants, free_port, pids_with_cmdline, stop_local_superlink
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, FLOWER_RUNS, pytest.mark.timeout(900)]
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import require_shared
+from conftest import FLOWER_RUNS, require_shared
+
+pytestmark = [FLOWER_RUNS]  # both tests share the built wheel: keep them on one worker
 
 REPO = Path(__file__).resolve().parents[1]
 

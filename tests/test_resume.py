@@ -1,5 +1,6 @@
-"""Checkpoint and resume end to end: a killed run, resumed, ends with the metrics of an uninterrupted run;
-FedAvgM's momentum and DP-SGD's epsilon continue across a resume (real Flower simulations, real data)."""
+"""Checkpoint and resume end to end: a run extended, killed and resumed ends with the metrics of an
+uninterrupted run; FedAvgM's momentum and DP-SGD's epsilon continue across resumes (real Flower
+simulations, real data)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import FLOWER_RUNS, require_shared
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, FLOWER_RUNS, pytest.mark.timeout(1800)]
 SMALL = ["num_clients=2", "dataset.data_fraction=0.02"]
 TIMING = {"round_time_s", "obfuscation_s", "train_time_s"}
 
@@ -70,19 +71,18 @@ def processes_of(flwr_home: str) -> list[int]:
     return found
 
 
-def test_a_killed_run_resumed_ends_as_an_uninterrupted_run(env, tmp_path):
-    uninterrupted, killed = tmp_path / "uninterrupted", tmp_path / "killed"
-    fl_vmix([*SMALL, "num_rounds=4", f"output_dir={uninterrupted}"], env)
-    # The same run, killed with SIGKILL (every process of it, as when a machine goes down) after round 2.
-    doomed = {**env, "FLWR_HOME": str(tmp_path / "doomed_flwr_home")}
+def kill_after_round(args: list[str], out: Path, rounds: int, env: dict[str, str], flwr_home: Path) -> None:
+    """Start ``python -m fl_vmix args`` and SIGKILL every process of it (as when a machine goes down) once
+    ``out/metrics.csv`` has ``rounds`` rows."""
+    doomed = {**env, "FLWR_HOME": str(flwr_home)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "fl_vmix", *SMALL, "num_rounds=4", f"output_dir={killed}"],
-        env=doomed, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [sys.executable, "-m", "fl_vmix", *args], env=doomed,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and process.poll() is None:
-            if (killed / "metrics.csv").exists() and len(rows(killed / "metrics.csv")) >= 2:
+            if (out / "metrics.csv").exists() and len(rows(out / "metrics.csv")) >= rounds:
                 break
             time.sleep(0.5)
         assert process.poll() is None, "the run ended before it could be killed"
@@ -95,31 +95,34 @@ def test_a_killed_run_resumed_ends_as_an_uninterrupted_run(env, tmp_path):
         process.wait(timeout=60)
     time.sleep(2)
     assert not processes_of(doomed["FLWR_HOME"])
-    assert (killed / "checkpoint.pt").exists() and not (killed / "summary.json").exists()
-    done = fl_vmix([f"resume={killed}"], env)
-    summary = json.loads((killed / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 4, done.stdout[-2000:]
-    assert len(summary["resumed_at_rounds"]) == 1 and 1 <= summary["resumed_at_rounds"][0] <= 3
-    assert summary["keys"] == "derived from the public seed (not secret)"
-    assert_same_run(uninterrupted, killed)
-    assert not (tmp_path / "outputs").exists() and not list(killed.glob(".hydra")), "no second Hydra folder"
 
 
-def test_resume_keeps_fedavgm_momentum_and_dp_sgd_epsilon(env, tmp_path):
+def test_an_extended_killed_and_resumed_run_ends_as_an_uninterrupted_run(env, tmp_path):
+    """One uninterrupted 5-round run against a run of 2 rounds, extended to 5 with resume=, killed after
+    round 3 and resumed again with a bare resume=: the same metrics every round, the same client rows and
+    the same final weights. FedAvgM's server momentum and DP-SGD's accountant are state that a resume must
+    carry: losing either gives other weights or a smaller epsilon. (Each Flower launch costs about a
+    minute, so one run covers extending, killing and resuming.)"""
     settings = [*SMALL, "strategy=fedavgm", "privacy=dp_sgd"]
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
-    fl_vmix([*settings, "num_rounds=3", f"output_dir={uninterrupted}"], env)
+    fl_vmix([*settings, "num_rounds=5", f"output_dir={uninterrupted}"], env)
     fl_vmix([*settings, "num_rounds=2", f"output_dir={resumed}"], env)
     refused = subprocess.run(
-        [sys.executable, "-m", "fl_vmix", f"resume={resumed}", "optimizer.lr=0.5", "num_rounds=3"],
+        [sys.executable, "-m", "fl_vmix", f"resume={resumed}", "optimizer.lr=0.5", "num_rounds=5"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert refused.returncode == 2 and "cannot change a run that continues" in refused.stdout + refused.stderr
-    fl_vmix([f"resume={resumed}", "num_rounds=3"], env)
-    assert_same_run(uninterrupted, resumed)  # FedAvgM's momentum: any other state gives other weights
-    epsilons = [float(r["epsilon"]) for r in rows(resumed / "metrics.csv")]
-    assert epsilons[0] < epsilons[1] < epsilons[2], f"epsilon accumulates across the resume: {epsilons}"
+    kill_after_round([f"resume={resumed}", "num_rounds=5"], resumed, 3, env, tmp_path / "doomed_flwr_home")
+    assert (resumed / "checkpoint.pt").exists() and not (resumed / "summary.json").exists()
+    done = fl_vmix([f"resume={resumed}"], env)
     summary = json.loads((resumed / "summary.json").read_text())
-    assert summary["resumed_at_rounds"] == [2] and summary["config"]["num_rounds"] == 3
+    assert summary["status"] == "completed" and summary["rounds"] == 5, done.stdout[-2000:]
+    assert summary["config"]["num_rounds"] == 5 and summary["resumed_at_rounds"][0] == 2
+    assert len(summary["resumed_at_rounds"]) == 2 and 2 <= summary["resumed_at_rounds"][1] <= 3
+    assert summary["keys"] == "derived from the public seed (not secret)"
+    assert_same_run(uninterrupted, resumed)
+    epsilons = [float(r["epsilon"]) for r in rows(resumed / "metrics.csv")]
+    assert epsilons == sorted(set(epsilons)) and len(epsilons) == 5, f"epsilon accumulates: {epsilons}"
     states = sorted((resumed / "client_state" / summary["run_uid"]).glob("partition-*.json"))
-    assert [json.loads(p.read_text()).keys() for p in states] == [{"1", "2", "3"}] * 2, "each round's history"
+    assert [json.loads(p.read_text()).keys() for p in states] == [{"1", "2", "3", "4", "5"}] * 2, "each round's history"
+    assert not (tmp_path / "outputs").exists() and not list(resumed.glob(".hydra")), "no second Hydra folder"

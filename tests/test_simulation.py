@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import require_shared
+from conftest import FLOWER_RUNS, require_shared
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, FLOWER_RUNS, pytest.mark.timeout(900)]
 SMALL = ["num_clients=3", "num_rounds=2", "dataset.data_fraction=0.05"]
 
 

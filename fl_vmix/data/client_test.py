@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fl_vmix.data import cache
 from fl_vmix.data.client import load_client_data
 from fl_vmix.data.errors import DataError
 from fl_vmix.data.sources import SPLIT_ID_OFFSET, load_dataset
@@ -34,12 +34,18 @@ def test_clients_cover_the_split_exactly_once(image_folder: Path, tmp_path: Path
     assert np.array_equal(np.sort(np.concatenate(seen)), np.arange(len(full)))
 
 
-def test_deterministic_and_fast_on_repeat(image_folder: Path, tmp_path: Path) -> None:
+def test_deterministic_and_read_from_the_cache_on_repeat(
+    image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     args = dict(seed=7, root=image_folder, cache_dir=tmp_path / "c")
     first = load_client_data("imagefolder", 1, 4, "dirichlet", **args)
-    start = time.perf_counter()
-    again = load_client_data("imagefolder", 1, 4, "dirichlet", **args)
-    assert time.perf_counter() - start < 0.5
+
+    def rebuilt(*_: object, **__: object) -> None:
+        raise AssertionError("the repeat decoded or partitioned again instead of reading the cache")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(cache, "write_entry", rebuilt)
+        again = load_client_data("imagefolder", 1, 4, "dirichlet", **args)
     for name in ("train_ids", "test_ids", "train_labels"):
         np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
     other_seed = load_client_data("imagefolder", 1, 4, "dirichlet", **{**args, "seed": 8})
