@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-# Tests that launch Flower's engines (minutes each). Under pytest-xdist (`.ci/run`: -n 2 --dist loadgroup) they
-# run on one worker, one at a time, and first: two Flower runs at once would compete for the two cores and
-# for their own timeouts, and together they are CI's longest chain, so the other worker takes the rest.
-FLOWER_RUNS = pytest.mark.xdist_group("flower_runs")
+# Tests that launch Flower's engines (minutes each). `.ci/run` runs them in one pytest process, one at a time,
+# beside a second process for every other test: two Flower runs at once would compete for the two cores and
+# for their own timeouts, and together they are CI's longest chain.
+FLOWER_RUNS = pytest.mark.flower_run
 
 SHARED_DATA = Path(os.environ.get("FL_VMIX_SHARED_DATA", Path(__file__).resolve().parent.parent / "shared" / "data"))
 
@@ -24,11 +24,6 @@ def require_shared(relative: str) -> Path:
             pytest.fail(message + "; in CI the real-data tests must run")
         pytest.skip(message)
     return path
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The Flower runs first (a stable sort keeps every other test in its order); see FLOWER_RUNS."""
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)
