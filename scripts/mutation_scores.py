@@ -1,16 +1,21 @@
 """Mutation score per module from mutmut's results in mutants/ (after `scripts/mutation.sh`).
 
-    python scripts/mutation_scores.py [module ...] [--survivors]
+    python scripts/mutation_scores.py [module ...] [--survivors] [--record]
 
 Prints, per mutated module: mutants, killed (by a failing test or a timeout), survivors, survivors explained as
 equivalent in docs/mutation_testing.md (table rows that start with the mutant's name in backticks), mutants no
 test reaches, and the score killed / (total - equivalent). ``--survivors`` lists the survivors not explained.
+``--record`` writes the printed modules' counts, with the commit they were measured at, into
+experiments/results/mutation/results.csv (other modules' rows stay); `scripts/readme_tables.py` makes the README's
+table from it.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import re
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -19,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 KILLED = {1, 3, 24, -24, 36, 152, 255, -9, -11}  # a failing test, an internal pytest error, or a timeout / crash
 SURVIVED = {0}
 NO_TESTS = {5, 33}
+RECORD = ROOT / "experiments" / "results" / "mutation" / "results.csv"
+FIELDS = ("module", "mutants", "killed", "survived", "equivalent", "no_tests", "not_run", "measured_at")
 
 
 def equivalent_mutants() -> set[str]:
@@ -80,7 +87,33 @@ def main(argv: list[str]) -> int:
         print("\nsurvivors not explained in docs/mutation_testing.md:")
         for name in unexplained:
             print("  ", name)
+    if "--record" in argv:
+        record(rows)
     return 0
+
+
+def record(rows: list[tuple[str, int, Counter[str], float]]) -> None:
+    """Replace these modules' rows in RECORD (kept sorted by module), stamped with this checkout's commit."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    measured_at = commit.stdout.strip() or "unknown"
+    kept: dict[str, dict[str, str]] = {}
+    if RECORD.is_file():
+        with RECORD.open() as handle:
+            kept = {row["module"]: row for row in csv.DictReader(handle)}
+    for module, total, c, _ in rows:
+        kept[module] = {
+            "module": module,
+            "mutants": str(total),
+            **{key: str(c[key.replace("_", " ")]) for key in ("killed", "survived", "equivalent", "no_tests")},
+            "not_run": str(c["not run"]),
+            "measured_at": measured_at,
+        }
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    with RECORD.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept[m] for m in sorted(kept))
+    print(f"recorded {len(rows)} modules in {RECORD.relative_to(ROOT)} (measured at {measured_at})")
 
 
 if __name__ == "__main__":

@@ -94,3 +94,26 @@ def test_graded_experiments_show_the_strongest_attack(tmp_path):
     text = readme.read_text()
     assert "| epsilon | attack SSIM | attack recognition |" in text and "|" + "---|" * 12 + "\n" in text
     assert "| 100.0 | – | 1.000 | 0.800 |" in text and "| 2.00 (example) | – | – |" in text
+
+
+def test_mutation_scores_are_judged_against_their_aim(tmp_path):
+    """85% in privacy/, 80% elsewhere; explained survivors (equivalent) leave the denominator."""
+    folder = tmp_path / "results" / "mutation"
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_text(
+        "module,mutants,killed,survived,equivalent,no_tests,not_run,measured_at\n"
+        "fl_vmix.data.partition,100,81,19,0,0,0,abc1234\n"
+        "fl_vmix.privacy.mixer,200,160,40,10,0,0,abc1234\n"
+        "fl_vmix.privacy.vfe,100,84,16,0,0,0,abc1234\n"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table:mutation -->\n<!-- /table:mutation -->\n")
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "| `fl_vmix.data.partition` | 81 / 100 | 81.0% | 81.0% | 80% | yes | abc1234 |" in text
+    assert "| `fl_vmix.privacy.mixer` | 160 / 200 | 80.0% | 84.2% | 85% | NO |" in text  # 160 / 190
+    assert "| `fl_vmix.privacy.vfe` | 84 / 100 | 84.0% | 84.0% | 85% | NO |" in text
