@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from opacus.accountants import RDPAccountant
+from torch import nn
 
 from fl_vmix.factory import initial_model, local_client
 from fl_vmix.models import build_model
@@ -223,14 +224,17 @@ def test_sampling_and_noise_come_from_their_own_seeds_only():
     assert len(drawn) > 1 and all(sum(s) <= 4 for s in drawn)
 
 
-def test_unfixable_models_are_refused(monkeypatch, caplog):
-    from opacus.validators import ModuleValidator
-
+def test_unfixable_models_are_refused(caplog):
     model = build_model("resnet18", num_classes=10)
     with caplog.at_level(logging.WARNING, logger="fl_vmix.dp"):
         make_opacus_compatible(model)
     assert "ResNet has layers Opacus cannot train privately (ShouldReplaceModuleError)" in caplog.text
-    monkeypatch.setattr(ModuleValidator, "validate", staticmethod(lambda module, strict=False: [ValueError("odd")]))
-    monkeypatch.setattr(ModuleValidator, "fix", staticmethod(lambda module: module))
-    with pytest.raises(ValueError, match="DP-SGD cannot train ResNet even after replacing layers: odd; use model=cnn"):
-        make_opacus_compatible(model)
+    # A model in eval mode: Opacus names two kinds of problem, and replacing BatchNorm leaves one of them.
+    frozen = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fl_vmix.dp"), pytest.raises(ValueError) as refused:
+        make_opacus_compatible(frozen)
+    assert "(IllegalModuleConfigurationError; ShouldReplaceModuleError)" in caplog.text
+    assert str(refused.value) == (
+        "DP-SGD cannot train Sequential even after replacing layers: Model needs to be in training mode; use model=cnn"
+    )
