@@ -121,7 +121,7 @@ def _sent(rounds: Iterable[Mapping[str, Any]]) -> tuple[set[str], list[int]]:
     keys: set[str] = set()
     sizes: dict[str, int] = {}
     for record in rounds:
-        for pid, metrics in record.get("clients", {}).items():
+        for pid, metrics in record["clients"].items():  # the recorder writes "clients" in every round
             keys.update(metrics)
             if "num-examples" in metrics:
                 sizes[pid] = int(metrics["num-examples"])
@@ -130,7 +130,8 @@ def _sent(rounds: Iterable[Mapping[str, Any]]) -> tuple[set[str], list[int]]:
 
 def _leaks(kind: str, sent: set[str]) -> str:
     reasons = _REASONS[kind]
-    keys = sorted(k for k in sent | ({"update"} if kind == "central_dp" else set()) if k in reasons)
+    # Every client also sends its model update; only central DP lists it (its server sees it before the noise).
+    keys = sorted(k for k in sent | {"update"} if k in reasons)
     return "; ".join(f"{k} ({reasons[k]})" for k in keys)
 
 
@@ -141,12 +142,12 @@ def privacy_budget(
     method = experiment.privacy.method
     nan = math.nan
     sent, sizes = _sent(rounds_recorded)
-    rounds = sum(1 for r in rounds_recorded if int(r.get("round", 0)) > 0)
-    engine = raw_config.get("engine", {})
+    rounds = sum(1 for r in rounds_recorded if int(r["round"]) > 0)
+    engine = raw_config.get("engine", {})  # configs recorded before the engine group: the simulation
     simulated = engine.get("name", "simulation") == "simulation"
-    public_keys = simulated and engine.get("simulation_keys", "random") == "derived"
+    public_keys = simulated and engine.get("simulation_keys") == "derived"
     if method in IMAGE_DP:
-        protected = build_privacy(experiment.privacy, ACCOUNTING_KEY, run=experiment.seed)
+        protected = build_privacy(experiment.privacy, ACCOUNTING_KEY)
         _, channels, side = dataset_shape(experiment)
         epochs = max(rounds, 1)
         pixel = protected.epsilon_for(channels, epochs) or nan
@@ -160,10 +161,12 @@ def privacy_budget(
             guarantee += "; in this run the simulation keys derive from the public seed, so the noise is not secret"
         return PrivacyBudget(protected.epsilon_unit or "", pixel, image, nan, nan, guarantee, _leaks("image", sent))
     if method == DPSGD.name:
-        noise = float(experiment.privacy.params.get("noise_multiplier", 1.0))
-        delta = float(experiment.privacy.params.get("delta", 1e-5))
-        per_client = dp_sgd_events(sizes, experiment.batch_size, rounds, experiment.local_epochs, noise)
-        pld = max((_pld_epsilon(events, delta) for events in per_client), default=nan)
+        dp_sgd = build_privacy(experiment.privacy, ACCOUNTING_KEY)  # its noise and delta, defaults included
+        assert isinstance(dp_sgd, DPSGD)
+        per_client = dp_sgd_events(
+            sizes, experiment.batch_size, rounds, experiment.local_epochs, dp_sgd.noise_multiplier
+        )
+        pld = max((_pld_epsilon(events, dp_sgd.delta) for events in per_client), default=nan)
         against = (
             "third parties only: this simulation derives client keys from the public seed, so the server can "
             "regenerate the noise and sampling (use engine.simulation_keys=random or the Deployment Engine)"
@@ -175,9 +178,9 @@ def privacy_budget(
         )
         return PrivacyBudget(DPSGD.epsilon_unit, nan, nan, nan, pld, guarantee, _leaks("dp_sgd", sent))
     if method == CentralDP.name:
-        noise = float(experiment.privacy.params.get("noise_multiplier", 1.0))
-        delta = float(experiment.privacy.params.get("delta", 1e-5))
-        pld, replace_one = central_dp_epsilons(noise, max(rounds, 1), delta)
+        central = build_privacy(experiment.privacy, None)
+        assert isinstance(central, CentralDP)
+        pld, replace_one = central_dp_epsilons(central.noise_multiplier, max(rounds, 1), central.delta)
         guarantee = (
             "client-level DP (add or remove one client's data) for the released global models, against anyone but "
             f"the server, which sees every clipped update before the noise (replace-one neighbours: {replace_one:.4g})"
