@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fl_vmix.data.errors import DataError
-from fl_vmix.data.partition import cached_partitions, client_split, label_counts, partition_dataset
+from fl_vmix.data.partition import (
+    _translate_flwr_error,
+    cached_partitions,
+    client_split,
+    default_min_partition_size,
+    label_counts,
+    partition_dataset,
+)
 
 LABELS = np.repeat(np.arange(10), 60)  # 600 samples, 10 balanced classes, class-sorted like the JPEG tree
 
@@ -86,7 +94,7 @@ def test_pathological_unused_classes_warn() -> None:
         ),
         (
             {"scheme": "dirichlet", "num_partitions": 50, "alpha": 0.01, "min_partition_size": 11},
-            r"in 11 draws: raise alpha",
+            r"partitioning of the 600 samples of toy into 50 clients .* in 11 draws: raise alpha",
         ),
     ],
 )
@@ -140,8 +148,49 @@ def test_client_split() -> None:
     assert [len(x) for x in client_split(np.arange(1), 0.5, seed=0)] == [1, 0]
 
 
-@pytest.mark.parametrize("fraction", [-0.1, 1.0, 2])
-def test_client_split_bad_fraction(fraction: float) -> None:
+def test_client_split_defaults_and_edges() -> None:
+    indices = np.arange(100, 200, dtype=np.int32)
+    train, test = client_split(indices)  # defaults: a fifth to test, seed 0
+    assert all(np.array_equal(a, b) for a, b in zip((train, test), client_split(indices, 0.2, seed=0), strict=True))
+    assert train.dtype == test.dtype == np.int64 and indices.dtype == np.int32, "int64 out, the input left alone"
+    assert [len(x) for x in client_split(np.arange(4), 0.05, seed=0)] == [3, 1]  # rounds to 0: one to test anyway
+    assert [len(x) for x in client_split(np.arange(2), 0.9, seed=0)] == [1, 1]  # rounds to 2: one stays in train
+    for bad in (np.arange(6).reshape(2, 3), np.zeros(4)):
+        with pytest.raises(DataError, match="indices must be a 1-D integer array"):
+            client_split(bad, 0.2, seed=0)
+
+
+def test_partitioning_defaults(tmp_path: Path) -> None:
+    def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+        return len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+
+    iid = partition_dataset(LABELS, 4, "iid", seed=3)
+    dirichlet = partition_dataset(LABELS, 4, "dirichlet", seed=3, alpha=0.5)
+    assert same(partition_dataset(LABELS, 4, seed=3), iid)  # default scheme: iid
+    assert same(partition_dataset(LABELS, 4, "dirichlet", seed=3), dirichlet)  # default alpha: 0.5
+    assert same(cached_partitions(LABELS, 4, seed=3, cache_dir=tmp_path), iid)
+    assert same(cached_partitions(LABELS, 4, "dirichlet", seed=3, cache_dir=tmp_path), dirichlet)
+    hopeless = dict(seed=0, alpha=0.01, min_partition_size=11)
+    for partition in (partition_dataset, functools.partial(cached_partitions, cache_dir=tmp_path)):
+        with pytest.raises(DataError, match="samples of the dataset into 50 clients"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the default name in messages
+            partition(LABELS, 50, "dirichlet", **hopeless)
+    assert label_counts(LABELS, iid, 10).dtype == np.int64
+
+
+@pytest.mark.parametrize(("samples", "clients", "size"), [(1000, 10, 10), (100, 10, 5), (10, 10, 1), (39, 2, 9)])
+def test_default_min_partition_size(samples: int, clients: int, size: int) -> None:
+    # flwr's 10 per client, at most half a client's fair share, at least 1
+    assert default_min_partition_size(samples, clients) == size
+
+
+def test_unrecognised_flwr_errors_are_passed_on_with_the_dataset_name() -> None:
+    error = _translate_flwr_error(ValueError("odd"), {}, 5, "toy")
+    assert str(error) == "partitioning toy failed in flwr-datasets (odd): check the arguments"
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0, 2, False, True])
+def test_client_split_bad_fraction(fraction: float) -> None:  # a bool is not a fraction
     with pytest.raises(DataError, match=r"test_fraction must be in \[0, 1\)"):
         client_split(np.arange(10), fraction, seed=0)
 
