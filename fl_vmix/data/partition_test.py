@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import warnings
 from pathlib import Path
 
@@ -293,3 +294,15 @@ def test_cached_partitions_validate_before_reading_the_cache(tmp_path: Path) -> 
         cached_partitions(LABELS, 7, "dirichlet", seed=5, alpha=0.0, cache_dir=tmp_path)
     with pytest.raises(DataError, match="non-empty 1-D integer array"):
         cached_partitions(LABELS.astype(float), 7, "dirichlet", seed=5, alpha=0.3, cache_dir=tmp_path)
+
+
+def test_cached_partitions_name_their_dataset(tmp_path: Path) -> None:
+    """In the folder name of the cache entry (made safe), its metadata and the messages."""
+    parts = cached_partitions(LABELS, 4, "iid", seed=1, dataset_name="med/mnist x", cache_dir=tmp_path)
+    (entry,) = (p for p in (tmp_path / "partitions").iterdir() if p.is_dir())  # beside its lock file
+    assert entry.name.startswith("med_mnist_x-iid-4-") and len(parts) == 4
+    assert json.loads((entry / "meta.json").read_text())["extra"]["dataset"] == "med/mnist x"
+    with pytest.raises(DataError, match="exceeds the 600 samples of toy"):
+        cached_partitions(
+            LABELS, 100, "dirichlet", seed=0, min_partition_size=7, dataset_name="toy", cache_dir=tmp_path
+        )
