@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fl_vmix.data.errors import DataError
@@ -128,11 +128,16 @@ def test_bad_labels() -> None:
     scheme=st.sampled_from(["iid", "dirichlet"]),
     seed=st.integers(0, 2**16),
 )
+@example(n=42, num_classes=2, clients=7, scheme="dirichlet", seed=753)  # refused: found by Hypothesis once
 def test_property_exact_cover(n: int, num_classes: int, clients: int, scheme: str, seed: int) -> None:
     labels = np.random.default_rng(seed).integers(0, num_classes, n)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        parts = partition_dataset(labels, clients, scheme, seed=seed, alpha=1.0)
+        try:
+            parts = partition_dataset(labels, clients, scheme, seed=seed, alpha=1.0)
+        except DataError as error:  # e.g. 42 samples, 7 clients: Dirichlet draws can miss the minimum size
+            assume("in 11 draws: raise alpha" not in str(error))  # that one is a correct refusal; others fail
+            raise
     _assert_exact_cover(parts, n)
 
 
