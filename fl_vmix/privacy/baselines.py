@@ -140,7 +140,7 @@ class _NoisyMethod(PrivacyMethod):
         """Bind the noise to the method, every public setting and the run (call once ``params`` is set)."""
         settings = sorted((k, repr(v)) for k, v in self.params.items())
         self._prf = KeyedPRF(self._key, context_bytes("image-noise", self.name, settings))
-        m = self.params.get("m", 1)
+        m = self.params["m"]  # every noise method has m: how many values neighbouring images differ in
         self.epsilon_unit = "value" if m == 1 else f"{m} values"
 
     def _noise(self, images: Tensor, sample_ids: Tensor, epoch: int, shape: tuple[int, ...], kind: NoiseKind) -> Tensor:
@@ -204,7 +204,6 @@ class PixelDPGaussian(_NoisyMethod):
         }  # the key is deliberately not a reportable parameter
         self.sensitivity = math.sqrt(m)
         self.delta = delta
-        self.calibration = calibration
         kwargs: dict[str, Any] = {"delta": delta, "sensitivity": self.sensitivity, "calibration": calibration}
         if epsilon is not None:
             self.epsilon = float(epsilon)

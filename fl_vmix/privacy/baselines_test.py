@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from opacus.accountants.analysis.gdp import delta_eps_mu, eps_from_mu
 from scipy import stats
 
-from fl_vmix.privacy.baselines import GaussianBlur, cell_means, pixelate
+from fl_vmix.privacy.baselines import DPPix, GaussianBlur, Mosaic, PixelDPGaussian, PixelDPLaplace, cell_means, pixelate
 from fl_vmix.privacy.calibration import gaussian_delta, gaussian_epsilon, gaussian_sigma
 from fl_vmix.privacy.keyed import KeyedPRF
 from fl_vmix.privacy.methods import (
@@ -555,3 +555,78 @@ def test_dp_pix_noise_scale_follows_m_and_epsilon() -> None:
     out = build_privacy_method("dp_pix", epsilon=100.0, b=4, m=3, key=KEY)(x, torch.arange(200))
     noise = out[..., ::4, ::4] - 0.5
     assert float(noise.std()) == pytest.approx(math.sqrt(2) * 3 / (16 * 100.0), rel=0.05)
+
+
+# ------------------------------------------------------------------------------- whole messages (mutation survivors)
+
+M_FIX = "m is how many pixel values may differ between neighbouring images (1 = one value)"
+VALUES_FIX = "values must be an integer >= 1, got 0; pass how many values of [C, H, W] neighbouring images differ in"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: PixelDPLaplace(epsilon=1.0, m=0, key=KEY), f"m must be an integer >= 1, got 0; {M_FIX}"),
+        (lambda: PixelDPGaussian(epsilon=1.0, m=0, key=KEY), f"m must be an integer >= 1, got 0; {M_FIX}"),
+        (lambda: DPPix(m=0, key=KEY), f"m must be an integer >= 1, got 0; {M_FIX}"),
+        (lambda: DPPix(b=0, key=KEY), "b must be an integer >= 1, got 0; b is the cell side in pixels, e.g. b=4"),
+        (
+            lambda: PixelDPLaplace(noise_scale=-1.0, key=KEY),
+            "noise_scale must be a finite number > 0, got -1.0; pass the Laplace scale b in [0, 1] pixel units",
+        ),
+        (
+            lambda: GaussianBlur(kernel_size=0),
+            "kernel_size must be an integer >= 1, got 0; use an odd kernel size such as 7",
+        ),
+        (
+            lambda: GaussianBlur(sigma=0.0),
+            "sigma must be a finite number > 0, got 0.0; pass the blur standard deviation in pixels, e.g. sigma=2.0",
+        ),
+        (
+            lambda: Mosaic(cell_size=0),
+            "cell_size must be an integer >= 1, got 0; cell_size is the cell side in pixels, e.g. cell_size=4",
+        ),
+        (
+            lambda: cell_means(torch.zeros(1, 1, 4, 4), 0),
+            "cell must be an integer >= 1, got 0; use a cell size of at least 1 px",
+        ),
+        (
+            lambda: PixelDPLaplace(epsilon=1.0, key=KEY, run=-1),
+            "run must be an integer >= 0, got -1; pass the run's seed (experiment.seed): it keeps runs from sharing "
+            "noise",
+        ),
+        (lambda: PixelDPLaplace(epsilon=1.0, key=KEY).epsilon_for(0), VALUES_FIX),
+        (lambda: PixelDPGaussian(epsilon=1.0, key=KEY).epsilon_for(0), VALUES_FIX),
+        (lambda: DPPix(key=KEY).epsilon_for(0), VALUES_FIX),
+        (
+            lambda: PixelDPLaplace(epsilon=1.0, key=KEY).epsilon_for(1, 0),
+            "epochs must be an integer >= 1, got 0; pass how many epochs the client trained on the noisy images",
+        ),
+        (
+            lambda: DPPix(key=b"short"),
+            "DPPix: a key needs 16 to 64 bytes (128-512 bits), got 5: use secrets.token_bytes(32) or a key file from "
+            "`python -m fl_vmix.deploy keygen`",
+        ),
+    ],
+)
+def test_bad_settings_say_what_and_how_to_fix(build, message):
+    with pytest.raises(ValueError) as refused:
+        build()
+    assert str(refused.value) == message
+
+
+def test_dp_pix_epsilon_defaults_and_clamping():
+    method = DPPix(key=KEY)
+    assert method.params == {"epsilon": 1.0, "b": 4, "m": 1, "run": 0, "noise_mode": "static"}
+    # Each value costs epsilon / m per release: 3 values at epsilon 2 (not the cell's scale times 3).
+    assert DPPix(epsilon=2.0, b=4, key=KEY).epsilon_for(3) == pytest.approx(6.0)
+    # Strong noise pushes cells past both ends of [0, 1]: they are clamped, not wrapped or left out of range.
+    images = torch.full((4, 3, 8, 8), 0.5)
+    out = DPPix(epsilon=0.01, b=2, key=KEY)(images, torch.arange(4))
+    assert out.min() == 0.0 and out.max() == 1.0 and ((out > 0) & (out < 1)).any()
+
+
+def test_dynamic_total_epsilon_counts_m_values_per_release():
+    # m = 2 neighbouring values at epsilon 1 per release, 3 fresh releases: 3.0 (as many values as m, not epochs).
+    method = PixelDPLaplace(epsilon=1.0, m=2, key=KEY, noise_mode="dynamic")
+    assert method.total_epsilon(3) == pytest.approx(3.0) and method.epsilon_unit == "2 values"
