@@ -88,7 +88,8 @@ def test_methods_without_dp_have_no_unit(tiny_experiment):
     for overrides in (("privacy=none",), ("privacy=visualmixer",), ("privacy=gaussian_blur",)):
         experiment = tiny_experiment(*overrides)
         budget = privacy_budget(experiment, rounds(1, {0: 10}), experiment.to_dict())
-        assert budget.epsilon_unit == "" and budget.leaks == "" and "attacks" in budget.guarantee
+        assert budget.epsilon_unit == "" and budget.leaks == ""
+        assert budget.guarantee == "no DP guarantee: privacy is graded by attacks"
         epsilons = (budget.epsilon_pixel, budget.epsilon_image, budget.epsilon_replace_one, budget.epsilon_pld)
         assert all(math.isnan(e) for e in epsilons), epsilons
 
@@ -230,3 +231,9 @@ def test_configs_recorded_without_engine_settings_are_simulations_with_secret_ke
     assert "the server and everyone downstream" in budget.guarantee
     derived = privacy_budget(experiment, rounds(1, {0: 50}), {**config, "engine": {"simulation_keys": "derived"}})
     assert "third parties only" in derived.guarantee  # no engine name recorded: a simulation
+
+
+def test_a_dp_sgd_run_that_recorded_no_client_has_no_epsilon(tiny_experiment):
+    experiment = tiny_experiment("privacy=dp_sgd")
+    budget = privacy_budget(experiment, [], experiment.to_dict())
+    assert budget.epsilon_unit == "example" and math.isnan(budget.epsilon_pld)
