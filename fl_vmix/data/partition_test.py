@@ -63,8 +63,26 @@ def test_dirichlet_min_partition_size() -> None:
     assert min(len(p) for p in parts) >= 30
 
 
+def test_dirichlet_is_flwr_datasets_plain_dirichlet_partitioner() -> None:
+    """The oracle is flwr-datasets itself, called directly: Dirichlet shares without self-balancing (which would
+    stop growing clients above the average size: other partitions), then our sorted int64 indices."""
+    import datasets
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    reference = DirichletPartitioner(
+        num_partitions=5, partition_by="label", alpha=0.3, min_partition_size=10, self_balancing=False, seed=4
+    )
+    reference.dataset = datasets.Dataset.from_dict({"label": LABELS, "idx": np.arange(len(LABELS))})
+    expected = [np.sort(reference.load_partition(i)["idx"]) for i in range(5)]
+    parts = partition_dataset(LABELS, 5, "dirichlet", seed=4, alpha=0.3, min_partition_size=10)
+    assert [len(p) for p in parts] == [41, 196, 122, 131, 110]  # self-balancing gives 41, 161, 149, 135, 114
+    assert all(np.array_equal(p, e) for p, e in zip(parts, expected, strict=True))
+
+
 def test_pathological_exact_classes_per_client() -> None:
-    parts = partition_dataset(LABELS, 10, "pathological", seed=0, classes_per_partition=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every class is used: no warning about unused classes
+        parts = partition_dataset(LABELS, 10, "pathological", seed=0, classes_per_partition=3)
     counts = label_counts(LABELS, parts, 10)
     assert ((counts > 0).sum(axis=1) == 3).all()
     assert all(counts[pid, pid % 10] > 0 for pid in range(10))  # first-deterministic: client i holds class i
