@@ -608,6 +608,24 @@ VALUES_FIX = "values must be an integer >= 1, got 0; pass how many values of [C,
             "`python -m fl_vmix.deploy keygen`",
         ),
     ],
+    # Plain ids: mutmut passes test ids to pytest, and messages with brackets or semicolons would not select.
+    ids=[
+        "laplace-m",
+        "gaussian-m",
+        "dppix-m",
+        "dppix-b",
+        "laplace-scale",
+        "blur-kernel",
+        "blur-sigma",
+        "mosaic-cell",
+        "cell-means",
+        "run",
+        "laplace-values",
+        "gaussian-values",
+        "dppix-values",
+        "epochs",
+        "key-owner",
+    ],  # fmt: skip
 )
 def test_bad_settings_say_what_and_how_to_fix(build, message):
     with pytest.raises(ValueError) as refused:
