@@ -26,6 +26,14 @@ def require_shared(relative: str) -> Path:
     return path
 
 
+def pytest_make_parametrize_id(config: pytest.Config, val: object, argname: str) -> str | None:
+    """Text parameters make ids without brackets: an id with brackets inside its ``[...]`` cannot be selected
+    (``pytest "file::test[a [b] c]"`` says not found), and mutmut selects each mutant's tests by id."""
+    if isinstance(val, str) and ("[" in val or "]" in val):
+        return val.replace("[", "(").replace("]", ")")
+    return None
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_caches(tmp_path_factory: pytest.TempPathFactory):
     """Keep Hugging Face `datasets` (used by the partitioners), Flower and client keys away from the
