@@ -648,3 +648,13 @@ def test_dynamic_total_epsilon_counts_m_values_per_release():
     # m = 2 neighbouring values at epsilon 1 per release, 3 fresh releases: 3.0 (as many values as m, not epochs).
     method = PixelDPLaplace(epsilon=1.0, m=2, key=KEY, noise_mode="dynamic")
     assert method.total_epsilon(3) == pytest.approx(3.0) and method.epsilon_unit == "2 values"
+
+
+def test_epsilon_for_defaults_to_one_epoch():
+    # Only fresh (dynamic) noise composes, so only there does the default number of epochs show.
+    for method in (
+        PixelDPLaplace(epsilon=1.0, key=KEY, noise_mode="dynamic"),
+        PixelDPGaussian(epsilon=1.0, key=KEY, noise_mode="dynamic"),
+        DPPix(key=KEY, noise_mode="dynamic"),
+    ):
+        assert method.epsilon_for(3) == method.epsilon_for(3, 1) < method.epsilon_for(3, 2), method.name
