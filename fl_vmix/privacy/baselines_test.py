@@ -658,3 +658,8 @@ def test_epsilon_for_defaults_to_one_epoch():
         DPPix(key=KEY, noise_mode="dynamic"),
     ):
         assert method.epsilon_for(3) == method.epsilon_for(3, 1) < method.epsilon_for(3, 2), method.name
+
+
+def test_blur_and_mosaic_defaults():
+    assert Mosaic().params == {"cell_size": 4}
+    assert GaussianBlur().params == {"kernel_size": 7, "sigma": 2.0}
