@@ -94,6 +94,14 @@ def main(argv: list[str]) -> int:
 
 def record(rows: list[tuple[str, int, Counter[str], float]]) -> None:
     """Replace these modules' rows in RECORD (kept sorted by module), stamped with this checkout's commit."""
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "fl_vmix"], cwd=ROOT, capture_output=True, text=True)
+    if dirty.stdout.strip():
+        raise SystemExit(
+            "fl_vmix/ has uncommitted changes: commit them and rerun, so the stamp names the code measured"
+        )
+    partial = [module for module, _, c, _ in rows if c["not run"]]
+    if partial:
+        raise SystemExit(f"not every mutant of {partial} has run: run those modules to the end before recording")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
     measured_at = commit.stdout.strip() or "unknown"
     kept: dict[str, dict[str, str]] = {}
