@@ -15,6 +15,16 @@ def check(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--check", *args], capture_output=True, text=True, timeout=120)
 
 
+def rewrite(readme: Path, results: Path) -> str:
+    """Run the script on ``readme`` with the tables of ``results``; the rewritten text."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(results)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return readme.read_text()
+
+
 def test_the_readme_tables_match_the_committed_results():
     done = check()
     assert done.returncode == 0, done.stderr
@@ -56,12 +66,7 @@ def test_settings_over_seeds_show_mean_and_spread(tmp_path):
         writer.writerows(rows)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- table:made_up -->\nstale\n<!-- /table:made_up -->\n")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    text = readme.read_text()
+    text = rewrite(readme, tmp_path / "results")
     assert "| none | - | 2 | 0.500 ± 0.020 | 0.0 ± 0.0 |" in text
     assert "| visualmixer | target_ratio=3.0 | 2 | 0.410 ± 0.010 | 9.0 ± 1.0 | 3.50 |" in text  # VFE: mean of seeds
     assert "stale" not in text and text.count("| visualmixer |") == 1, "one row per setting"
@@ -86,12 +91,7 @@ def test_graded_experiments_show_the_strongest_attack(tmp_path):
         writer.writerows(rows)
     readme = tmp_path / "README.md"
     readme.write_text("# x\n\n<!-- table:graded -->\n<!-- /table:graded -->\n")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    text = readme.read_text()
+    text = rewrite(readme, tmp_path / "results")
     assert "| epsilon | attack SSIM | attack recognition |" in text and "|" + "---|" * 12 + "\n" in text
     assert "| 100.0 | – | 1.000 | 0.800 |" in text and "| 2.00 (example) | – | – |" in text
 
@@ -108,12 +108,7 @@ def test_mutation_scores_are_judged_against_their_aim(tmp_path):
     )
     readme = tmp_path / "README.md"
     readme.write_text("<!-- table:mutation -->\n<!-- /table:mutation -->\n")
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--readme", str(readme), "--results", str(tmp_path / "results")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    text = readme.read_text()
+    text = rewrite(readme, tmp_path / "results")
     assert "| `fl_vmix.data.partition` | 81 / 100 | 81.0% | 81.0% | 80% | yes | abc1234 |" in text
     assert "| `fl_vmix.privacy.mixer` | 160 / 200 | 80.0% | 84.2% | 85% | NO |" in text  # 160 / 190
     assert "| `fl_vmix.privacy.vfe` | 84 / 100 | 84.0% | 84.0% | 85% | NO |" in text
