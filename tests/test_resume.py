@@ -117,8 +117,9 @@ def test_an_extended_killed_and_resumed_run_ends_as_an_uninterrupted_run(env, tm
     done = fl_vmix([f"resume={resumed}"], env)
     summary = json.loads((resumed / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 5, done.stdout[-2000:]
-    assert summary["config"]["num_rounds"] == 5 and summary["resumed_at_rounds"][0] == 2
-    assert len(summary["resumed_at_rounds"]) == 2 and 2 <= summary["resumed_at_rounds"][1] <= 3
+    # The kill can land between round 3's metrics and its checkpoint: that attempt then leaves no resume point
+    # and the last one continues from round 2 again (seen in CI), otherwise from round 3.
+    assert summary["config"]["num_rounds"] == 5 and summary["resumed_at_rounds"] in ([2], [2, 3])
     assert summary["keys"] == "derived from the public seed (not secret)"
     assert_same_run(uninterrupted, resumed)
     epsilons = [float(r["epsilon"]) for r in rows(resumed / "metrics.csv")]
