@@ -158,6 +158,14 @@ def test_fixed_mode_inverts_from_key_and_ids_alone():
     images = smooth_images(2, 3, 32, 32)
     mixed = VisualMixer(KEY, target_ratio=None)(images, [7, 8])
     assert torch.equal(VisualMixer(KEY, target_ratio=None).invert(mixed, [7, 8]), images)
+    # Dynamic mode: the epoch given to invert is the one used (not the static epoch 0, not another).
+    dynamic = VisualMixer(KEY, target_ratio=None, mode="dynamic")
+    mixed = dynamic(images, [7, 8], epoch=3)
+    fresh = VisualMixer(KEY, target_ratio=None, mode="dynamic")
+    assert torch.equal(fresh.invert(mixed, [7, 8], epoch=3), images)
+    assert not torch.equal(fresh.invert(mixed, [7, 8], epoch=4), images)
+    with pytest.raises(ValueError, match="pass epoch="):
+        fresh.invert(mixed, [7, 8])
 
 
 def test_deterministic_and_key_id_epoch_sensitive():
@@ -325,7 +333,7 @@ def test_description_names_every_setting():
     assert "region_size=4, block_sizes=(2, 1), target_ratio=1.5, vfe_method='corrected', mode='dynamic'" in text
     assert "permute_channels=False" in text
     assert "target_vfe=0.5," in repr(VisualMixer(KEY, target_vfe=0.5, target_ratio=None))
-    assert "fixed finest" in repr(VisualMixer(KEY, target_ratio=None))
+    assert "block_sizes=(2, 1), fixed finest, vfe_method=" in repr(VisualMixer(KEY, target_ratio=None))
     assert str(KEY) not in text and KEY.hex() not in text
 
 
@@ -391,8 +399,8 @@ class FixedScores(nn.Module):
         return self.scores
 
 
-@pytest.mark.parametrize("height, width", [(32, 32), (30, 29)])
-def test_attention_gradient_is_the_documented_straight_through_estimate(height, width):
+@pytest.mark.parametrize("height, width, ratio", [(32, 32, 1.25), (30, 29, 1.25), (32, 32, 50.0)])
+def test_attention_gradient_is_the_documented_straight_through_estimate(height, width, ratio):
     # The forward value is the hard shuffle; the gradient is that of coarse + w * (fine - coarse) per region, with
     # w = sigmoid((score - score of the frontier region) / T): written out here from the documented formula.
     batch, levels, temperature = 3, 3, 0.5
@@ -401,7 +409,7 @@ def test_attention_gradient_is_the_documented_straight_through_estimate(height, 
     scores = torch.randn(batch, rows, cols, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
     scorer = FixedScores(scores)
     mixer = VisualMixer(
-        KEY, target_ratio=1.25, vfe_method="reference", block_sizes=(4, 2, 1), attention=scorer,
+        KEY, target_ratio=ratio, vfe_method="reference", block_sizes=(4, 2, 1), attention=scorer,
         attention_temperature=temperature,
     )  # fmt: skip
     weights = torch.linspace(-1, 1, images.numel()).view_as(images)
@@ -430,8 +438,61 @@ def test_attention_gradient_is_the_documented_straight_through_estimate(height, 
         slope = torch.sigmoid(z) * (1 - torch.sigmoid(z)) / temperature
         per_pixel = (weights[b] * (fine[b] - coarse[b])).sum(0).flatten()
         expected[b] = slope * torch.zeros(regions).index_add_(0, region_of_pixel, per_pixel)
-    assert partial >= 1, "some image must stop refining part way for the frontier to matter"
+    if ratio < 50:
+        assert partial >= 1, "some image must stop refining part way for the frontier to matter"
+    else:  # unreachable: every region at its finest, the frontier is the last (least important) rank
+        assert bool((result.params.levels == levels - 1).all())
     torch.testing.assert_close(scorer.scores.grad.flatten(1), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_attention_keeps_uint8_images_uint8():
+    # The straight-through term adds zeros in the images' dtype: uint8 in, uint8 out (no gradient can enter uint8).
+    images = (smooth_images(2, 3, 32, 32) * 255).round().to(torch.uint8)
+    mixer = VisualMixer(KEY, target_ratio=1.5, attention=RegionScorer(8))
+    out = mixer(images, [0, 1])
+    assert out.dtype == torch.uint8
+    with torch.no_grad():
+        assert torch.equal(out, mixer(images, [0, 1]))
+
+
+@pytest.mark.parametrize("height, width", [(32, 32), (30, 29)])
+def test_per_pixel_broadcasts_region_values_over_any_leading_dims(height, width):
+    layout = VisualMixer(KEY)._layout(height, width, 3, torch.device("cpu"))
+    rows, cols = -(-height // 8), -(-width // 8)
+    values = torch.arange(2 * 3 * rows * cols).view(2, 3, rows * cols)
+    region = (torch.arange(height).view(-1, 1) // 8 * cols + torch.arange(width).view(1, -1) // 8).flatten()
+    assert torch.equal(layout.per_pixel(values), values[..., region])
+
+
+def test_first_state_reaching_the_target():
+    predicted = torch.tensor([[1, 2, 3, 4], [1, 2, 3, 4], [1, 2, 3, 4]])
+    target = torch.tensor([2, 0, 9])  # reached exactly at state 1; by the first state; by none (the last then)
+    assert VisualMixer._first_state_reaching(predicted, target).tolist() == [1, 0, 3]
+
+
+def test_absolute_target_total_is_the_integer_ceiling():
+    # 0.1 * 65535**2 = 429483622.5 energy units for one 8x8 single-channel region: reaching it needs 429483623.
+    mixer = VisualMixer(KEY, target_vfe=0.1, target_ratio=None)
+    layout = mixer._layout(8, 8, 1, torch.device("cpu"))
+    total = mixer._target_totals(torch.tensor([5, 7]), layout, 1)
+    assert total.dtype == torch.int64 and total.tolist() == [429483623, 429483623]
+    ratio = VisualMixer(KEY, target_ratio=1.5)._target_totals(torch.tensor([5, 6]), layout, 1)
+    assert ratio.dtype == torch.int64 and ratio.tolist() == [8, 9]
+
+
+def test_transform_keeps_the_image_type_and_refuses_other_input():
+    from torchvision import tv_tensors
+
+    mixer = VisualMixer(KEY, target_ratio=None)
+    plain = (smooth_images(1, 3, 32, 32)[0] * 255).round().to(torch.uint8)
+    expected = mixer(plain.unsqueeze(0), [4])[0]
+    out, sample_id = mixer.as_transform()(plain, 4)
+    assert type(out) is torch.Tensor and out.dtype == torch.uint8 and torch.equal(out, expected) and sample_id == 4
+    wrapped, _ = mixer.as_transform()(tv_tensors.Image(plain), 4)
+    assert type(wrapped) is tv_tensors.Image and torch.equal(wrapped.as_subclass(torch.Tensor), expected)
+    for bad in (plain.numpy(), plain[0], plain.unsqueeze(0)):
+        with pytest.raises(ValueError, match=r"one \[C, H, W\] tensor image"):
+            mixer.as_transform()(bad, 4)
 
 
 def test_transforms_v2_pipeline():
