@@ -455,13 +455,22 @@ def test_attention_keeps_uint8_images_uint8():
         assert torch.equal(out, mixer(images, [0, 1]))
 
 
-@pytest.mark.parametrize("height, width", [(32, 32), (30, 29)])
+@pytest.mark.parametrize("height, width", [(32, 32), (30, 29), (32, 29), (30, 32), (33, 32), (32, 33)])
 def test_per_pixel_broadcasts_region_values_over_any_leading_dims(height, width):
     layout = VisualMixer(KEY)._layout(height, width, 3, torch.device("cpu"))
     rows, cols = -(-height // 8), -(-width // 8)
     values = torch.arange(2 * 3 * rows * cols).view(2, 3, rows * cols)
     region = (torch.arange(height).view(-1, 1) // 8 * cols + torch.arange(width).view(1, -1) // 8).flatten()
     assert torch.equal(layout.per_pixel(values), values[..., region])
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_flat_images_meet_any_relative_target(compiled, monkeypatch):
+    # VFE 0 times any ratio is 0, which the (unchanged-energy) shuffle reaches exactly: reached, nothing to report.
+    monkeypatch.setattr(VisualMixer, "compiled_cpu", compiled)
+    report = VisualMixer(KEY, target_ratio=3.0).mix(torch.full((2, 3, 32, 32), 0.5), [0, 1]).report
+    assert report.reached.tolist() == [True, True] and report.num_unreached == 0
+    assert report.achieved_vfe.tolist() == [0.0, 0.0] and report.target_vfe.tolist() == [0.0, 0.0]
 
 
 def test_first_state_reaching_the_target():
