@@ -445,6 +445,20 @@ def test_attention_gradient_is_the_documented_straight_through_estimate(height, 
     torch.testing.assert_close(scorer.scores.grad.flatten(1), expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("target_ratio", [2.0, None])
+def test_gradient_reaches_images_through_the_shuffle(target_ratio):
+    # Images that carry gradient take the differentiable gathers: d(out)/d(images) is the shuffle itself, so the
+    # gradient of sum(out * w) is w moved back by the inverse shuffle.
+    images = smooth_images(2, 3, 32, 32).requires_grad_()
+    mixer = VisualMixer(KEY, target_ratio=target_ratio)
+    out = mixer(images, [0, 1])
+    weights = torch.linspace(0, 1, out.numel()).view_as(out)
+    (out * weights).sum().backward()
+    assert torch.equal(images.grad, mixer.invert(weights, [0, 1], params=mixer.last_params))
+    with torch.no_grad():
+        assert torch.equal(out.detach(), mixer(images, [0, 1]))
+
+
 def test_attention_keeps_uint8_images_uint8():
     # The straight-through term adds zeros in the images' dtype: uint8 in, uint8 out (no gradient can enter uint8).
     images = (smooth_images(2, 3, 32, 32) * 255).round().to(torch.uint8)
@@ -628,6 +642,19 @@ def test_same_key_and_id_give_the_same_output_in_another_process():
     assert head == str(here.flatten()[:50].tolist())
 
 
+@pytest.mark.parametrize("permute_channels", [False, True])
+def test_channel_permutation_moves_whole_region_planes(permute_channels):
+    out = positions(
+        VisualMixer(KEY, target_ratio=None, permute_channels=permute_channels)(position_image(2, 3, 32, 32), [0, 1])
+    )
+    source_channel = (out // (32 * 32)).view(2, 3, 4, 8, 4, 8)
+    per_region = source_channel.amin(dim=(3, 5))
+    assert torch.equal(per_region, source_channel.amax(dim=(3, 5))), "a region plane comes from one channel"
+    identity = torch.arange(3).view(1, 3, 1, 1).expand_as(per_region)
+    assert torch.equal(per_region.sort(dim=1).values, identity), "each region's channel map is a permutation"
+    assert bool((per_region != identity).any()) == permute_channels
+
+
 def test_pinned_output():
     # A change of PRF, word layout or permutation construction changes this (and breaks every client's
     # ability to invert data it obfuscated before): bump the PRF version string deliberately if intended.
@@ -636,6 +663,20 @@ def test_pinned_output():
 
 
 PINNED_SOURCES = [40, 11, 47, 22, 27, 34, 26, 18, 20, 25, 56, 31]
+
+
+def test_pinned_output_of_another_setting():
+    # Every public setting enters the PRF's context (region, blocks, channel permutation, mode, shape) and the
+    # channel permutation draws its own words: a change to either changes these sources of a 3 x 8 x 12 image.
+    mixer = VisualMixer(
+        KEY, region_size=4, block_sizes=(2, 1), target_ratio=None, permute_channels=True, mode="dynamic"
+    )
+    out = positions(mixer(position_image(1, 3, 8, 12), [3], epoch=5))
+    assert out.flatten()[::8].tolist() == PINNED_SOURCES_CHANNELS
+
+
+PINNED_SOURCES_CHANNELS = [132, 46, 101, 96, 23, 138, 240, 188, 163, 277, 179, 149, 39, 200, 232, 2, 225, 208]
+PINNED_SOURCES_CHANNELS += [171, 287, 79, 158, 261, 88, 194, 141, 43, 219, 142, 31, 62, 57, 257, 72, 92, 268]
 
 
 def test_no_default_key_and_short_keys_are_refused():

@@ -138,8 +138,10 @@ def _selected_energies_torch(
 def take_selected(
     images: torch.Tensor, sources: torch.Tensor, levels: torch.Tensor, geometry: ShuffleGeometry
 ) -> torch.Tensor:
-    """The batch shuffled with each region at its level: ``images`` gathered through the selected sources."""
-    if images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32, torch.float64):
+    """The batch shuffled with each region at its level: ``images`` gathered through the selected sources.
+    Images that carry gradient take the differentiable gather (the compiled kernel only moves values)."""
+    compiled = images.device.type == "cpu" and images.dtype in (torch.uint8, torch.float32, torch.float64)
+    if compiled and not (images.requires_grad and torch.is_grad_enabled()):
         from fl_vmix.privacy._kernels import select_take_kernel, use_torch_threads
 
         use_torch_threads()
