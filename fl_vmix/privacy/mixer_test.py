@@ -271,15 +271,16 @@ def test_target_reached_on_smooth_images(method, ratio):
 
 
 @pytest.mark.parametrize("method", ["reference", "corrected"])
-def test_fixed_mode_report_measures_clear_and_shuffled_vfe(method):
+@pytest.mark.parametrize("block_sizes", [(2,), (4, 2, 1)])
+def test_fixed_mode_report_measures_clear_and_shuffled_vfe(method, block_sizes):
     images = smooth_images(3, 3, 30, 29)
-    result = VisualMixer(KEY, target_ratio=None, vfe_method=method, block_sizes=(2,)).mix(images, [0, 1, 2])
+    result = VisualMixer(KEY, target_ratio=None, vfe_method=method, block_sizes=block_sizes).mix(images, [0, 1, 2])
     assert result.report.target_vfe is None and result.report.num_unreached == 0
     assert torch.equal(result.report.reached, torch.ones(3, dtype=torch.bool))
     torch.testing.assert_close(result.report.clear_vfe, vfe(images, 8, method), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(result.report.achieved_vfe, vfe(result.images, 8, method), rtol=1e-4, atol=1e-6)
     assert bool((result.report.achieved_vfe > 1.1 * result.report.clear_vfe).all())
-    assert torch.equal(result.params.levels, torch.zeros(3, 16, dtype=torch.long))  # one level: index 0
+    assert torch.equal(result.params.levels, torch.full((3, 16), len(block_sizes) - 1))  # the finest level
 
 
 @pytest.mark.parametrize(
@@ -462,9 +463,13 @@ def test_gradient_reaches_images_through_the_shuffle(target_ratio):
 def test_attention_keeps_uint8_images_uint8():
     # The straight-through term adds zeros in the images' dtype: uint8 in, uint8 out (no gradient can enter uint8).
     images = (smooth_images(2, 3, 32, 32) * 255).round().to(torch.uint8)
-    mixer = VisualMixer(KEY, target_ratio=1.5, attention=RegionScorer(8))
+    seen = []
+    scorer = RegionScorer(8)
+    scorer.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    mixer = VisualMixer(KEY, target_ratio=1.5, attention=scorer)
     out = mixer(images, [0, 1])
     assert out.dtype == torch.uint8
+    assert torch.equal(seen[0], images.float() / 255), "the scorer sees the clear images on the 0-1 scale"
     with torch.no_grad():
         assert torch.equal(out, mixer(images, [0, 1]))
 
