@@ -487,9 +487,25 @@ def test_per_pixel_broadcasts_region_values_over_any_leading_dims(height, width)
 def test_flat_images_meet_any_relative_target(compiled, monkeypatch):
     # VFE 0 times any ratio is 0, which the (unchanged-energy) shuffle reaches exactly: reached, nothing to report.
     monkeypatch.setattr(VisualMixer, "compiled_cpu", compiled)
-    report = VisualMixer(KEY, target_ratio=3.0).mix(torch.full((2, 3, 32, 32), 0.5), [0, 1]).report
+    result = VisualMixer(KEY, target_ratio=3.0).mix(torch.full((2, 3, 32, 32), 0.5), [0, 1])
+    report = result.report
     assert report.reached.tolist() == [True, True] and report.num_unreached == 0
     assert report.achieved_vfe.tolist() == [0.0, 0.0] and report.target_vfe.tolist() == [0.0, 0.0]
+    assert torch.equal(result.params.levels, torch.zeros(2, 16, dtype=torch.long)), "met at once: nothing refined"
+
+
+@pytest.mark.parametrize("seed, block_sizes", [(2, (4, 1)), (5, (8, 2, 1))])
+def test_a_target_just_below_the_finest_shuffle_refines_to_the_last_region(seed, block_sizes, monkeypatch):
+    # The most a shuffle can reach is every region at its finest level; a target 1% below it is reached only
+    # there on these smooth images, after refinement steps that end at the last state, on both paths.
+    image = smooth_images(1, 3, 32, 32, seed=seed)
+    fixed = VisualMixer(KEY, block_sizes=block_sizes, target_ratio=None).mix(image, [0]).report
+    mixer = VisualMixer(KEY, block_sizes=block_sizes, target_ratio=0.99 * float(fixed.achieved_vfe / fixed.clear_vfe))
+    compiled = mixer.mix(image, [0])
+    monkeypatch.setattr(VisualMixer, "compiled_cpu", False)
+    batch_wide = mixer.mix(image, [0])
+    assert torch.equal(compiled.params.levels, batch_wide.params.levels)
+    assert compiled.report.reached.tolist() == batch_wide.report.reached.tolist() == [True]
 
 
 def test_first_state_reaching_the_target():
@@ -731,6 +747,8 @@ COMPILED_CASES = [
     dict(block_sizes=(1,), target_ratio=None),
     dict(block_sizes=(3,), target_ratio=None, permute_channels=True, mode="dynamic"),
     dict(block_sizes=(8, 2), target_ratio=None),
+    dict(block_sizes=(8, 4, 2, 1), target_ratio=1.5),  # four levels: refinement by single states
+    dict(block_sizes=(8, 2, 1), target_ratio=8.0, max_refinements=1),  # the refinement budget runs out
 ]
 
 
