@@ -572,6 +572,21 @@ def test_bad_input(images, ids, message):
         VisualMixer(KEY)(images, ids)
 
 
+def test_defaults_and_the_edges_of_each_setting():
+    mixer = VisualMixer(KEY)
+    settings = (mixer.region_size, mixer.block_sizes, mixer.target_vfe, mixer.target_ratio, mixer.vfe_method)
+    assert settings == (8, (2, 1), None, 4.0, "corrected")
+    assert (mixer.mode, mixer.permute_channels, mixer.attention) == ("static", False, None)
+    assert (mixer.max_refinements, mixer.attention_temperature) == (8, 1.0)
+    assert mixer.last_params is None and mixer.last_report is None
+    with pytest.raises(ValueError, match="invert needs the MixParams"):  # a fresh mixer has no last call
+        mixer.invert(smooth_images(1, 3, 32, 32), [0])
+    # The edges are allowed: 1-px regions (nothing can move) and a target of 1x (the coarsest shuffle).
+    one = VisualMixer(KEY, region_size=1, block_sizes=(1,), target_ratio=None)
+    assert torch.equal(one(smooth_images(1, 3, 8, 8), [0]), smooth_images(1, 3, 8, 8))
+    assert VisualMixer(KEY, target_ratio=1.0).target_ratio == 1.0
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
@@ -580,7 +595,11 @@ def test_bad_input(images, ids, message):
         (dict(target_vfe=-1.0, target_ratio=None), "positive"),
         (dict(block_sizes=(16,)), "block_sizes"),
         (dict(block_sizes=(2, 2)), "repeated"),
-        (dict(region_size=0), "region_size"),
+        (dict(region_size=0), "region_size must be a positive int"),
+        (dict(region_size="8"), "region_size must be a positive int"),
+        (dict(block_sizes=(2.0, 1)), "block_sizes must be ints"),
+        (dict(block_sizes=(True,)), "block_sizes must be ints"),
+        (dict(target_vfe=0.0, target_ratio=None), "positive"),
         (dict(vfe_method="entropy"), "vfe_method"),
         (dict(mode="weekly"), "mode"),
     ],
