@@ -17,7 +17,7 @@ unset PYTHONPATH  # the tests must import the mutated copy in mutants/, never th
 # A fresh traced run of the test selection every time: mutmut 3.8 keeps its map of which tests call which function
 # (mutants/mutmut-stats.json) and on later runs traces only tests that are new, so an old test that starts calling a
 # new or changed function is never mapped to it and that function's mutants skip it (false survivors; seen with
-# ShuffleGeometry.kernel_tables, mapped to 160 of the 335 tests that reach it). The traced run takes a few minutes.
+# ShuffleGeometry.kernel_tables, mapped to 160 of the 337 tests that reach it). The traced run takes about a minute.
 rm -f mutants/mutmut-stats.json
 patterns=()
 for module in "$@"; do patterns+=("$module.*"); done
