@@ -400,8 +400,18 @@ class FixedScores(nn.Module):
         return self.scores
 
 
-@pytest.mark.parametrize("height, width, ratio", [(32, 32, 1.25), (30, 29, 1.25), (32, 32, 50.0)])
-def test_attention_gradient_is_the_documented_straight_through_estimate(height, width, ratio):
+@pytest.mark.parametrize(
+    "height, width, ratio, method, block_sizes, budget",
+    [
+        (32, 32, 1.25, "reference", (4, 2, 1), 8),
+        (30, 29, 1.25, "reference", (4, 2, 1), 8),
+        (32, 32, 50.0, "reference", (4, 2, 1), 8),  # unreachable: every region at its finest
+        (32, 32, 5.0, "corrected", (8, 2, 1), 0),  # no refinement step: two images stay short of the target
+    ],
+)
+def test_attention_gradient_is_the_documented_straight_through_estimate(
+    height, width, ratio, method, block_sizes, budget
+):
     # The forward value is the hard shuffle; the gradient is that of coarse + w * (fine - coarse) per region, with
     # w = sigmoid((score - score of the frontier region) / T): written out here from the documented formula.
     batch, levels, temperature = 3, 3, 0.5
@@ -410,8 +420,8 @@ def test_attention_gradient_is_the_documented_straight_through_estimate(height, 
     scores = torch.randn(batch, rows, cols, generator=torch.Generator().manual_seed(2), dtype=torch.float32)
     scorer = FixedScores(scores)
     mixer = VisualMixer(
-        KEY, target_ratio=ratio, vfe_method="reference", block_sizes=(4, 2, 1), attention=scorer,
-        attention_temperature=temperature,
+        KEY, target_ratio=ratio, vfe_method=method, block_sizes=block_sizes, attention=scorer,
+        attention_temperature=temperature, max_refinements=budget,
     )  # fmt: skip
     weights = torch.linspace(-1, 1, images.numel()).view_as(images)
     result = mixer.mix(images, [0, 1, 2])
@@ -443,6 +453,8 @@ def test_attention_gradient_is_the_documented_straight_through_estimate(height, 
         assert partial >= 1, "some image must stop refining part way for the frontier to matter"
     else:  # unreachable: every region at its finest, the frontier is the last (least important) rank
         assert bool((result.params.levels == levels - 1).all())
+    if budget == 0:
+        assert not bool(result.report.reached.all()), "the refinement budget must run out for some image"
     torch.testing.assert_close(scorer.scores.grad.flatten(1), expected, rtol=1e-4, atol=1e-6)
 
 
