@@ -1,7 +1,7 @@
 import math
 
 from fl_vmix.evaluation.frontier_report import END, START, front_findings, replace_section, section
-from fl_vmix.evaluation.privacy_axis import TRAINING_LEVEL_NOTE
+from fl_vmix.evaluation.privacy_axis import TRAINING_LEVEL_NOTE, attack_columns
 
 
 def _setting(name, method, accuracy, std, attack, se=0.01, seeds=3):
@@ -9,7 +9,8 @@ def _setting(name, method, accuracy, std, attack, se=0.01, seeds=3):
         "setting": name, "method": method, "seeds": seeds, "accuracy_mean": accuracy, "accuracy_std": std,
         "attack_ssim": attack, "attack_ssim_by": "learned" if attack is not None else None,
         "attack_recognition": None if attack is None else attack / 2, "attack_recognition_by": "clear model",
-        "_attack_ssim_se": se, "_attack_chance": 0.1, "vfe": 3.0, "ssim": 0.2, "attack_note": "",
+        "_attack_ssim_se": se, "_attack_chance": 0.1, "_attack_learned_steps": 1580.0, "vfe": 3.0, "ssim": 0.2,
+        "attack_note": "",
     }  # fmt: skip
 
 
@@ -43,5 +44,15 @@ def test_section_lists_every_setting_and_replaces_itself():
     text = "\n".join(lines)
     assert lines[0] == START and lines[-1] == END and "500 victim images" in text
     assert text.count("\n| ") == 1 + len(SETTINGS) and "Off this axis: dp." in text
+    assert "| chance | learned steps | VFE |" in text and "| 0.100 | 1,580 | 3.00 |" in text
     report = replace_section("# report\n\nbody\n", lines)
     assert replace_section(report, lines) == report and report.count(START) == 1 and "body" in report
+
+
+def test_attack_columns_carry_the_learned_attacks_steps():
+    grade = {"attack_ssim": 0.5, "attack_ssim_by": "learned", "attack_recognition": 0.3,
+             "attack_recognition_by": "learned", "attacks": {"learned": {"training": {"steps": 143}}}}  # fmt: skip
+    assert attack_columns("visualmixer", "s", {"s": grade})["_attack_learned_steps"] == 143.0
+    del grade["attacks"]
+    assert math.isnan(attack_columns("mosaic", "s", {"s": grade})["_attack_learned_steps"])
+    assert math.isnan(attack_columns("dp_sgd", "other", {"s": grade})["_attack_learned_steps"])

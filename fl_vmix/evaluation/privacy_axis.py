@@ -85,7 +85,8 @@ def has_grades(folder: Path) -> bool:
 
 def attack_columns(method: str, stem: str, grades: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     """The attack columns of one row (its method and its setting's stem); hidden ``_attack_*`` fields carry
-    the standard error of the strongest SSIM and the chance rate for the report text."""
+    the standard error of the strongest SSIM, the chance rate and the learned attack's training steps for the
+    report text."""
     grade = grades.get(stem)
     if grade is None:
         note = TRAINING_LEVEL_NOTE if method in TRAINING_LEVEL else UNGRADED_NOTE
@@ -94,6 +95,7 @@ def attack_columns(method: str, stem: str, grades: Mapping[str, Mapping[str, Any
             "attack_note": note,
             "_attack_ssim_se": math.nan,
             "_attack_chance": math.nan,
+            "_attack_learned_steps": math.nan,
         }
     return {
         "attack_ssim": grade["attack_ssim"],
@@ -103,6 +105,7 @@ def attack_columns(method: str, stem: str, grades: Mapping[str, Mapping[str, Any
         "attack_note": CLEAR_NOTE if method == "none" else "",
         "_attack_ssim_se": _float(grade.get("attack_ssim_se")),
         "_attack_chance": _float(grade.get("chance")),
+        "_attack_learned_steps": _float(grade.get("attacks", {}).get("learned", {}).get("training", {}).get("steps")),
     }
 
 
