@@ -9,7 +9,9 @@ Reads ``<results>/<experiment>/results.csv`` and its runs' ``config.json``; grad
 image-level setting (dataset, method, public parameters: seeds, models and optimisers collapse) and
 writes ``<out>/attacks/<setting>.json`` after every attack, then ``results.csv`` and ``report.md``
 with the attack columns and ``accuracy_vs_attack_ssim.png``. Finished settings are skipped (``--force``
-regrades them), an interrupted one resumes at the attack it was in. ``--list`` shows the settings.
+regrades them); one graded with other budgets is regraded in the attacks those budgets change (so every
+setting of a report meets the same attacks), and an interrupted one resumes at the attack it was in.
+``--list`` shows the settings and what would run.
 """
 
 from __future__ import annotations
@@ -84,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     except GradeError as err:
         print(f"attack_grade: {err}", file=sys.stderr)
         return 2
+    config = grade_config(args)
     finished = load_grades(out)
-    todo = [s for s in chosen if args.force or s.stem not in finished]
+    # A grade made with other budgets is regraded in the stages they change (the others are kept), so every
+    # setting of one report meets the same attacks.
+    stale = {stem: config.changed_stages(grade) for stem, grade in finished.items()}
+    todo = [s for s in chosen if args.force or s.stem not in finished or stale[s.stem]]
     for s in settings:
-        state = "graded" if s.stem in finished else "to grade" if s in todo else "not selected"
+        state = "graded" if s.stem in finished and not stale[s.stem] else "not selected"
+        if s in todo:
+            state = f"to regrade ({', '.join(stale[s.stem])}: other budgets)" if stale.get(s.stem) else "to grade"
         log(f"{s.stem}: {state} (report settings: {', '.join(s.labels)})")
     for label in training:
         log(f"{label}: training-level DP, no image attack (its images are never obfuscated)")
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if todo:
         command = "python -m fl_vmix.evaluation.attack_grade " + " ".join(shlex.quote(a) for a in argv)
-        grade_all(args, todo, out, command)
+        grade_all(args, config, todo, out, command)
     from fl_vmix.evaluation.attack_grade.update import update_report
 
     report = update_report(experiment_dir, out, args.experiment)
@@ -103,20 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def grade_all(args: argparse.Namespace, todo: list[GradeSetting], out: Path, command: str) -> None:
-    from fl_vmix.evaluation.attack_grade.classifier import clear_classifier
-    from fl_vmix.evaluation.attack_grade.data import load_grade_data
-    from fl_vmix.evaluation.attack_grade.grade import grade_setting
-    from fl_vmix.training.device import resolve_device, set_threads
+def grade_config(args: argparse.Namespace) -> GradeConfig:
+    from fl_vmix.training.device import resolve_device
 
-    set_threads(args.threads)
-    config = GradeConfig(
+    return GradeConfig(
         victims=args.victims, public=args.public, learned_budget_s=args.learned_budget_s,
         learned_epochs=args.learned_epochs, widths=tuple(args.widths), candidates=args.candidates,
         candidate_rounds=args.candidate_rounds, classifier_epochs=args.classifier_epochs,
         classifier_budget_s=args.classifier_budget_s, recogniser_epochs=args.recogniser_epochs,
         recogniser_budget_s=args.recogniser_budget_s, seed=args.seed, device=str(resolve_device(args.device)),
     )  # fmt: skip
+
+
+def grade_all(args: argparse.Namespace, config: GradeConfig, todo: list[GradeSetting], out: Path, command: str) -> None:
+    from fl_vmix.evaluation.attack_grade.classifier import clear_classifier
+    from fl_vmix.evaluation.attack_grade.data import load_grade_data
+    from fl_vmix.evaluation.attack_grade.grade import grade_setting
+    from fl_vmix.training.device import set_threads
+
+    set_threads(args.threads)
     datasets: dict[str, tuple[Any, Any, Any]] = {}
     for i, setting in enumerate(todo, 1):
         if setting.dataset not in datasets:

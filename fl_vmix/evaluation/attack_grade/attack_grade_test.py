@@ -89,6 +89,17 @@ def test_grading_writes_json_resumes_and_adds_the_columns(experiment, monkeypatc
     assert main(["--experiment", "tiny", "--results", str(experiment), *TINY]) == 0
     assert calls == ["obfuscated_classifier"] and json.loads(path.read_text())["complete"]
 
+    # Grades made with other budgets are regraded in the stages those budgets change, the others kept.
+    kept = json.loads(path.read_text())["attacks"]["candidate_search"]
+    calls.clear()
+    longer = [*TINY[: TINY.index("--learned-budget-s") + 1], "4", *TINY[TINY.index("--learned-budget-s") + 2 :]]
+    assert main(["--experiment", "tiny", "--results", str(experiment), *longer, "--list"]) == 0 and not calls
+    assert main(["--experiment", "tiny", "--results", str(experiment), *longer]) == 0
+    assert calls == ["learned", "learned"], "both settings, the learned stage only"
+    vm = json.loads(path.read_text())
+    assert vm["complete"] and vm["config"]["learned_budget_s"] == 4 and vm["attacks"]["candidate_search"] == kept
+    assert vm["stages"]["learned"]["key"]["learned_budget_s"] == 4
+
     rows = _rows(out / "results.csv")
     assert list(rows[0])[-len(ATTACK_COLUMNS) :] == ATTACK_COLUMNS
     by_method = {r["method"]: r for r in rows}

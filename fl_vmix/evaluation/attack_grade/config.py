@@ -59,3 +59,8 @@ class GradeConfig:
     def stage_key(self, stage: str) -> dict[str, Any]:
         values = self.as_dict()
         return {name: values[name] for name in STAGE_FIELDS[stage]}
+
+    def changed_stages(self, grade: dict[str, Any]) -> list[str]:
+        """The stages of a finished ``grade`` that were run with other budgets than these (rerun to compare)."""
+        stages = grade.get("stages", {})
+        return [name for name in STAGE_FIELDS if stages.get(name, {}).get("key") != self.stage_key(name)]
