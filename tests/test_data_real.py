@@ -135,7 +135,8 @@ def test_cifar10_clients_cover_train_exactly_once(
 
 
 _CLIENT_SCRIPT = """
-import json, sys, time
+import json, logging, sys, time
+logging.basicConfig(level=logging.INFO)  # a decode would log "decoding ... into the cache"
 t0 = time.perf_counter()
 from fl_vmix.data import load_client_data
 t1 = time.perf_counter()
@@ -147,7 +148,9 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "n": len(c.train_ids) 
 
 
 def test_cifar10_many_client_processes_at_once(cifar10: dict, cifar_root: Path, cache_dir: Path) -> None:
-    """Fresh processes (as in a Flower deployment) read the shared cache concurrently, each fast."""
+    """Fresh processes (as in a Flower deployment) read the shared cache concurrently: none decodes the
+    dataset again (about 14 s for CIFAR-10 here), each maps the cache (well under a second on an idle machine;
+    the bound is loose because CI may share the cores)."""
     load_client_data("cifar10", 0, 10, "dirichlet", seed=0, alpha=0.3, root=cifar_root, cache_dir=cache_dir)
     procs = [
         subprocess.Popen(
@@ -162,9 +165,10 @@ def test_cifar10_many_client_processes_at_once(cifar10: dict, cifar_root: Path, 
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
+        assert "decoding" not in err, f"a client process decoded the dataset again instead of reading the cache:\n{err}"
         results.append(json.loads(out.strip().splitlines()[-1]))
     print(f"\n[fl_vmix.data] 4 fresh client processes: load_client_data {[round(r['load_s'], 3) for r in results]} s")
-    assert all(r["load_s"] < 1.0 and r["n"] > 0 for r in results)
+    assert all(r["load_s"] < 5.0 and r["n"] > 0 for r in results)
 
 
 def _check_medmnist(
