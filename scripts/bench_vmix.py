@@ -1,8 +1,10 @@
 """Throughput of VFE and VisualMixer next to the floor of one precomputed torch.gather, same tensors.
 
-    python scripts/bench_vmix.py [--device cpu|cuda] [--repeats 10]
+    python scripts/bench_vmix.py [--device cpu|cuda] [--repeats 10] [--record RELEASE]
 
-Prints a table and, as its last line, one JSON object with the figures (recorded in the README).
+Prints a table and, as its last line, one JSON object with the figures. ``--record RELEASE`` also appends
+them as a row of ``experiments/results/bench_vmix/results.csv`` (with the release label, date, commit and
+load average), from which ``scripts/readme_tables.py`` writes the README's speed table.
 Images are synthetic but photograph-like (smooth shapes plus texture); when CIFAR-10 is in the data root
 ($FL_VMIX_DATA), 512 real test images go through target mode too (their level selection does more work: about
 half of them need the finer block size). Fresh sample ids every repeat, so every permutation is freshly drawn
@@ -14,10 +16,15 @@ every measure keeps compilation out of the figures.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from datetime import date
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +34,7 @@ from rich.table import Table
 from fl_vmix.privacy import VisualMixer, vfe
 
 BENCH_KEY = bytes(range(32))  # a fixed benchmark key (never a default anywhere else)
+RECORD = Path(__file__).resolve().parents[1] / "experiments" / "results" / "bench_vmix" / "results.csv"
 
 
 def photo_like(batch: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -77,7 +85,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and Numba)")
+    parser.add_argument("--record", metavar="RELEASE", help="append the figures to experiments/results/bench_vmix")
     args = parser.parse_args()
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     results: dict[str, float | str] = {"device": str(device), "threads": torch.get_num_threads()}
@@ -146,6 +156,35 @@ def main() -> None:
         table.add_row(key, f"{value:,.4g}" if isinstance(value, float) else str(value))
     Console().print(table)
     print(json.dumps({k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}))
+    if args.record:
+        record(args.record, results, load_at_start)
+
+
+def record(release: str, results: dict[str, float | str], load_at_start: float) -> None:
+    """Append one run to the results file (a new column set starts a new header: refuse, name the fix)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RECORD.parent)
+    row = {
+        "release": release,
+        "date": date.today().isoformat(),
+        "commit": commit.stdout.strip(),
+        "load_at_start": round(load_at_start, 2),
+        **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()},
+    }
+    RECORD.parent.mkdir(parents=True, exist_ok=True)
+    exists = RECORD.is_file() and RECORD.stat().st_size > 0
+    if exists:
+        with RECORD.open() as handle:
+            fields = next(csv.reader(handle))
+        if set(row) - set(fields):
+            raise SystemExit(f"{RECORD} has no columns {sorted(set(row) - set(fields))}: add them to its header")
+    else:
+        fields = list(row)
+    with RECORD.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, restval="")
+        if not exists:
+            writer.writeheader()
+        writer.writerow(row)
+    print(f"recorded in {RECORD}")
 
 
 if __name__ == "__main__":

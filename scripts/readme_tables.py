@@ -10,7 +10,9 @@ over seeds (the mean alone for one seed), and the privacy measures averaged over
 graded by attacks (``python -m fl_vmix.evaluation.attack_grade``; ``results.csv`` has ``attack_ssim``)
 get two more columns: the strongest attack's SSIM to clear and its recognition accuracy. The mutation scores
 (``experiments/results/mutation/results.csv``, written by ``scripts/mutation_scores.py --record``) make a table of
-their own: killed / total per module against the aim (85% in ``privacy/``, 80% elsewhere). Reports
+their own: killed / total per module against the aim (85% in ``privacy/``, 80% elsewhere), and so do the speed
+figures (``experiments/results/bench_vmix/results.csv``, rows appended by ``scripts/bench_vmix.py --record``): per
+release, each measure's median over its runs with the range, against the targets. Reports
 written before seeds were aggregated (no ``setting`` column) give one row per run, labelled by the
 method parameters that differ between its rows (and by its run folder where those are equal).
 """
@@ -143,6 +145,62 @@ def render_mutation(path: Path) -> list[str]:
     return lines
 
 
+# The speed table (experiments/results/bench_vmix/results.csv, rows appended by scripts/bench_vmix.py --record):
+# (column, what it measures, target as (">=" or "<=", bound) or None).
+BENCH_MEASURES: list[tuple[str, str, tuple[str, float] | None]] = [
+    ("gather_32_img_per_s", "floor: one precomputed `torch.gather`, 512 x 3x32x32 (img/s)", None),
+    ("vmix_32_img_per_s", "VisualMixer, target mode (default), synthetic (img/s)", (">=", 50_000)),
+    ("vmix_32_over_gather", "the same, as a multiple of the floor", ("<=", 20)),
+    ("vmix_32_cifar10_img_per_s", "VisualMixer, target mode, real CIFAR-10 test images (img/s)", None),
+    ("vmix_32_cifar10_over_gather", "the same, as a multiple of the floor", None),
+    ("vmix_fixed_32_img_per_s", "VisualMixer, fixed block size 1 (no target) (img/s)", None),
+    ("vmix_fixed_32_over_gather", "the same, as a multiple of the floor", ("<=", 4)),
+    ("vfe_32_img_per_s", "VFE (corrected) (img/s)", None),
+    ("vmix_224_s_per_batch", "VisualMixer, target mode, 128 x 3x224x224 (region 16, blocks 8/4/2), s", ("<=", 0.5)),
+    ("vmix_224_over_gather", "the same, as a multiple of its floor", None),
+]  # fmt: skip
+
+
+def _bench_value(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}" if value < 10 else f"{value:.1f}"
+
+
+def render_bench(path: Path) -> list[str]:
+    """Per release (in order of appearance), each measure's median over its runs with the range; the targets
+    judged on the latest release's median."""
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    releases: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        releases.setdefault(row["release"], []).append(row)
+    names = list(releases)
+    header = [f"{name} ({len(releases[name])} run{'s' * (len(releases[name]) > 1)})" for name in names]
+    lines = [
+        "| measure | " + " | ".join(header) + " | target | met (latest) |",
+        "|---|" + "---:|" * len(names) + "---|---|",
+    ]
+    for key, label, target in BENCH_MEASURES:
+        cells, latest = [], math.nan
+        for name in names:
+            values = [v for v in (number(r.get(key, "")) for r in releases[name]) if not math.isnan(v)]
+            if not values:
+                cells.append("–")
+                latest = math.nan
+                continue
+            latest = statistics.median(values)
+            spread = f" ({_bench_value(min(values))}-{_bench_value(max(values))})" if len(values) > 1 else ""
+            cells.append(_bench_value(latest) + spread)
+        if target is None:
+            goal, met = "", ""
+        else:
+            sign, bound = target
+            goal = f"{'≥' if sign == '>=' else '≤'} {_bench_value(bound)}"
+            meets = latest >= bound if sign == ">=" else latest <= bound
+            met = "–" if math.isnan(latest) else "yes" if meets else "NO"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {goal} | {met} |")
+    return lines
+
+
 def render(name: str, results: Path) -> str:
     path = results / name / "results.csv"
     if not path.is_file():
@@ -151,6 +209,8 @@ def render(name: str, results: Path) -> str:
         fields = csv.DictReader(handle).fieldnames or []
     if "mutants" in fields:
         lines = render_mutation(path)
+    elif "vmix_32_img_per_s" in fields:
+        lines = render_bench(path)
     else:
         graded = "attack_ssim" in fields
         attack = ["attack_ssim", "attack_recognition"] if graded else []

@@ -112,3 +112,26 @@ def test_mutation_scores_are_judged_against_their_aim(tmp_path):
     assert "| `fl_vmix.data.partition` | 81 / 100 | 81.0% | 81.0% | 80% | yes | abc1234 |" in text
     assert "| `fl_vmix.privacy.mixer` | 160 / 200 | 80.0% | 84.2% | 85% | NO |" in text  # 160 / 190
     assert "| `fl_vmix.privacy.vfe` | 84 / 100 | 84.0% | 84.0% | 85% | NO |" in text
+
+
+def test_speed_figures_show_each_releases_median_and_range_against_the_targets(tmp_path):
+    """Medians over a release's runs (per measure), the range beside them, the targets judged on the latest."""
+    folder = tmp_path / "results" / "bench_vmix"
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_text(
+        "release,date,commit,load_at_start,device,threads,gather_32_img_per_s,vmix_32_img_per_s,"
+        "vmix_fixed_32_over_gather,vmix_224_s_per_batch\n"
+        "old,2026-12-01,a,0.4,cpu,2,200000,9000,9.0,0.75\n"
+        "new,2026-12-02,b,0.1,cpu,2,300000,40000,3.0,0.3\n"
+        "new,2026-12-02,b,0.1,cpu,2,100000,60000,5.0,0.2\n"
+        "new,2026-12-02,b,0.1,cpu,2,250000,52000,4.5,\n"
+    )
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- table:bench_vmix -->\n<!-- /table:bench_vmix -->\n")
+    text = rewrite(readme, tmp_path / "results")
+    assert "| measure | old (1 run) | new (3 runs) | target | met (latest) |" in text
+    assert "torch.gather`, 512 x 3x32x32 (img/s) | 200,000 | 250,000 (100,000-300,000) |  |  |" in text
+    assert "synthetic (img/s) | 9,000 | 52,000 (40,000-60,000) | ≥ 50,000 | yes |" in text
+    assert "| the same, as a multiple of the floor | 9 | 4.5 (3-5) | ≤ 4 | NO |" in text
+    assert "s | 0.75 | 0.25 (0.2-0.3) | ≤ 0.5 | yes |" in text, "a run without the measure is left out"
+    assert "real CIFAR-10 test images (img/s) | – | – |  |  |" in text
