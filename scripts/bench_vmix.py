@@ -162,7 +162,11 @@ def main() -> None:
 
 def record(release: str, results: dict[str, float | str], load_at_start: float) -> None:
     """Append one run to the results file (a new column set starts a new header: refuse, name the fix)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=RECORD.parent)
+    import fl_vmix
+
+    # the commit of the code measured (PYTHONPATH may point at another checkout than this script's)
+    code = Path(fl_vmix.__file__).parent
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=code)
     row = {
         "release": release,
         "date": date.today().isoformat(),
