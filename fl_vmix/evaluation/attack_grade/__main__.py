@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fl_vmix.evaluation.attack_grade.config import GradeConfig
+from fl_vmix.evaluation.attack_grade.config import STAGE_FIELDS, GradeConfig
 from fl_vmix.evaluation.attack_grade.settings import GradeError, GradeSetting, experiment_settings
 from fl_vmix.evaluation.privacy_axis import ATTACKS_DIR, load_grades
 
@@ -58,6 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     p.add_argument("--force", action="store_true", help="regrade finished settings")
+    p.add_argument(
+        "--rerun", nargs="+", default=[], choices=list(STAGE_FIELDS), metavar="ATTACK",
+        help=f"run these attacks again on the selected settings, keeping the others ({', '.join(STAGE_FIELDS)}); "
+        "e.g. after a grading on a busy machine, whose time budgets bought fewer steps",
+    )  # fmt: skip
     p.add_argument("--list", action="store_true", help="list the settings and their state; grade nothing")
     return p.parse_args(argv)
 
@@ -90,12 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     finished = load_grades(out)
     # A grade made with other budgets is regraded in the stages they change (the others are kept), so every
     # setting of one report meets the same attacks.
-    stale = {stem: config.changed_stages(grade) for stem, grade in finished.items()}
+    stale = {stem: sorted({*config.changed_stages(grade), *args.rerun}) for stem, grade in finished.items()}
     todo = [s for s in chosen if args.force or s.stem not in finished or stale[s.stem]]
     for s in settings:
         state = "graded" if s.stem in finished and not stale[s.stem] else "not selected"
         if s in todo:
-            state = f"to regrade ({', '.join(stale[s.stem])}: other budgets)" if stale.get(s.stem) else "to grade"
+            state = f"to regrade ({', '.join(stale[s.stem])})" if stale.get(s.stem) else "to grade"
         log(f"{s.stem}: {state} (report settings: {', '.join(s.labels)})")
     for label in training:
         log(f"{label}: training-level DP, no image attack (its images are never obfuscated)")
@@ -144,7 +149,7 @@ def grade_all(args: argparse.Namespace, config: GradeConfig, todo: list[GradeSet
         log(f"[{i}/{len(todo)}] {setting.stem}")
         began = time.perf_counter()
         record = grade_setting(setting, data, config, model, training, out / ATTACKS_DIR / f"{setting.stem}.json",
-                               command, log, fresh=args.force)  # fmt: skip
+                               command, log, fresh=args.force, rerun=tuple(args.rerun))  # fmt: skip
         log(
             f"[{i}/{len(todo)}] {setting.stem}: attack SSIM {record['attack_ssim']:.3f} ({record['attack_ssim_by']}), "
             f"recognition {record['attack_recognition']:.3f} ({record['attack_recognition_by']}) in "

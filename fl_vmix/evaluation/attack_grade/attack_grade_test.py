@@ -100,6 +100,13 @@ def test_grading_writes_json_resumes_and_adds_the_columns(experiment, monkeypatc
     assert vm["complete"] and vm["config"]["learned_budget_s"] == 4 and vm["attacks"]["candidate_search"] == kept
     assert vm["stages"]["learned"]["key"]["learned_budget_s"] == 4
 
+    # --rerun runs the named attacks again on the selected settings only (e.g. after a busy machine).
+    calls.clear()
+    rerun = ["--rerun", "obfuscated_classifier", "--only", "*visualmixer*"]
+    assert main(["--experiment", "tiny", "--results", str(experiment), *longer, *rerun]) == 0
+    assert calls == ["obfuscated_classifier"] and json.loads(path.read_text())["attacks"]["candidate_search"] == kept
+    vm = json.loads(path.read_text())
+
     rows = _rows(out / "results.csv")
     assert list(rows[0])[-len(ATTACK_COLUMNS) :] == ATTACK_COLUMNS
     by_method = {r["method"]: r for r in rows}

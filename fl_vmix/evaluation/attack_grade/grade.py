@@ -113,9 +113,10 @@ def grade_setting(
     log: Callable[[str], None] = print,
     *,
     fresh: bool = False,
+    rerun: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Run (or resume) every stage on ``setting`` and write its grade to ``path`` after each stage;
-    ``fresh`` ignores what ``path`` holds (every stage runs again)."""
+    ``fresh`` ignores what ``path`` holds (every stage runs again), ``rerun`` names stages to run again."""
     start = time.perf_counter()
     record = {} if fresh else read_grade(path, setting) or {}
     record.pop("complete", None)
@@ -146,7 +147,7 @@ def grade_setting(
     attacks: dict[str, Any] = record.setdefault("attacks", {})
     for name, run in STAGES.items():
         key = config.stage_key(name)
-        if name in attacks and stages.get(name, {}).get("key") == key:
+        if name in attacks and stages.get(name, {}).get("key") == key and name not in rerun:
             log(f"  {name}: done before, kept")
             continue
         log(f"  {name}: running")
