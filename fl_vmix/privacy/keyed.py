@@ -27,10 +27,7 @@ and not cryptographic: it makes *public* seeds from public integers (run seed, r
 from __future__ import annotations
 
 import hashlib
-import os
 import struct
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -85,26 +82,6 @@ def _check_epoch(epoch: int) -> int:
     return int(epoch)
 
 
-# A stream this large is split over torch's threads: OpenSSL releases the GIL, so the AES runs in parallel
-# with the same bytes (every block depends only on its own counter).
-_PARALLEL_BYTES = 1 << 20
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _run_in_row_ranges(work: Callable[[int, int], None], rows: int, row_bytes: int) -> None:
-    """``work(lo, hi)`` over row ranges covering ``range(rows)``, on up to ``torch.get_num_threads()`` threads."""
-    global _pool
-    parts = min(torch.get_num_threads(), rows, rows * row_bytes // _PARALLEL_BYTES)
-    if parts <= 1:
-        work(0, rows)
-        return
-    if _pool is None or _pool[0] != os.getpid() or _pool[1]._max_workers < parts:
-        _pool = (os.getpid(), ThreadPoolExecutor(parts, thread_name_prefix="fl_vmix-prf"))  # a fork has no threads
-    bounds = [rows * i // parts for i in range(parts + 1)]
-    for future in [_pool[1].submit(work, lo, hi) for lo, hi in zip(bounds, bounds[1:])]:
-        future.result()
-
-
 class KeyedPRF:
     """Pseudorandom 32-bit words ``F_K(context; id, epoch, i)`` (see the module docstring)."""
 
@@ -120,24 +97,15 @@ class KeyedPRF:
         blocks = -(-int(count) // 4)
         if blocks >= _UINT32:
             raise ValueError(f"{count} words per sample exceed the counter space (2**34): use smaller images")
-        ids64 = ids.astype(np.int64).view(np.uint64)
-        high = np.uint64(_check_epoch(epoch)) | (np.arange(blocks, dtype=np.uint64) << np.uint64(32))
-        row_bytes = blocks * 16
-        # The buffer has the block of slack update_into asks for after every row range (it writes exactly
-        # its input's length: ECB over whole blocks buffers nothing).
-        stream = np.empty(len(ids) * row_bytes + 16, dtype=np.uint8)
-
-        def encrypt(lo: int, hi: int) -> None:
-            counters = np.empty((hi - lo, blocks, 2), dtype="<u8")
-            counters[:, :, 0] = ids64[lo:hi, None]
-            counters[:, :, 1] = high
-            # update_into a preallocated buffer: the same bytes as update(), which is ~10x slower on MBs of
-            # output (it builds a bytes object).
-            data = counters.reshape(-1).view(np.uint8)
-            self._cipher.encryptor().update_into(data.data, stream[lo * row_bytes : hi * row_bytes + 16].data)
-
-        _run_in_row_ranges(encrypt, len(ids), row_bytes)
-        return stream[:-16].view("<u4").reshape(len(ids), blocks * 4)[:, :count]
+        counters = np.empty((len(ids), blocks, 2), dtype="<u8")
+        counters[:, :, 0] = ids.astype(np.int64).view(np.uint64)[:, None]
+        counters[:, :, 1] = np.uint64(_check_epoch(epoch)) | (np.arange(blocks, dtype=np.uint64) << np.uint64(32))
+        # update_into a preallocated buffer: the same bytes as update(), which is ~10x slower on MBs of output
+        # (it builds a bytes object); the buffer has the block of slack update_into asks for.
+        data = counters.reshape(-1).view(np.uint8)
+        stream = np.empty(data.size + 16, dtype=np.uint8)
+        written = self._cipher.encryptor().update_into(data.data, stream.data)
+        return stream[:written].view("<u4").reshape(len(ids), blocks * 4)[:, :count]
 
     def seed(self, *fields: int) -> int:
         """A secret 63-bit seed for a seeded generator (e.g. noise), one per tuple of public fields:
