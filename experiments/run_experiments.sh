@@ -30,7 +30,7 @@ if [[ $which == a || $which == all ]]; then
   # the baselines at a second strength: a coarser mosaic and DP-Pix at its configured epsilon (1, stronger than 8)
   report run --experiment $E --part mosaic8 -- privacy=mosaic privacy.cell_size=8
   report run --experiment $E --part dp_pix1 -- privacy=dp_pix privacy.epsilon=1.0
-  report run --experiment $E --part training_dp -- privacy=dp_sgd,central_dp privacy.noise_multiplier=1.0
+  report run --experiment $E --part training_dp -- privacy=dp_sgd,central_dp ++privacy.noise_multiplier=1.0  # ++: as in image_dp
 fi
 
 if [[ $which == c || $which == all ]]; then
