@@ -27,9 +27,10 @@ if [[ $which == a || $which == all ]]; then
   report run --experiment $E --part region16 -- privacy=visualmixer privacy.region_size=16
   report run --experiment $E --part dynamic -- privacy=visualmixer privacy.mode=dynamic
   report run --experiment $E --part invariant -- privacy=visualmixer model.invariant=true
-  # the baselines at a second strength: a coarser mosaic and DP-Pix at its configured epsilon (1, stronger than 8)
+  # the baselines at a second strength: a coarser mosaic, DP-Pix at its configured epsilon (1, stronger than 8), a wider blur
   report run --experiment $E --part mosaic8 -- privacy=mosaic privacy.cell_size=8
   report run --experiment $E --part dp_pix1 -- privacy=dp_pix privacy.epsilon=1.0
+  report run --experiment $E --part blur4 -- privacy=gaussian_blur privacy.sigma=4.0 privacy.kernel_size=15
   report run --experiment $E --part training_dp -- privacy=dp_sgd,central_dp ++privacy.noise_multiplier=1.0  # ++: as in image_dp
 fi
 
