@@ -20,7 +20,6 @@ import csv
 import json
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import date
@@ -163,14 +162,13 @@ def main() -> None:
 def record(release: str, results: dict[str, float | str], load_at_start: float) -> None:
     """Append one run to the results file (a new column set starts a new header: refuse, name the fix)."""
     import fl_vmix
+    from fl_vmix.evaluation.attack_grade.grade import commit
 
-    # the commit of the code measured (PYTHONPATH may point at another checkout than this script's)
-    code = Path(fl_vmix.__file__).parent
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=code)
     row = {
         "release": release,
         "date": date.today().isoformat(),
-        "commit": commit.stdout.strip(),
+        # the code measured (PYTHONPATH may point at another checkout than this script's), -dirty if edited
+        "commit": commit(Path(fl_vmix.__file__).parent),
         "load_at_start": round(load_at_start, 2),
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()},
     }

@@ -25,6 +25,16 @@ def rewrite(readme: Path, results: Path) -> str:
     return readme.read_text()
 
 
+def table_from(tmp_path: Path, name: str, results_csv: str) -> str:
+    """The README text after the script renders table ``name`` from ``results_csv``."""
+    folder = tmp_path / "results" / name
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_text(results_csv)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"<!-- table:{name} -->\n<!-- /table:{name} -->\n")
+    return rewrite(readme, tmp_path / "results")
+
+
 def test_the_readme_tables_match_the_committed_results():
     done = check()
     assert done.returncode == 0, done.stderr
@@ -98,17 +108,14 @@ def test_graded_experiments_show_the_strongest_attack(tmp_path):
 
 def test_mutation_scores_are_judged_against_their_aim(tmp_path):
     """85% in privacy/, 80% elsewhere; explained survivors (equivalent) leave the denominator."""
-    folder = tmp_path / "results" / "mutation"
-    folder.mkdir(parents=True)
-    (folder / "results.csv").write_text(
+    text = table_from(
+        tmp_path,
+        "mutation",
         "module,mutants,killed,survived,equivalent,no_tests,not_run,measured_at\n"
         "fl_vmix.data.partition,100,81,19,0,0,0,abc1234\n"
         "fl_vmix.privacy.mixer,200,160,40,10,0,0,abc1234\n"
-        "fl_vmix.privacy.vfe,100,84,16,0,0,0,abc1234\n"
+        "fl_vmix.privacy.vfe,100,84,16,0,0,0,abc1234\n",
     )
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- table:mutation -->\n<!-- /table:mutation -->\n")
-    text = rewrite(readme, tmp_path / "results")
     assert "| `fl_vmix.data.partition` | 81 / 100 | 81.0% | 81.0% | 80% | yes | abc1234 |" in text
     assert "| `fl_vmix.privacy.mixer` | 160 / 200 | 80.0% | 84.2% | 85% | NO |" in text  # 160 / 190
     assert "| `fl_vmix.privacy.vfe` | 84 / 100 | 84.0% | 84.0% | 85% | NO |" in text
@@ -116,19 +123,16 @@ def test_mutation_scores_are_judged_against_their_aim(tmp_path):
 
 def test_speed_figures_show_each_releases_median_and_range_against_the_targets(tmp_path):
     """Medians over a release's runs (per measure), the range beside them, the targets judged on the latest."""
-    folder = tmp_path / "results" / "bench_vmix"
-    folder.mkdir(parents=True)
-    (folder / "results.csv").write_text(
+    text = table_from(
+        tmp_path,
+        "bench_vmix",
         "release,date,commit,load_at_start,device,threads,gather_32_img_per_s,vmix_32_img_per_s,"
         "vmix_fixed_32_over_gather,vmix_224_s_per_batch\n"
         "old,2026-12-01,a,0.4,cpu,2,200000,9000,9.0,0.75\n"
         "new,2026-12-02,b,0.1,cpu,2,300000,40000,3.0,0.3\n"
         "new,2026-12-02,b,0.1,cpu,2,100000,60000,5.0,0.2\n"
-        "new,2026-12-02,b,0.1,cpu,2,250000,52000,4.5,\n"
+        "new,2026-12-02,b,0.1,cpu,2,250000,52000,4.5,\n",
     )
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- table:bench_vmix -->\n<!-- /table:bench_vmix -->\n")
-    text = rewrite(readme, tmp_path / "results")
     assert "| measure | old (1 run) | new (3 runs) | target | met (latest) |" in text
     assert "torch.gather`, 512 x 3x32x32 (img/s) | 200,000 | 250,000 (100,000-300,000) |  |  |" in text
     assert "synthetic (img/s) | 9,000 | 52,000 (40,000-60,000) | ≥ 50,000 | yes |" in text

@@ -29,13 +29,17 @@ from fl_vmix.evaluation.attacks.frontier import privacy_axis
 CLEAR_ATTACK = "clear images"
 
 
-def commit() -> str:
-    """HEAD, with ``-dirty`` when tracked files differ from it; empty outside a git checkout."""
+def commit(cwd: Path | None = None) -> str:
+    """HEAD of the checkout at ``cwd`` (default: the current folder), with ``-dirty`` when tracked files differ
+    from it; empty outside a git checkout."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=cwd
+        ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
-        )
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False,
+            cwd=cwd,
+        )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         return ""
     return head + ("-dirty" if status.stdout.strip() else "")
