@@ -31,6 +31,9 @@ if [[ $which == a || $which == all ]]; then
   report run --experiment $E --part mosaic8 -- privacy=mosaic privacy.cell_size=8
   report run --experiment $E --part dp_pix1 -- privacy=dp_pix privacy.epsilon=1.0
   report run --experiment $E --part blur4 -- privacy=gaussian_blur privacy.sigma=4.0 privacy.kernel_size=15
+  # and pixel DP and block shuffle at a weaker second strength (their first points cost the most accuracy)
+  report run --experiment $E --part pixel_dp32 -- privacy=pixel_dp_gaussian privacy.epsilon=32.0
+  report run --experiment $E --part block_shuffle4 -- privacy=block_shuffle privacy.region_size=4
   report run --experiment $E --part training_dp -- privacy=dp_sgd,central_dp ++privacy.noise_multiplier=1.0  # ++: as in image_dp
 fi
 
