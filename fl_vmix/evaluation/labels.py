@@ -67,29 +67,56 @@ def _show(key: str, value: Any) -> str:
     return f"{key}={text}"
 
 
-def labels(experiments: Sequence[Experiment]) -> list[str]:
-    """One label per experiment: its method, the method's parameters that differ among the experiments
-    using that method, and every other setting that differs among all of them."""
-    flats = [settings(e) for e in experiments]
-    keys = sorted({k for f in flats for k in f})
-    varying = [
-        k
-        for k in keys
-        if k != "privacy.method" and not k.startswith("privacy.") and len({json.dumps(f.get(k)) for f in flats}) > 1
-    ]
-    out = []
-    for experiment, flat in zip(experiments, flats, strict=True):
+def _differs(flats: Sequence[dict[str, Any]], key: str) -> bool:
+    return len({json.dumps(f.get(key)) for f in flats}) > 1
+
+
+def _majority(flats: Sequence[dict[str, Any]], key: str) -> str | None:
+    """The JSON value of ``key`` that more than half of the experiments have, if one does."""
+    values = [json.dumps(f.get(key)) for f in flats]
+    top = max(set(values), key=values.count)
+    return top if 2 * values.count(top) > len(values) else None
+
+
+def _named(flats: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """For each experiment, the settings its label names: the method's parameters that differ among the
+    experiments of its method, then the other settings that differ among all experiments, unless the
+    experiment has the majority's value and that setting is the same throughout its method."""
+    outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
+    varying = [k for k in outside if _differs(flats, k)]
+    majority = {k: _majority(flats, k) for k in varying}
+    named = []
+    for flat in flats:
         same_method = [f for f in flats if f["privacy.method"] == flat["privacy.method"]]
-        params = [
-            k
-            for k in keys
-            if k.startswith("privacy.")
-            and k != "privacy.method"
-            and k in flat
-            and len({json.dumps(f.get(k)) for f in same_method}) > 1
-        ]
-        parts = (
-            [experiment.privacy.method] + [_show(k, flat[k]) for k in params] + [_show(k, flat.get(k)) for k in varying]
+        params = [k for k in sorted(flat) if k.startswith("privacy.") and k != "privacy.method"]
+        named.append(
+            [k for k in params if _differs(same_method, k)]
+            + [k for k in varying if json.dumps(flat.get(k)) != majority[k] or _differs(same_method, k)]
         )
-        out.append(" ".join(parts))
-    return out
+    return named
+
+
+def labels(experiments: Sequence[Experiment]) -> list[str]:
+    """One label per experiment: its method and the settings :func:`_named` picks.
+
+    No two experiments get the same label: two of one method that differ anywhere differ in a setting that
+    varies among that method's experiments, and all such settings are named. The majority values some
+    labels leave out are :func:`unnamed_values` (a report states them once instead of on every row)."""
+    flats = [settings(e) for e in experiments]
+    return [
+        " ".join([e.privacy.method] + [_show(k, flat.get(k)) for k in keys])
+        for e, flat, keys in zip(experiments, flats, _named(flats), strict=True)
+    ]
+
+
+def unnamed_values(experiments: Sequence[Experiment]) -> list[str]:
+    """``key=value`` for each setting that differs among ``experiments`` but is left out of some label
+    (always with the majority's value, which is what such a label means)."""
+    flats = [settings(e) for e in experiments]
+    named = _named(flats)
+    outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
+    return [
+        _show(k, json.loads(top))
+        for k in outside
+        if _differs(flats, k) and (top := _majority(flats, k)) is not None and any(k not in n for n in named)
+    ]

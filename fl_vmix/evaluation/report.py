@@ -52,7 +52,7 @@ import numpy as np
 from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.frontier_report import PLOT as FRONTIER_PLOT
 from fl_vmix.evaluation.frontier_report import plot_front, section
-from fl_vmix.evaluation.labels import baseline_key, labels, settings
+from fl_vmix.evaluation.labels import baseline_key, labels, settings, unnamed_values
 from fl_vmix.evaluation.privacy_axis import ATTACK_COLUMNS, attack_columns, has_grades, load_grades, setting_stem
 from fl_vmix.evaluation.privacy_budget import privacy_budget
 from fl_vmix.evaluation.spread import exceeds_spread, mean_std_text
@@ -449,11 +449,14 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
     plot_accuracy_against(rows, "ssim", out / "accuracy_vs_ssim.png")
     plot_samples(rows, out / "samples.png")
     first = rows[0]
+    unnamed = unnamed_values([r["_experiment"].replace(seed=0) for r in setting_rows(rows)])
     lines = [
         f"# {experiment}: privacy methods compared on {first['dataset']}",
         "",
         f"Scale: {first['num_clients']} clients, {first['rounds']} rounds, data fraction {first['data_fraction']}, "
-        f"model {first['model']} unless a row's setting says otherwise. One row per setting, over its seeds "
+        f"model {first['model']} unless a row's setting says otherwise"
+        + (f" (a setting that does not name them has {', '.join(f'`{u}`' for u in unnamed)})" if unnamed else "")
+        + ". One row per setting, over its seeds "
         "(mean ± sample std; one seed: no spread); each run is a row of `results.csv`, and its files are in `runs/`. "
         "Accuracy is the final federated evaluation on the clients' own (protected) test splits; "
         "its loss is against the clear run with the same settings and seed (model, optimiser, data), '–' where "
