@@ -78,30 +78,35 @@ def _majority(flats: Sequence[dict[str, Any]], key: str) -> str | None:
     return top if 2 * values.count(top) > len(values) else None
 
 
+def _stands_out(flat: dict[str, Any], key: str, group: Sequence[dict[str, Any]]) -> bool:
+    """``key`` differs within ``group`` and ``flat`` does not have the value most of the group has."""
+    return _differs(group, key) and json.dumps(flat.get(key)) != _majority(group, key)
+
+
 def _named(flats: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """For each experiment, the settings its label names: the method's parameters that differ among the
-    experiments of its method, then the other settings that differ among all experiments, unless the
-    experiment has the majority's value and that setting is the same throughout its method."""
+    """For each experiment, the settings its label names: those where it stands out among the experiments
+    of its privacy method (its parameters and the other settings), and the other settings where it stands
+    out among all experiments (so that a setting in which two methods' rows differ is never hidden)."""
     outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
-    varying = [k for k in outside if _differs(flats, k)]
-    majority = {k: _majority(flats, k) for k in varying}
     named = []
     for flat in flats:
         same_method = [f for f in flats if f["privacy.method"] == flat["privacy.method"]]
         params = [k for k in sorted(flat) if k.startswith("privacy.") and k != "privacy.method"]
         named.append(
-            [k for k in params if _differs(same_method, k)]
-            + [k for k in varying if json.dumps(flat.get(k)) != majority[k] or _differs(same_method, k)]
+            [k for k in params if _stands_out(flat, k, same_method)]
+            + [k for k in outside if _stands_out(flat, k, same_method) or _stands_out(flat, k, flats)]
         )
     return named
 
 
 def labels(experiments: Sequence[Experiment]) -> list[str]:
-    """One label per experiment: its method and the settings :func:`_named` picks.
+    """One label per experiment: its method and the settings in which it stands out (:func:`_named`), e.g.
+    ``visualmixer`` for the usual setting and ``visualmixer region_size=16`` next to it.
 
-    No two experiments get the same label: two of one method that differ anywhere differ in a setting that
-    varies among that method's experiments, and all such settings are named. The majority values some
-    labels leave out are :func:`unnamed_values` (a report states them once instead of on every row)."""
+    No two experiments get the same label: two of one method that differ in a setting either both stand
+    out in it (no value is held by most of the method's experiments) and name their different values, or
+    at least one of them names it and the other does not. :func:`unnamed_values` says what a label that
+    names nothing means; a report states it once."""
     flats = [settings(e) for e in experiments]
     return [
         " ".join([e.privacy.method] + [_show(k, flat.get(k)) for k in keys])
@@ -109,14 +114,23 @@ def labels(experiments: Sequence[Experiment]) -> list[str]:
     ]
 
 
+def _left_out(rows: Sequence[tuple[dict[str, Any], list[str]]], key: str) -> str | None:
+    """``key=value`` of a row whose label leaves ``key`` out (all such rows hold the same value)."""
+    return next((_show(key, flat.get(key)) for flat, named in rows if key not in named), None)
+
+
 def unnamed_values(experiments: Sequence[Experiment]) -> list[str]:
-    """``key=value`` for each setting that differs among ``experiments`` but is left out of some label
-    (always with the majority's value, which is what such a label means)."""
+    """What a label means where it names nothing, for the settings that differ among ``experiments``: one
+    entry per method whose parameters vary (``visualmixer: block_sizes=[2,1] mode=static ...``), then
+    one for the other settings (``other settings: model.invariant=false ...``)."""
     flats = [settings(e) for e in experiments]
-    named = _named(flats)
+    rows = list(zip(flats, _named(flats), strict=True))
+    out = []
+    for method in dict.fromkeys(f["privacy.method"] for f in flats):
+        group = [(f, n) for f, n in rows if f["privacy.method"] == method]
+        params = sorted({k for f, _ in group for k in f if k.startswith("privacy.") and k != "privacy.method"})
+        left = [v for k in params if _differs([f for f, _ in group], k) and (v := _left_out(group, k))]
+        out += [f"{method}: {' '.join(left)}"] if left else []
     outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
-    return [
-        _show(k, json.loads(top))
-        for k in outside
-        if _differs(flats, k) and (top := _majority(flats, k)) is not None and any(k not in n for n in named)
-    ]
+    left = [v for k in outside if _differs(flats, k) and (v := _left_out(rows, k))]
+    return out + ([f"other settings: {' '.join(left)}"] if left else [])

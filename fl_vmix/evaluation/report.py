@@ -53,6 +53,7 @@ from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.frontier_report import PLOT as FRONTIER_PLOT
 from fl_vmix.evaluation.frontier_report import plot_front, section
 from fl_vmix.evaluation.labels import baseline_key, labels, settings, unnamed_values
+from fl_vmix.evaluation.plot_key import keyed_axes, number_points
 from fl_vmix.evaluation.privacy_axis import ATTACK_COLUMNS, attack_columns, has_grades, load_grades, setting_stem
 from fl_vmix.evaluation.privacy_budget import privacy_budget
 from fl_vmix.evaluation.spread import exceeds_spread, mean_std_text
@@ -260,18 +261,18 @@ def plot_accuracy_against(rows: list[dict[str, Any]], metric: str, path: Path) -
 
     if metric not in PLOT_METRICS:
         raise ReportError(f"unknown metric {metric!r} to plot: choose one of {', '.join(PLOT_METRICS)}")
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    # One point per setting: mean accuracy ± std over its seeds.
+    shown = [r for r in setting_rows(rows) if not (math.isnan(r[metric]) or math.isnan(r["accuracy_mean"]))]
+    fig, ax = keyed_axes([r["setting"] for r in shown])
     methods = sorted({r["method"] for r in rows})
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
-    for row in setting_rows(rows):  # one point per setting: mean accuracy ± std over its seeds
+    for row in shown:
         x, y, err = row[metric], row["accuracy_mean"], row["accuracy_std"]
-        if math.isnan(x) or math.isnan(y):
-            continue
         ax.errorbar(
             x, y, yerr=None if math.isnan(err) else err, fmt="o", color=colours[row["method"]], capsize=3,
             label=row["method"],
         )  # fmt: skip
-        ax.annotate(wrapped(row["setting"]), (x, y), fontsize=5, xytext=(3, 3), textcoords="offset points")
+    number_points(ax, [(r[metric], r["accuracy_mean"]) for r in shown])
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7)
@@ -455,7 +456,8 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
         "",
         f"Scale: {first['num_clients']} clients, {first['rounds']} rounds, data fraction {first['data_fraction']}, "
         f"model {first['model']} unless a row's setting says otherwise"
-        + (f" (a setting that does not name them has {', '.join(f'`{u}`' for u in unnamed)})" if unnamed else "")
+        + ". A setting's label names what sets it apart from most settings of its method"
+        + (f"; where it names nothing, {'; '.join(f'`{u}`' for u in unnamed)}" if unnamed else "")
         + ". One row per setting, over its seeds "
         "(mean ± sample std; one seed: no spread); each run is a row of `results.csv`, and its files are in `runs/`. "
         "Accuracy is the final federated evaluation on the clients' own (protected) test splits; "

@@ -127,13 +127,15 @@ def plot_frontier(
     error: str | None = None,
     ylabel: str | None = None,
 ) -> Path:
-    """Scatter accuracy against the attack score, label every point, and draw the Pareto front (ringed
-    points joined by a step line); ``error`` names a column of accuracy error bars (e.g. the std over
-    seeds). Writes ``path`` (PNG/PDF/SVG by suffix) and returns it."""
+    """Scatter accuracy against the attack score, number every point (named in a key beside the plot), and
+    draw the Pareto front (ringed points joined by a step line); ``error`` names a column of accuracy error
+    bars (e.g. the std over seeds). Writes ``path`` (PNG/PDF/SVG by suffix) and returns it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from fl_vmix.evaluation.plot_key import keyed_axes, number_points
 
     front = pareto_front(rows, attack, accuracy)
     usable: list[tuple[int, float, float]] = []
@@ -143,7 +145,8 @@ def plot_frontier(
             usable.append((i, x, y))
     if not usable:
         raise ValueError(f"no row has numbers in both {attack!r} and {accuracy!r}; nothing to plot")
-    fig, ax = plt.subplots(figsize=(7, 5))
+    names = [str(rows[i].get(label, i)) + (" (Pareto front)" if front[i] else "") for i, _, _ in usable]
+    fig, ax = keyed_axes(names)
     ax.scatter([x for _, x, _ in usable], [y for _, _, y in usable], s=25, color="tab:blue", zorder=2)
     if error is not None:
         bars: list[tuple[float, float, float]] = []
@@ -162,8 +165,7 @@ def plot_frontier(
         front_x, front_y, s=90, facecolors="none", edgecolors="tab:red", linewidths=1.5, zorder=3, label="Pareto front"
     )
     ax.step(front_x, front_y, where="post", color="tab:red", alpha=0.6, zorder=1)
-    for i, x, y in usable:
-        ax.annotate(str(rows[i].get(label, i)), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    number_points(ax, [(x, y) for _, x, y in usable])
     direction = "attack SSIM to clear (strongest attack; lower = more private)"
     ax.set_xlabel(direction if attack == "attack_ssim" else f"{attack} (strongest attack; lower = more private)")
     ax.set_ylabel(ylabel or f"{accuracy} (higher = more useful)")
