@@ -78,24 +78,39 @@ def _majority(flats: Sequence[dict[str, Any]], key: str) -> str | None:
     return top if 2 * values.count(top) > len(values) else None
 
 
-def _stands_out(flat: dict[str, Any], key: str, group: Sequence[dict[str, Any]]) -> bool:
-    """``key`` differs within ``group`` and ``flat`` does not have the value most of the group has."""
-    return _differs(group, key) and json.dumps(flat.get(key)) != _majority(group, key)
+def _is_param(key: str) -> bool:
+    return key.startswith("privacy.") and key != "privacy.method"
+
+
+def _outside(flats: Sequence[dict[str, Any]]) -> list[str]:
+    """The settings outside the privacy method, sorted."""
+    return sorted({k for f in flats for k in f if not k.startswith("privacy.")})
+
+
+def _usual(group: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[str, str | None]:
+    """For each of ``keys`` that differs within ``group``: the JSON value most of the group has (None: none)."""
+    return {k: _majority(group, k) for k in keys if _differs(group, k)}
 
 
 def _named(flats: Sequence[dict[str, Any]]) -> list[list[str]]:
     """For each experiment, the settings its label names: those where it stands out among the experiments
-    of its privacy method (its parameters and the other settings), and the other settings where it stands
-    out among all experiments (so that a setting in which two methods' rows differ is never hidden)."""
-    outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
+    of its privacy method (it does not have the value most of them have, in a setting that differs among
+    them), and the other settings where it stands out among all experiments (so that a setting in which two
+    methods' rows differ is never hidden)."""
+    outside = _outside(flats)
+    overall = _usual(flats, outside)
+    by_method: dict[str, dict[str, str | None]] = {}
+    for method in dict.fromkeys(f["privacy.method"] for f in flats):
+        group = [f for f in flats if f["privacy.method"] == method]
+        params = sorted({k for f in group for k in f if _is_param(k)})
+        by_method[method] = _usual(group, params + outside)
     named = []
     for flat in flats:
-        same_method = [f for f in flats if f["privacy.method"] == flat["privacy.method"]]
-        params = [k for k in sorted(flat) if k.startswith("privacy.") and k != "privacy.method"]
-        named.append(
-            [k for k in params if _stands_out(flat, k, same_method)]
-            + [k for k in outside if _stands_out(flat, k, same_method) or _stands_out(flat, k, flats)]
-        )
+        usual = by_method[flat["privacy.method"]]
+        stands_out = [k for k, top in usual.items() if json.dumps(flat.get(k)) != top]
+        stands_out += [k for k, top in overall.items() if json.dumps(flat.get(k)) != top and k not in stands_out]
+        params = [k for k in sorted(flat) if _is_param(k) and k in stands_out]
+        named.append(params + [k for k in outside if k in stands_out])
     return named
 
 
@@ -128,9 +143,8 @@ def unnamed_values(experiments: Sequence[Experiment]) -> list[str]:
     out = []
     for method in dict.fromkeys(f["privacy.method"] for f in flats):
         group = [(f, n) for f, n in rows if f["privacy.method"] == method]
-        params = sorted({k for f, _ in group for k in f if k.startswith("privacy.") and k != "privacy.method"})
+        params = sorted({k for f, _ in group for k in f if _is_param(k)})
         left = [v for k in params if _differs([f for f, _ in group], k) and (v := _left_out(group, k))]
         out += [f"{method}: {' '.join(left)}"] if left else []
-    outside = sorted({k for f in flats for k in f if not k.startswith("privacy.")})
-    left = [v for k in outside if _differs(flats, k) and (v := _left_out(rows, k))]
+    left = [v for k in _outside(flats) if _differs(flats, k) and (v := _left_out(rows, k))]
     return out + ([f"other settings: {' '.join(left)}"] if left else [])
