@@ -19,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -61,6 +62,22 @@ def real_cifar10(count: int) -> torch.Tensor | None:
     return torch.from_numpy(images.copy()).float().div(255.0)
 
 
+def hardware(device: torch.device) -> str:
+    """What ran the figures: the GPU's name, or the CPU's model (as the kernel reports it), whether it has
+    AVX-512 and how many cores the machine has. Figures compare only on the same hardware."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    fields: dict[str, str] = {}
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = fields.get("flags", "")
+    avx512 = ", AVX-512" if "avx512f" in flags.split() else ""
+    return f"{model}{avx512}, {os.cpu_count()} cores"
+
+
 def timed(functions: dict[str, Callable[[int], object]], repeats: int, device: torch.device) -> dict[str, float]:
     """Median seconds per call of each function, after one warm-up call each. Calls are interleaved
     (round-robin), so a floor and the measures it divides see the same machine load."""
@@ -89,7 +106,11 @@ def main() -> None:
     load_at_start = os.getloadavg()[0]
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    results: dict[str, float | str] = {"device": str(device), "threads": torch.get_num_threads()}
+    results: dict[str, float | str] = {
+        "device": str(device),
+        "hardware": hardware(device),
+        "threads": torch.get_num_threads(),
+    }
 
     small = photo_like(512, 32).to(device)
     cifar = real_cifar10(512)

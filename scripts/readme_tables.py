@@ -166,15 +166,16 @@ def _bench_value(value: float) -> str:
 
 
 def render_bench(path: Path) -> list[str]:
-    """Per release (in order of appearance), each measure's median over its runs with the range; the targets
-    judged on the latest release's median."""
+    """Per release and hardware (in order of appearance; figures compare only on the same hardware), each
+    measure's median over its runs with the range; the targets judged on the latest column's median."""
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    releases: dict[str, list[dict[str, str]]] = {}
+    releases: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in rows:
-        releases.setdefault(row["release"], []).append(row)
+        releases.setdefault((row["release"], row.get("hardware") or "hardware not recorded"), []).append(row)
     names = list(releases)
-    header = [f"{name} ({len(releases[name])} run{'s' * (len(releases[name]) > 1)})" for name in names]
+    header = [f"{name} — {where} ({len(releases[name, where])} run{'s' * (len(releases[name, where]) > 1)})"
+              for name, where in names]  # fmt: skip
     lines = [
         "| measure | " + " | ".join(header) + " | target | met (latest) |",
         "|---|" + "---:|" * len(names) + "---|---|",

@@ -133,9 +133,23 @@ def test_speed_figures_show_each_releases_median_and_range_against_the_targets(t
         "new,2026-12-02,b,0.1,cpu,2,100000,60000,5.0,0.2\n"
         "new,2026-12-02,b,0.1,cpu,2,250000,52000,4.5,\n",
     )
-    assert "| measure | old (1 run) | new (3 runs) | target | met (latest) |" in text
+    assert (
+        "| measure | old — hardware not recorded (1 run) | new — hardware not recorded (3 runs) | target | met (latest) |"
+        in text
+    )
     assert "torch.gather`, 512 x 3x32x32 (img/s) | 200,000 | 250,000 (100,000-300,000) |  |  |" in text
     assert "synthetic (img/s) | 9,000 | 52,000 (40,000-60,000) | ≥ 50,000 | yes |" in text
     assert "| the same, as a multiple of the floor | 9 | 4.5 (3-5) | ≤ 4 | NO |" in text
     assert "s | 0.75 | 0.25 (0.2-0.3) | ≤ 0.5 | yes |" in text, "a run without the measure is left out"
     assert "real CIFAR-10 test images (img/s) | – | – |  |  |" in text
+
+
+def test_one_release_on_two_machines_makes_two_columns(tmp_path):
+    """Speed figures compare only on the same hardware: a release measured on two machines is not pooled."""
+    text = table_from(
+        tmp_path,
+        "bench_vmix",
+        "release,hardware,vmix_32_img_per_s\nr1,cpu A,30000\nr1,cpu B,70000\nr1,cpu B,72000\nr1,cpu A,31000\n",
+    )
+    assert "| measure | r1 — cpu A (2 runs) | r1 — cpu B (2 runs) | target | met (latest) |" in text
+    assert "synthetic (img/s) | 30,500 (30,000-31,000) | 71,000 (70,000-72,000) | ≥ 50,000 | yes |" in text
