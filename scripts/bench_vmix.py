@@ -73,6 +73,7 @@ def hardware(device: torch.device) -> str:
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())  # the first processor's
     model = fields.get("model name") or platform.processor() or platform.machine()
+    model = " ".join(model.replace("(R)", "").replace("(TM)", "").split())
     flags = fields.get("flags", "")
     avx512 = ", AVX-512" if "avx512f" in flags.split() else ""
     return f"{model}{avx512}, {os.cpu_count()} cores"
@@ -188,8 +189,9 @@ def record(release: str, results: dict[str, float | str], load_at_start: float) 
     row = {
         "release": release,
         "date": date.today().isoformat(),
-        # the code measured (PYTHONPATH may point at another checkout than this script's), -dirty if edited
-        "commit": commit(Path(fl_vmix.__file__).parent),
+        # the code measured (PYTHONPATH may point at another checkout than this script's), -dirty if its code or
+        # scripts are edited (not its results: a recorded run would make the next one dirty)
+        "commit": commit(Path(fl_vmix.__file__).parents[1], paths=("fl_vmix", "scripts")),
         "load_at_start": round(load_at_start, 2),
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()},
     }

@@ -19,8 +19,14 @@ from numba import njit, prange
 
 
 def use_torch_threads() -> None:
-    """Run the kernels on as many threads as torch uses (e.g. one per simulated client)."""
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    """Run the kernels on as many threads as torch uses (e.g. one per simulated client), and leave torch's
+    count as it was: the first call starts Numba's OpenMP layer, which sets the OpenMP thread count (torch's
+    too) to all cores: a client on one thread would then train on all of them, and its floating-point results
+    would differ between machines and between its first and later rounds."""
+    threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 @njit(parallel=True, cache=True, nogil=True)

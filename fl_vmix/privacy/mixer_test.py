@@ -694,6 +694,22 @@ def test_same_key_and_id_give_the_same_output_in_another_process():
     assert head == str(here.flatten()[:50].tolist())
 
 
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="one core: starting Numba cannot change the count")
+def test_the_first_cpu_mix_of_a_process_leaves_torchs_thread_count_alone():
+    """Starting Numba's OpenMP layer (the first parallel kernel of a process) sets OpenMP's thread count to all
+    cores, torch's included: a client meant to train on one thread would train on all of them from then on."""
+    code = (
+        "import torch, numba\n"
+        "torch.set_num_threads(1)\n"
+        "from fl_vmix.privacy import VisualMixer\n"
+        "from fl_vmix.privacy.mixer_test import textured_images, KEY\n"
+        "VisualMixer(KEY, target_ratio=2.0)(textured_images(2), [0, 1])\n"
+        "print(torch.get_num_threads(), numba.get_num_threads())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert result.stdout.split() == ["1", "1"], "torch's and the kernel's thread counts after the first mix"
+
+
 @pytest.mark.parametrize("permute_channels", [False, True])
 def test_channel_permutation_moves_whole_region_planes(permute_channels):
     out = positions(

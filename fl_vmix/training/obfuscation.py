@@ -55,7 +55,6 @@ def obfuscate(
     keeps many clients' splits, and training moves one split at a time to the device.
     """
     start = time.perf_counter()
-    threads = torch.get_num_threads()
     clear = torch.from_numpy(np.ascontiguousarray(images))
     sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     chunks, unreached = [], 0
@@ -69,12 +68,6 @@ def obfuscate(
         chunks.append(protected.images.cpu())
         unreached += protected.num_unreached
     out = torch.cat(chunks) if chunks else torch.empty(0, *clear.shape[1:])
-    if torch.get_num_threads() != threads:
-        # The first parallel Numba kernel of a process starts Numba's OpenMP layer, which sets the OpenMP
-        # thread count (torch's too) to all cores: training would then run on a machine-dependent number
-        # of threads, and floating-point results would differ between machines and between the first and
-        # later rounds of a process. Keep the caller's count.
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     if unreached:  # one line per split and round, however many chunks or batches it took
         logger.warning(

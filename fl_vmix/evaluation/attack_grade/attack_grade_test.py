@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,23 @@ def test_stems_are_readable_and_distinct():
     long = {f"parameter_{i}": "x" * 20 for i in range(10)}
     a, b = setting_stem("d", "m", long), setting_stem("d", "m", {**long, "parameter_9": "y" * 20})
     assert len(a) <= 150 and a != b
+
+
+def test_commit_is_dirty_only_when_the_named_paths_are_edited(tmp_path):
+    """A benchmark appends its results to a tracked file: that must not mark the code of its next run as edited."""
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results.csv").write_text("run\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "first")
+    head = grade_module.commit(tmp_path)
+    assert len(head) == 40 and not head.endswith("-dirty")
+    (tmp_path / "results.csv").write_text("run\n1\n")
+    assert grade_module.commit(tmp_path) == head + "-dirty"
+    assert grade_module.commit(tmp_path, paths=("code",)) == head
+    (tmp_path / "code" / "a.py").write_text("x = 2\n")
+    assert grade_module.commit(tmp_path, paths=("code",)) == head + "-dirty"

@@ -13,7 +13,7 @@ import json
 import math
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,16 @@ from fl_vmix.evaluation.attacks.frontier import privacy_axis
 CLEAR_ATTACK = "clear images"
 
 
-def commit(cwd: Path | None = None) -> str:
+def commit(cwd: Path | None = None, paths: Sequence[str] = ()) -> str:
     """HEAD of the checkout at ``cwd`` (default: the current folder), with ``-dirty`` when tracked files differ
-    from it; empty outside a git checkout."""
+    from it (only those under ``paths``, relative to ``cwd``, when given); empty outside a git checkout."""
     try:
         head = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=cwd
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False,
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths], capture_output=True, text=True,
+            check=False,
             cwd=cwd,
         )  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
