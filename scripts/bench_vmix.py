@@ -3,7 +3,7 @@
     python scripts/bench_vmix.py [--device cpu|cuda] [--repeats 10] [--record RELEASE]
 
 Prints a table and, as its last line, one JSON object with the figures. ``--record RELEASE`` also appends
-them as a row of ``experiments/results/bench_vmix/results.csv`` (with the release label, date, commit and
+them as a row of ``experiments/results/bench_vmix/results.csv`` (with the release label, date, commit, hardware and
 load average), from which ``scripts/readme_tables.py`` writes the README's speed table.
 Images are synthetic but photograph-like (smooth shapes plus texture); when CIFAR-10 is in the data root
 ($FL_VMIX_DATA), 512 real test images go through target mode too (their level selection does more work: about

@@ -143,6 +143,7 @@ def test_stems_are_readable_and_distinct():
 
 def test_commit_is_dirty_only_when_the_named_paths_are_edited(tmp_path):
     """A benchmark appends its results to a tracked file: that must not mark the code of its next run as edited."""
+
     def git(*args: str) -> None:
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
