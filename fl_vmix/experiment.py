@@ -296,6 +296,7 @@ _ENGINE_KEYS = {
         "connection",
         "connect_timeout_s",
         "wait_nodes_s",
+        "round_timeout_s",
     ),
 }
 
@@ -312,6 +313,9 @@ class EngineSettings:
     connection: str | None = None  # deployment: a SuperLink connection in $FLWR_HOME/config.toml
     connect_timeout_s: float | None = None  # deployment: probe of the SuperLink before flwr run
     wait_nodes_s: float | None = None  # deployment: wait this long for num_clients SuperNodes
+    # deployment: how long a round waits for replies; a missing one then counts as a client failure. Flower cannot
+    # tell that a SuperNode which crashed and came back within seconds lost the message it had pulled.
+    round_timeout_s: float | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> EngineSettings:
@@ -337,6 +341,7 @@ class EngineSettings:
             connection=g.text("connection"),
             connect_timeout_s=g.number("connect_timeout_s", 0.0, open_low=True),
             wait_nodes_s=g.number("wait_nodes_s", 0.0),
+            round_timeout_s=g.optional_number("round_timeout_s", 0.0),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -57,6 +57,16 @@ def test_new_runs_have_no_time_limit_derived_keys_and_checkpoints_every_round():
     assert compose(["amp=off"]).amp == "off", "a bare off (YAML false) is amp=off"
 
 
+def test_a_deployment_round_waits_an_hour_for_replies_by_default():
+    """Flower cannot tell that a SuperNode which crashed and came back within seconds lost the message it had
+    taken: without a round timeout such a run would wait for its reply forever."""
+    assert compose(["engine=deployment"]).engine.round_timeout_s == 3600.0
+    assert compose(["engine=deployment", "engine.round_timeout_s=null"]).engine.round_timeout_s is None
+    assert compose().engine.round_timeout_s is None, "a simulation waits for every reply"
+    with pytest.raises(ConfigError, match="engine.round_timeout_s=0 is invalid: set engine.round_timeout_s to a"):
+        compose(["engine=deployment", "engine.round_timeout_s=0"])
+
+
 @pytest.mark.parametrize(
     "preset, model, dataset, clients",
     [

@@ -148,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=experiment.num_rounds,
             train_config=ConfigRecord(train_config),
             evaluate_fn=end_of_round,
-            timeout=experiment.engine.timeout_s or math.inf,
+            timeout=experiment.engine.round_timeout_s or math.inf,  # deployment only; else wait for every reply
             first_round=resume.round + 1 if resume else 1,
         )
     except BaseException as err:

@@ -74,8 +74,9 @@ class LocalGrid(Grid):
         replies = []
         for msg in messages:
             node = msg.metadata.dst_node_id
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as Flower's grids do when they push a message
             metadata = Metadata(
-                run_id=1, message_id=uuid.uuid4().hex, src_node_id=1, dst_node_id=node, reply_to_message_id="",
+                run_id=1, message_id=msg.metadata.message_id, src_node_id=1, dst_node_id=node, reply_to_message_id="",
                 group_id=msg.metadata.group_id, created_at=time.time(), ttl=600,
                 message_type=msg.metadata.message_type,
             )  # fmt: skip

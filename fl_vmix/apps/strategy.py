@@ -78,6 +78,9 @@ class RecordingStrategy(Strategy):
             raise ValueError(f"min_success_fraction must be in [0, 1], got {min_success_fraction}")
         self.strategy, self.recorder, self.min_success_fraction = strategy, recorder, min_success_fraction
         self.round_offset = 0  # rounds before this attempt of the run (a resumed run's checkpoint round)
+        # Each phase's messages, per (round, phase); the grid gives them their ids as it sends them. A reply missing
+        # when the round's timeout ends is a failure too (Flower's loop passes on only the replies that came).
+        self._sent: dict[tuple[int, str], list[Message]] = {}
 
     def start(
         self,
@@ -123,12 +126,18 @@ class RecordingStrategy(Strategy):
     ) -> Iterable[Message]:
         server_round += self.round_offset
         self.recorder.start_round(server_round)
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return self._sending(server_round, "train", self.strategy.configure_train(server_round, arrays, config, grid))
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+        server_round += self.round_offset
+        return self._sending(server_round, "eval", self.strategy.configure_evaluate(server_round, arrays, config, grid))
+
+    def _sending(self, server_round: int, phase: str, messages: Iterable[Message]) -> list[Message]:
+        messages = list(messages)
+        self._sent[server_round, phase] = messages
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -154,16 +163,31 @@ class RecordingStrategy(Strategy):
 
     def _record(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
         ordered = sorted(replies, key=_partition_of)
+        sent = self._sent.pop((server_round, phase), None)
+        # The node a reply answers for: the SuperLink itself signs the error it returns for an unavailable node.
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in sent or ()}
+
+        def node(reply: Message) -> int:
+            return node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+
         ok = [m for m in ordered if not m.has_error()]
-        errors = [f"node {m.metadata.src_node_id}: {m.error.reason}" for m in ordered if m.has_error()]
+        errors = [f"node {node(m)}: {m.error.reason}" for m in ordered if m.has_error()]
+        answered = {m.metadata.reply_to_message_id for m in ordered}
+        errors += [
+            f"node {m.metadata.dst_node_id}: no reply before the round's timeout (engine.round_timeout_s); a "
+            "SuperNode that crashed and came back loses the message it had taken"
+            for m in sent or ()
+            if m.metadata.message_id not in answered
+        ]
+        expected = len(sent) if sent is not None else len(ordered)
         metrics = [dict(next(iter(m.content.metric_records.values()))) for m in ok if m.content.metric_records]
         self.recorder.record_replies(server_round, phase, metrics, errors)
         for error in errors:
             logger.warning("round %d %s failed on %s", server_round, phase, error)
-        if ordered and len(ok) < self.min_success_fraction * len(ordered):
+        if expected and len(ok) < self.min_success_fraction * expected:
             self.recorder.flush()
             raise RuntimeError(
-                f"round {server_round}: only {len(ok)} of {len(ordered)} clients succeeded in {phase} "
+                f"round {server_round}: only {len(ok)} of {expected} clients succeeded in {phase} "
                 f"(min_success_fraction={self.min_success_fraction}); first error: {errors[0] if errors else '?'}"
             )
         return ordered

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, Metadata, MetricRecord, RecordDict
+from flwr.app.message.message import make_message
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, FedAvg, FedProx
 
 from fl_vmix.apps.dp import wrap_central_dp
@@ -92,6 +93,39 @@ def test_failures_are_recorded_and_too_many_stop_the_run(recorder, tmp_path):
         strategy.aggregate_train(2, [reply(0, 1.0, 10), failure(11), failure(12)])
     records = json.loads((tmp_path / "metrics.json").read_text())
     assert records[-1]["round"] == 2 and records[-1]["train_failed"] == 2, "the failing round is on disk"
+
+
+def test_a_reply_missing_at_the_rounds_timeout_is_a_failure(recorder):
+    """Flower's round loop passes on only the replies that came before its timeout: the node that never answered
+    (a SuperNode that crashed and came back loses the message it had taken) must still count as failed."""
+    strategy = RecordingStrategy(Configured(), recorder, min_success_fraction=0.5)
+    weights = ArrayRecord({"w": torch.zeros(3)})
+    strategy.configure_train(1, weights, ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    strategy.aggregate_train(1, [reply(1, 1.0, 10)])  # from node 11; node 12 never answered
+    record = recorder.round(1)
+    assert record["train_ok"] == 1 and record["train_failed"] == 1
+    assert record["failures"] == [
+        "train: node 12: no reply before the round's timeout (engine.round_timeout_s); a SuperNode that crashed and "
+        "came back loses the message it had taken"
+    ]
+    strict = RecordingStrategy(Configured(), recorder, min_success_fraction=0.6)
+    strict.configure_train(2, weights, ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError, match=r"round 2: only 1 of 2 clients succeeded in train.*node 12: no reply"):
+        strict.aggregate_train(2, [reply(1, 1.0, 10)])
+
+
+def test_an_error_the_superlink_returns_for_an_offline_node_names_that_node_once(recorder):
+    """The SuperLink signs the error reply for an unavailable node with its own id: the failure is the node's, and
+    the node is not counted again as missing."""
+    strategy = RecordingStrategy(Configured(), recorder, min_success_fraction=0.5)
+    strategy.configure_train(1, ArrayRecord({"w": torch.zeros(3)}), ConfigRecord(), grid=None)  # type: ignore[arg-type]
+    metadata = Metadata(
+        run_id=1, message_id="", src_node_id=1, dst_node_id=1, reply_to_message_id="m12", group_id="1",
+        created_at=time.time(), ttl=600, message_type="train",
+    )  # fmt: skip
+    unavailable = make_message(metadata=metadata, error=Error(code=3, reason="Node Unavailable"))
+    strategy.aggregate_train(1, [reply(1, 1.0, 10), unavailable])
+    assert recorder.round(1)["failures"] == ["train: node 12: Node Unavailable"]
 
 
 def test_the_wrapper_delegates_configuration_and_times_the_round(recorder):
