@@ -63,20 +63,17 @@ def real_cifar10(count: int) -> torch.Tensor | None:
 
 
 def hardware(device: torch.device) -> str:
-    """What ran the figures: the GPU's name, or the CPU's model (as the kernel reports it), whether it has
-    AVX-512 and how many cores the machine has. Figures compare only on the same hardware."""
+    """What ran the figures: the GPU's name, or the CPU's model (as the kernel reports it), the instruction set
+    torch's CPU kernels use (``AVX512``, ``AVX2``, ...) and how many cores the machine has. Figures compare only on
+    the same hardware."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    fields: dict[str, str] = {}
     cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())  # the first processor's
-    model = fields.get("model name") or platform.processor() or platform.machine()
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    model = next((v for k, _, v in (line.partition(":") for line in lines) if k.strip() == "model name"), "")
+    model = model.strip() or platform.processor() or platform.machine()
     model = " ".join(model.replace("(R)", "").replace("(TM)", "").split())
-    flags = fields.get("flags", "")
-    avx512 = ", AVX-512" if "avx512f" in flags.split() else ""
-    return f"{model}{avx512}, {os.cpu_count()} cores"
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}, {os.cpu_count()} cores"
 
 
 def timed(functions: dict[str, Callable[[int], object]], repeats: int, device: torch.device) -> dict[str, float]:
