@@ -1,8 +1,9 @@
 """fl_vmix on Flower's Deployment Engine, on loopback: real processes, TLS, SuperNode authentication.
 
-One SuperLink and three SuperNodes are started by ``scripts/deploy/*.sh`` (through
-``fl_vmix.deploy.local.LocalFederation``) on free ports with a temporary FLWR_HOME; each SuperNode
-gets only its own exported folder (``python -m fl_vmix.deploy export``) and key. The experiment is
+One SuperLink (on loopback, behind the Fleet-only gateway) and three SuperNodes are started by
+``scripts/deploy/*.sh`` (through ``fl_vmix.deploy.local.LocalFederation``) on free ports with a temporary
+FLWR_HOME; each SuperNode gets only its own exported folder (``python -m fl_vmix.deploy export``, which
+writes no key) and the key its owner side created in it. The experiment is
 launched the way a user launches it: ``python -m fl_vmix engine=deployment engine.connection=...``.
 Every process is stopped by PID in the fixture's teardown, also when a test fails, and the teardown
 checks that none is left. Every wait has a timeout.
@@ -25,6 +26,7 @@ from conftest import FLOWER_RUNS, require_shared
 from fl_vmix.deploy.tls import write_certificates
 from fl_vmix.runtime.connection import write_connection
 from fl_vmix.runtime.processes import descendants, free_port, stop_processes
+from fl_vmix.runtime.superlink import list_supernodes
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, FLOWER_RUNS, pytest.mark.timeout(1500)]
 NUM_NODES = 3
@@ -46,9 +48,9 @@ def exported(workdir: Path) -> Path:
 
     cfg = compose([*SMALL, f"dataset.root={root}", f"dataset.cache_dir={workdir / 'cache'}"])
     clients = export_federation(cfg, workdir / "fed")
-    assert [sorted(p.name for p in c.folder.iterdir()) for c in clients] == [
-        ["client.key", "data.npz", "meta.json"]
-    ] * NUM_NODES
+    assert [sorted(p.name for p in c.folder.iterdir()) for c in clients] == [["data.npz", "meta.json"]] * NUM_NODES, (
+        "the operator's export holds no client key"
+    )
     return workdir / "fed"
 
 
@@ -183,6 +185,71 @@ def test_run_survives_a_supernode_killed_and_restarted(federation, tmp_path):
     )
 
 
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses with a listening TCP socket on ``port``, from /proc/net/tcp{,6} (hex, as the kernel writes)."""
+    found = set()
+    for table, size in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            host, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(host if size == 32 else ".".join(str(int(host[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
+def https_post(address: str, path: str, ca: Path, body: bytes = b"") -> tuple[int, str]:
+    import http.client
+    import ssl
+
+    host, port = address.rsplit(":", 1)
+    connection = http.client.HTTPSConnection(host, int(port), timeout=30, context=ssl.create_default_context(cafile=ca))
+    try:
+        connection.request("POST", path, body=body, headers={"content-type": "application/protobuf"})
+        response = connection.getresponse()
+        return response.status, response.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+def test_a_stranger_holding_the_ca_can_neither_register_a_node_nor_start_a_run(federation, tmp_path):
+    """Every data owner holds ca.pem and can reach the address SuperNodes dial: that address (the gateway) refuses
+    the Control API, and the SuperLink itself listens on 127.0.0.1 only."""
+    from fl_vmix.deploy.auth import write_auth_key
+
+    flwr = str(Path(sys.executable).with_name("flwr"))
+    ca = federation.certs / "ca.pem"
+    assert listening_addresses(federation.port) == {"127.0.0.1"}, "the Control API must not listen on the network"
+    stranger_home = tmp_path / "stranger_home"
+    write_connection("stranger", federation.address, ca, home=stranger_home)
+    env = {**federation.env, "FLWR_HOME": str(stranger_home)}
+    _, pub = write_auth_key(tmp_path / "stranger" / "supernode")
+    nodes_before = {n["node-id"] for n in list_supernodes(flwr, federation.connection, federation.env)}
+
+    from fl_vmix.runtime.flower_app import flower_app_dir
+
+    def stranger(*args: str) -> str:
+        done = subprocess.run([flwr, *args], env=env, capture_output=True, text=True, timeout=180, check=False)
+        return " ".join((done.stdout + done.stderr).split())
+
+    refused = "refused: this address serves only the Fleet API"
+    tries = {
+        "register": stranger("supernode", "register", str(pub), "stranger", "--format", "json"),
+        "run": stranger("run", str(flower_app_dir()), "stranger"),
+        "ls": stranger("ls", "stranger", "--format", "json"),
+    }
+    for name, out in tries.items():
+        assert refused in out and '"success": true' not in out, f"flwr {name} as a stranger: {out[-2000:]}"
+    for path in ("/v1/control/register-node", "/v1/control/start-run", "/v1/control/list-nodes"):
+        status, text = https_post(federation.address, path, ca)
+        assert status == 403 and "loopback" in text, (path, status, text[:500])
+    status, _ = https_post(federation.address, "/v1/runtime/pull-task-input", ca)
+    assert status == 403, "nor the Runtime API the ServerApp uses"
+
+    nodes_after = {n["node-id"] for n in list_supernodes(flwr, federation.connection, federation.env)}
+    assert nodes_after == nodes_before, "the operator, on the SuperLink host, sees no node the stranger added"
+    print(f"\n[deployment] stranger: flwr run -> {tries['run'][-400:]}")
+
+
 def test_fewer_supernodes_than_clients_fails_fast(federation, tmp_path):
     out = tmp_path / "run"
     start = time.perf_counter()
@@ -197,6 +264,47 @@ def test_fewer_supernodes_than_clients_fails_fast(federation, tmp_path):
         run.output()[-3000:]
     )
     assert time.perf_counter() - start < 90
+
+
+def test_a_supernode_with_trusted_entities_refuses_an_unsigned_app(federation, tmp_path):
+    """Flower's --trusted-entities: the node runs only apps whose Flower Hub review a listed key signed. An app sent
+    with `flwr run .` (as fl_vmix is) carries no signature, so that node answers with an error and runs nothing."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    owner = ed25519.Ed25519PrivateKey.generate().public_key()
+    line = owner.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text(f"fpk_owner: '{line}'\n")
+    federation.stop_supernode(0)
+    node = federation.start_supernode(0, {"TRUSTED_ENTITIES": str(trusted)})
+    out = tmp_path / "run"
+    try:
+        federation.wait_online(NUM_NODES, wait_s=180)
+        with Launch(
+            [
+                "engine=deployment",
+                f"engine.connection={federation.connection}",
+                "num_rounds=1",
+                "engine.round_timeout_s=120",
+                *SMALL,
+            ],
+            launcher_env(federation),
+            out,
+        ) as run:
+            # Under a load of 12 on 2 cores the ServerApp took 4 min to start and the run ended 20 s past 360 s.
+            code = run.wait(2 * RUN_TIMEOUT_S)
+            assert code == 0, run.output()[-4000:]
+        failures = [f for r in json.loads((out / "metrics.json").read_text()) for f in r.get("failures", [])]
+        log = node.log.read_text(errors="replace")
+    finally:
+        federation.stop_supernode(0)
+        federation.start_supernode(0)
+        federation.wait_online(NUM_NODES, wait_s=180)
+    assert "App verification is not supported by the connected SuperLink" in log, log[-3000:]
+    assert failures and all("The FAB could not be verified" in f for f in failures), failures
+    assert len(failures) == 2, "the node refused both the train and the evaluate message"
+    print(f"\n[deployment] SuperNode with --trusted-entities: {failures}")
 
 
 def test_unregistered_supernode_is_told_to_register(federation, workdir):

@@ -1,12 +1,15 @@
 """``python -m fl_vmix.deploy``: prepare and check a Flower Deployment Engine federation.
 
-    python -m fl_vmix.deploy export --out fed/ num_clients=3 dataset.data_fraction=0.05   # per-client folders + keys
+Operator (SuperLink host):
+    python -m fl_vmix.deploy export --out fed/ num_clients=3 dataset.data_fraction=0.05   # per-client data folders
     python -m fl_vmix.deploy certs --out certs/ --hosts superlink.example.org 10.0.0.5    # CA + SuperLink certificate
-    python -m fl_vmix.deploy auth-keys --out auth/ --n 3                                    # SuperNode ECDSA key pairs
-    python -m fl_vmix.deploy connection --name fl-vmix --address 10.0.0.5:8000 --root-cert certs/ca.pem
-    python -m fl_vmix.deploy check-node --data-path fed/client-0 --key-file fed/client-0/client.key
+    python -m fl_vmix.deploy connection --name fl-vmix --address 127.0.0.1:9093 --root-cert certs/ca.pem
+    python -m fl_vmix.deploy gateway --listen 0.0.0.0:8000 --upstream 127.0.0.1:9093 --cert-dir certs
     python -m fl_vmix.deploy check-superlink --connection fl-vmix
-    python -m fl_vmix.deploy keygen path/to/client.key
+Data owner (its own SuperNode host):
+    python -m fl_vmix.deploy keygen client-0/client.key                                  # its VisualMixer key
+    python -m fl_vmix.deploy auth-keys --out auth/ --n 1                                 # its SuperNode key pair
+    python -m fl_vmix.deploy check-node --data-path client-0 --key-file client-0/client.key
 
 Every setup problem exits with status 2 and a message that names the fix.
 """
@@ -35,13 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    export = sub.add_parser("export", help="write each client's partition and key to DIR/client-<i>/")
+    export = sub.add_parser("export", help="write each client's partition to DIR/client-<i>/ (no keys)")
     export.add_argument("--out", type=Path, required=True, help="output folder (client-<i>/ inside)")
+    export.add_argument(
+        "--with-keys",
+        action="store_true",
+        help="also write client-<i>/client.key: only for a trial where the operator owns every node (the operator "
+        "then holds every key, and VisualMixer hides nothing from the operator)",
+    )
     export.add_argument(
         "overrides", nargs="*", help="Hydra overrides, as for python -m fl_vmix (num_clients=3 dataset=cifar10 ...)"
     )
 
-    keygen = sub.add_parser("keygen", help="create a client's VisualMixer key file (32 random bytes, mode 0600)")
+    gateway = sub.add_parser(
+        "gateway",
+        help="serve the SuperLink's Fleet API (only) on a public address; Control and Runtime stay on loopback",
+    )
+    gateway.add_argument("--listen", required=True, help="public HOST:PORT SuperNodes dial (e.g. 0.0.0.0:8000)")
+    gateway.add_argument("--upstream", required=True, help="the SuperLink's loopback HOST:PORT (e.g. 127.0.0.1:9093)")
+    gateway.add_argument("--cert-dir", type=Path, required=True, help="folder with ca.pem, server.pem, server.key")
+
+    keygen = sub.add_parser(
+        "keygen", help="on the data owner's own host: create its VisualMixer key file (32 random bytes, mode 0600)"
+    )
     keygen.add_argument("path", type=Path)
 
     certs = sub.add_parser("certs", help="create a CA and a SuperLink TLS certificate (ca.pem, server.pem, server.key)")
@@ -104,7 +123,7 @@ def _export(args: argparse.Namespace) -> None:
 
     experiment = compose(args.overrides)
     start = time.perf_counter()
-    clients = export_federation(experiment, args.out)
+    clients = export_federation(experiment, args.out, write_keys=args.with_keys)
     title = (
         f"{experiment.dataset.name} x {experiment.num_clients} clients ({experiment.partition.scheme}, "
         f"data_fraction={experiment.dataset.data_fraction}) in {time.perf_counter() - start:.1f} s"
@@ -119,12 +138,43 @@ def _export(args: argparse.Namespace) -> None:
             str(c.train),
             str(c.test),
             f"{c.size_bytes / 2**20:.1f} MiB",
-            f"{c.key_file.name} ({'new' if c.new_key else 'kept'})",
+            "none: the owner runs keygen"
+            if c.key_file is None
+            else f"{c.key_file.name} ({'new' if c.new_key else 'kept'})",
         )
     console.print(table)
+    if args.with_keys:
+        err_console.print(
+            "[bold red]WARNING:[/] --with-keys wrote every client's VisualMixer key on this machine. Whoever holds a "
+            "key can undo that client's obfuscation, so these nodes' images are NOT hidden from you (the operator) "
+            "or from anyone who reads this folder. Use it only for a trial where you own every node; real data owners "
+            "create their own key on their own host: python -m fl_vmix.deploy keygen <client-i>/client.key",
+            highlight=False,
+        )
+    stale = [c.folder / "client.key" for c in clients if c.key_file is None and (c.folder / "client.key").exists()]
+    if stale:
+        err_console.print(
+            f"[yellow]warning:[/] {len(stale)} folder(s) still hold a client.key from an earlier export, which this "
+            f"machine generated ({stale[0]} ...): delete them before copying, and let each owner run keygen",
+            highlight=False,
+        )
     console.print(
-        "Copy each client-<i> folder to its own SuperNode host only; start it with scripts/deploy/start_supernode.sh."
+        "Copy each client-<i> folder to its own SuperNode host only. There its owner creates the VisualMixer key "
+        "(python -m fl_vmix.deploy keygen client-<i>/client.key) and a SuperNode key pair (python -m fl_vmix.deploy "
+        "auth-keys --out auth --n 1, sending you only auth/supernode-0.pub), then runs "
+        "scripts/deploy/start_supernode.sh."
     )
+
+
+def _gateway(args: argparse.Namespace) -> None:
+    from fl_vmix.deploy.gateway import serve
+
+    err_console.print(
+        f"gateway: Fleet API only on https://{args.listen} -> SuperLink {args.upstream}; Control and Runtime calls "
+        "are refused here",
+        highlight=False,
+    )
+    serve(args.listen, args.upstream, args.cert_dir)
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -152,10 +202,10 @@ def _auth_keys(args: argparse.Namespace) -> None:
 
     pairs = write_auth_keys(args.out, args.n, overwrite=args.overwrite)
     for private, public in pairs:
-        console.print(f"{private} (private, 0600: to that SuperNode host only)  {public} (register it)")
+        console.print(f"{private} (private, 0600: stays on this host)  {public} (send it to the operator)")
     console.print(
-        "Register the public keys: scripts/deploy/register_supernodes.sh <connection> "
-        + " ".join(str(p) for _, p in pairs)
+        "Run this on the SuperNode's own host; the operator registers the public keys on the SuperLink host: "
+        "scripts/deploy/register_supernodes.sh <connection> " + " ".join(str(p) for _, p in pairs)
     )
 
 
@@ -224,6 +274,7 @@ def _check_certs(args: argparse.Namespace) -> None:
 
 COMMANDS = {
     "export": _export,
+    "gateway": _gateway,
     "keygen": _keygen,
     "certs": _certs,
     "auth-keys": _auth_keys,

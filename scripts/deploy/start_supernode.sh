@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Start one fl_vmix SuperNode (one per data owner): TLS to the SuperLink, authenticated with its own key
-# pair, and its node config pointing at its own exported data folder and VisualMixer key.
+# Start one fl_vmix SuperNode (one per data owner, on the owner's host): TLS to the SuperLink's gateway,
+# authenticated with its own key pair, and its node config pointing at its own data folder and VisualMixer key.
 #
-#   SUPERLINK=10.0.0.5:8000 CA_CERT=ca.pem AUTH_KEY=auth/supernode-0 DATA_PATH=fed/client-0 \
+#   python -m fl_vmix.deploy keygen client-0/client.key        # once, on this host: the owner's key
+#   python -m fl_vmix.deploy auth-keys --out auth --n 1         # once: send auth/supernode-0.pub to the operator
+#   SUPERLINK=10.0.0.5:8000 CA_CERT=ca.pem AUTH_KEY=auth/supernode-0 DATA_PATH=client-0 \
 #     CLIENTAPPIO_PORT=9094 scripts/deploy/start_supernode.sh [more flower-supernode flags]
 #
-# SUPERLINK        the SuperLink's HOST:PORT, as named in its certificate.
-# CA_CERT          ca.pem from `python -m fl_vmix.deploy certs` (verifies the SuperLink).
-# AUTH_KEY         this node's private key from `python -m fl_vmix.deploy auth-keys` (its .pub must be
-#                  registered: scripts/deploy/register_supernodes.sh).
-# DATA_PATH        this node's folder from `python -m fl_vmix.deploy export` (client-<i>: data.npz, meta.json).
-# KEY_FILE         its VisualMixer key (default DATA_PATH/client.key). The server never sees it: it is read
-#                  from the node config by the ClientApp, not from the run config.
+# SUPERLINK        the gateway's HOST:PORT (start_gateway.sh's LISTEN), as named in the SuperLink certificate.
+# CA_CERT          ca.pem from the operator (verifies the SuperLink).
+# AUTH_KEY         this node's private key from `python -m fl_vmix.deploy auth-keys`, created on this host (the
+#                  operator gets only its .pub and registers it: scripts/deploy/register_supernodes.sh).
+# DATA_PATH        this node's folder from the operator's `python -m fl_vmix.deploy export` (data.npz, meta.json).
+# KEY_FILE         its VisualMixer key (default DATA_PATH/client.key), created on this host with `python -m
+#                  fl_vmix.deploy keygen`; no one else has it. The ClientApp reads it from the node config, never
+#                  from the run config. The ClientApp is code the operator submits and runs with this script's
+#                  rights, so it could read the key: see "Who can do what" in the README.
+# TRUSTED_ENTITIES optional YAML file of Ed25519 keys ({fpk_id: 'ssh-ed25519 ...'}) for flower-supernode
+#                  --trusted-entities: the node then runs only apps whose Flower Hub review is signed by one of
+#                  them and refuses every other (an app sent with `flwr run .`, as fl_vmix is, carries no signature).
 # CLIENTAPPIO_PORT the SuperNode's local port for its ClientApp processes (default 9094); every SuperNode
 #                  on the same host needs its own.
 # ACTIVATION_WAIT_S how long to retry when the SuperLink refuses to activate the node (default 150 s):
@@ -33,6 +40,11 @@ AUTH_KEY=${AUTH_KEY:?set AUTH_KEY to this SuperNode private key (python -m fl_vm
 DATA_PATH=${DATA_PATH:?set DATA_PATH to this node client-<i> folder (python -m fl_vmix.deploy export)}
 KEY_FILE=${KEY_FILE:-$DATA_PATH/client.key}
 CLIENTAPPIO_PORT=${CLIENTAPPIO_PORT:-9094}
+trust=()
+if [[ -n "${TRUSTED_ENTITIES:-}" ]]; then
+  [[ -f "$TRUSTED_ENTITIES" ]] || die "TRUSTED_ENTITIES=$TRUSTED_ENTITIES does not exist: give a YAML file {fpk_id: 'ssh-ed25519 ...'} or unset it"
+  trust=(--trusted-entities "$TRUSTED_ENTITIES")
+fi
 
 node_config=$("$PYTHON" -m fl_vmix.deploy check-node --data-path "$DATA_PATH" --key-file "$KEY_FILE" \
   --auth-key "$AUTH_KEY" --ca-cert "$CA_CERT" --superlink "$SUPERLINK" --print-node-config) || exit 2
@@ -62,7 +74,7 @@ while true; do
   exec {out}> >(watch_output)
   watcher=$!
   flower-supernode --root-certificates "$CA_CERT" --superlink "$SUPERLINK" --auth-supernode-private-key "$AUTH_KEY" \
-    --port "$CLIENTAPPIO_PORT" --node-config "$node_config" "$@" >&"$out" 2>&1 &
+    --port "$CLIENTAPPIO_PORT" --node-config "$node_config" "${trust[@]}" "$@" >&"$out" 2>&1 &
   child=$!
   exec {out}>&-
   wait "$child"; status=$?
