@@ -397,3 +397,22 @@ def test_expired_certificates_stop_the_superlink_script(tmp_path):
     assert done.returncode == 2 and "expired" in done.stderr and "python -m fl_vmix.deploy certs" in done.stderr, (
         done.stderr
     )
+
+
+def test_superlink_script_refuses_to_expose_the_control_api(tmp_path):
+    """HOST=0.0.0.0 would put Flower's unauthenticated Control API on the network: refused before anything starts."""
+    from fl_vmix.deploy.local import SCRIPTS
+
+    certs = write_certificates(tmp_path / "certs")
+    env = {
+        **os.environ,
+        "CERT_DIR": str(certs.ca_cert.parent),
+        "HOST": "0.0.0.0",
+        "PORT": str(free_port()),
+        "PYTHON": sys.executable,
+    }
+    env.pop("EXPOSE_CONTROL_API", None)
+    done = subprocess.run(
+        ["bash", str(SCRIPTS / "start_superlink.sh")], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and "Control API" in done.stderr and "start_gateway.sh" in done.stderr, done.stderr
