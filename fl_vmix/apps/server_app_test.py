@@ -311,6 +311,22 @@ def test_central_dp_noise_cannot_be_regenerated_from_what_the_server_and_clients
     assert (load_checkpoint(tmp_path).rng["numpy"] is not None) == reproducible
 
 
+def test_secret_noise_leaves_everything_else_reproducible(tiny_experiment, tmp_path):
+    """Two runs of one experiment with secret central-DP noise: every client's round-1 update (data, batch order,
+    dropout: all from the public seed) is the same bit for bit; only the noise, hence the released model, differs.
+    With DP-SGD (secret noise on the clients) the server still samples the same nodes every round."""
+    central = tiny_experiment("privacy=central_dp", "num_rounds=1", "fraction_evaluate=0")
+    first, second = run(central, tmp_path / "a"), run(central, tmp_path / "b")
+    for a, b in zip(first.train(1), second.train(1), strict=True):
+        assert a.partition == b.partition and np.array_equal(flat(reply_weights(a)), flat(reply_weights(b)))
+    assert not np.array_equal(flat(final_weights(tmp_path / "a")), flat(final_weights(tmp_path / "b")))
+    dp_sgd = tiny_experiment("privacy=dp_sgd", "num_clients=3", "fraction_train=0.67", "num_rounds=2",
+                             "fraction_evaluate=0")  # fmt: skip
+    first, second = run(dp_sgd, tmp_path / "c"), run(dp_sgd, tmp_path / "d")
+    sampled = [[e.partition for e in grid.train(r)] for grid in (first, second) for r in (1, 2)]
+    assert sampled[:2] == sampled[2:] and all(len(s) == 2 for s in sampled), sampled
+
+
 def test_an_evaluate_failure_counts_in_the_rounds_failures_and_the_summary(tiny_experiment, tmp_path, monkeypatch):
     real = training_client.LocalClient.evaluate
 
