@@ -28,7 +28,7 @@ from fl_vmix.apps.federation import federation_nodes, fit_to_federation, ordered
 from fl_vmix.apps.keys import KEY_ORIGINS, run_warnings
 from fl_vmix.apps.strategy import RecordingStrategy, build_strategy
 from fl_vmix.checks import check_experiment
-from fl_vmix.experiment import ConfigError, Experiment, experiment_from_run_config
+from fl_vmix.experiment import ConfigError, Experiment, experiment_from_run_config, from_recorded
 from fl_vmix.factory import initial_model
 from fl_vmix.recording import RunCheckpoint, RunRecorder, load_checkpoint, restore_rng
 from fl_vmix.training.device import set_threads
@@ -53,7 +53,7 @@ def recorded_config(experiment: Experiment, out: Path) -> dict[str, object]:
 def resume_checkpoint(experiment: Experiment, out: Path) -> RunCheckpoint:
     """The checkpoint of the run ``resume`` names, checked against the experiment that continues it."""
     checkpoint = load_checkpoint(out)
-    recorded = Experiment.from_dict(checkpoint.config)
+    recorded = from_recorded(checkpoint.config)  # a checkpoint written before a setting existed gets its default
     if experiment.num_clients != recorded.num_clients:
         raise ConfigError(
             f"resume={out}: the run had {recorded.num_clients} clients and this federation has "

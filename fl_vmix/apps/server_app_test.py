@@ -381,3 +381,17 @@ def test_no_message_and_no_run_file_carries_a_clients_key(tiny_experiment, tmp_p
 
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["warnings"] == ([DERIVED_KEYS_WARNING] if keys == "derived" else [])
+
+
+def test_a_checkpoint_written_before_reproducible_noise_existed_still_resumes(tiny_experiment, tmp_path):
+    from dataclasses import replace
+
+    from fl_vmix.recording import load_checkpoint, save_checkpoint
+
+    experiment = tiny_experiment("num_rounds=1", "fraction_evaluate=0", "privacy=none")
+    run(experiment, tmp_path)
+    checkpoint = load_checkpoint(tmp_path)
+    old = {k: v for k, v in checkpoint.config.items() if k != "reproducible_noise"}
+    save_checkpoint(tmp_path, replace(checkpoint, config=old))
+    resumed = experiment.replace(output_dir=str(tmp_path), resume=str(tmp_path), num_rounds=2)
+    assert server_app.resume_checkpoint(resumed, tmp_path).round == 1
