@@ -52,8 +52,6 @@ KEY_ORIGINS = {
     "random": "random key files per simulated node ($FL_VMIX_KEY_DIR)",
     "node": "each SuperNode's key file",
 }
-
-
 NODE_POLICY_KEY = "simulation-keys"  # a node's own opt-in to a simulation key (node config)
 SIMULATED_NODE_CONFIG = frozenset({"partition-id", "num-partitions"})  # all Flower's simulation gives a node
 DERIVED_KEYS_WARNING = (
@@ -61,14 +59,12 @@ DERIVED_KEYS_WARNING = (
     "can derive every client's key and undo what the key protects, so this run is not a privacy result; rerun with "
     "engine.simulation_keys=random or on the Deployment Engine"
 )
-
 REPRODUCIBLE_NOISE_WARNING = (
     "DP noise reproducible (reproducible_noise=true): central DP's noise comes from the public seed and DP-SGD's noise "
     "and sampling from each client's key and the seed, so the DP guarantee does not hold against anyone who knows the "
     "seed (every client receives it) and, for DP-SGD, the client's key; rerun with reproducible_noise=false for a "
     "privacy result"
 )
-DP_METHODS = ("central_dp", "dp_sgd", "dp_pix", "pixel_dp_gaussian", "pixel_dp_laplace")
 NOISE_FROM_ENTROPY = ("central_dp", "dp_sgd")  # methods whose noise comes from OS entropy unless reproducible_noise
 
 
