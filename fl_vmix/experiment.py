@@ -400,6 +400,9 @@ class Experiment:
     checkpoint_every: int  # save a resumable checkpoint every this many rounds (and after the last)
     resume: str | None  # a run folder to continue from its checkpoint (python -m fl_vmix resume=<dir>)
     tensorboard: bool  # also log every round's metrics to <run>/tensorboard (pip install 'fl-vmix[tensorboard]')
+    # DP noise (central DP's, DP-SGD's noise and sampling) reproducible from the seed (and the client's key) instead
+    # of drawn from OS entropy: reruns match, but the DP guarantee no longer holds against anyone who knows the seed.
+    reproducible_noise: bool
     dataset: DatasetSettings
     partition: PartitionSettings
     model: ModelSettings
@@ -432,6 +435,7 @@ class Experiment:
             checkpoint_every=g.integer("checkpoint_every", 1),
             resume=g.optional_text("resume"),
             tensorboard=g.flag("tensorboard"),
+            reproducible_noise=g.flag("reproducible_noise"),
             dataset=DatasetSettings.parse(raw["dataset"]),
             partition=PartitionSettings.parse(raw["partition"]),
             model=ModelSettings.parse(raw["model"]),

@@ -79,8 +79,9 @@ def build_optimizer(experiment: Experiment, params: Iterable[nn.Parameter]) -> t
 def build_privacy(privacy: PrivacySettings, key: bytes | None, run: int = 0) -> PrivacyMethod:
     """The client's privacy method, keyed by the client's secret.
 
-    Keyed methods take the key itself: VisualMixer's permutations, the noise of the image-DP methods and
-    DP-SGD's noise and sampling all come from the client's keyed PRF, so they are secret to the client.
+    Keyed methods take the key itself: VisualMixer's permutations and the noise of the image-DP methods come
+    from the client's keyed PRF, so they are secret to the client (DP-SGD's noise and sampling come from OS
+    entropy unless the experiment asks for ``reproducible_noise``, see :func:`trainer_for`).
     Noise methods also take ``run`` (the run's seed) so that two runs never share noise. ``key=None``
     (the server, for a training-level method) builds methods that need no secret; a keyed method then
     says where keys come from.
@@ -121,9 +122,10 @@ def client_data(experiment: Experiment, node_config: Mapping[str, Any]) -> Clien
     return subsample(data, dataset.data_fraction, experiment.seed)
 
 
-def trainer_for(method: PrivacyMethod) -> Trainer:
-    """DP-SGD clients train with Opacus; every other method trains plainly on its protected images."""
-    return DPSGDTrainer(method) if isinstance(method, DPSGD) else plain_trainer
+def trainer_for(method: PrivacyMethod, reproducible_noise: bool = False) -> Trainer:
+    """DP-SGD clients train with Opacus (noise from OS entropy unless ``reproducible_noise``); every other
+    method trains plainly on its protected images."""
+    return DPSGDTrainer(method, reproducible_noise) if isinstance(method, DPSGD) else plain_trainer
 
 
 def compute_for(experiment: Experiment) -> Compute:
@@ -147,5 +149,5 @@ def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalC
         make_model=lambda classes, channels, size: build_model(experiment, classes, channels, size),
         make_optimizer=lambda params: build_optimizer(experiment, params),
         settings=settings,
-        trainer=trainer_for(method),
+        trainer=trainer_for(method, experiment.reproducible_noise),
     )

@@ -381,33 +381,39 @@ def load_checkpoint(folder: Path) -> RunCheckpoint:
     return RunCheckpoint.from_payload(payload)
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(numpy: bool = True) -> dict[str, Any]:
     """The server's random states: Python's (Flower samples nodes with it), NumPy's (Flower's central DP
-    noise) and torch's, CPU and CUDA."""
+    noise) and torch's, CPU and CUDA. ``numpy=False`` leaves NumPy's out (``None``): a secretly seeded noise
+    generator must not reach a file (Mersenne Twister's state also gives back every earlier draw)."""
     import numpy as np
     import torch
 
     version, internal, gauss = random.getstate()
-    numpy_state = np.random.get_state(legacy=False)
-    assert isinstance(numpy_state, dict)  # legacy=False always gives the dict form
-    numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+    numpy_json = None
+    if numpy:
+        numpy_state = np.random.get_state(legacy=False)
+        assert isinstance(numpy_state, dict)  # legacy=False always gives the dict form
+        numpy_state["state"] = {**numpy_state["state"], "key": numpy_state["state"]["key"].tolist()}
+        numpy_json = json.dumps(numpy_state)
     return {
         "python": [version, list(internal), gauss],
-        "numpy": json.dumps(numpy_state),
+        "numpy": numpy_json,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def restore_rng(state: dict[str, Any]) -> None:
+    """Put :func:`rng_state`'s states back (NumPy's only where it was saved)."""
     import numpy as np
     import torch
 
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
-    numpy_state = json.loads(state["numpy"])
-    numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
-    np.random.set_state(numpy_state)
+    if state["numpy"] is not None:
+        numpy_state = json.loads(state["numpy"])
+        numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])

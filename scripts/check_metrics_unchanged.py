@@ -34,9 +34,13 @@ def write_keys(folder: Path, count: int) -> None:
 
 
 def key_file_overrides(source: Path) -> list[str]:
-    """Versions with derived simulation keys read the key files only when asked to."""
+    """Versions with derived simulation keys read the key files only when asked to; versions that draw DP noise
+    from OS entropy reproduce it only when asked to."""
     engine = source / "fl_vmix" / "conf" / "engine" / "simulation.yaml"
-    return ["engine.simulation_keys=random"] if "simulation_keys" in engine.read_text() else []
+    overrides = ["engine.simulation_keys=random"] if "simulation_keys" in engine.read_text() else []
+    if "reproducible_noise" in (source / "fl_vmix" / "conf" / "config.yaml").read_text():
+        overrides.append("reproducible_noise=true")
+    return overrides
 
 
 def run(source: Path, out: Path, overrides: list[str], env: dict[str, str]) -> None:

@@ -103,7 +103,7 @@ def test_an_extended_killed_and_resumed_run_ends_as_an_uninterrupted_run(env, tm
     the same final weights. FedAvgM's server momentum and DP-SGD's accountant are state that a resume must
     carry: losing either gives other weights or a smaller epsilon. (Each Flower launch costs about a
     minute, so one run covers extending, killing and resuming.)"""
-    settings = [*SMALL, "strategy=fedavgm", "privacy=dp_sgd"]
+    settings = [*SMALL, "strategy=fedavgm", "privacy=dp_sgd", "reproducible_noise=true"]  # else fresh noise each run
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     fl_vmix([*settings, "num_rounds=5", f"output_dir={uninterrupted}"], env)
     fl_vmix([*settings, "num_rounds=2", f"output_dir={resumed}"], env)

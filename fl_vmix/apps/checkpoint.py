@@ -93,8 +93,11 @@ class Checkpointer:
         run_uid: str,
         config: dict[str, Any],
         resumed_at: tuple[int, ...] = (),
+        numpy_rng: bool = True,
     ) -> None:
+        """``numpy_rng=False``: the checkpoint leaves out NumPy's state (central DP's secret noise generator)."""
         self.folder, self.every, self.last_round = folder, every, last_round
+        self.numpy_rng = numpy_rng
         self.strategy, self.recorder, self.run_uid, self.config = strategy, recorder, run_uid, config
         self.resumed_at = resumed_at
         self.pending: RunCheckpoint | None = None
@@ -107,7 +110,7 @@ class Checkpointer:
             arrays=dict(arrays.to_torch_state_dict()),
             strategy=strategy_state(self.strategy),
             records=self.recorder.records(server_round),
-            rng=rng_state(),
+            rng=rng_state(self.numpy_rng),
             run_uid=self.run_uid,
             elapsed_s=self.recorder.elapsed_s(),
             config=self.config,

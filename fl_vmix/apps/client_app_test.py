@@ -191,6 +191,50 @@ def test_missing_key_file_is_reported_with_the_fix(experiment, tmp_path):
         client_app.app(msg, context(experiment, node_config=node_config))
 
 
+def test_the_run_config_never_chooses_a_supernodes_key(tiny_experiment, tmp_path, monkeypatch):
+    """A SuperNode without a key file refuses, whatever engine.simulation_keys the server sends; only the node's
+    own config opts it into a simulation key. Simulated nodes (Flower gives them partition-id and num-partitions
+    only) still follow the experiment."""
+    monkeypatch.setenv("FL_VMIX_KEY_DIR", str(tmp_path / "keys"))
+    experiment = tiny_experiment("engine.simulation_keys=derived")
+    data = client_data(experiment, {"partition-id": 1, "num-partitions": 2})
+    folder = export_client(data, tmp_path / "client-1")
+    supernode = {"data-path": str(folder), "partition-id": 1, "num-partitions": 2}
+    msg, _ = train_message(experiment)
+    with pytest.raises(NodeKeyError, match=r"no key of its own.*keygen.*key-file=.*does not choose"):
+        client_app.app(msg, context(experiment, node_config=supernode))
+    with pytest.raises(NodeKeyError, match="no key of its own"):
+        node_key(supernode, experiment.seed, "derived")
+    with pytest.raises(NodeKeyError, match="no key of its own"):
+        node_key({"data-path": str(folder)}, experiment.seed, "random")
+    # The node's own opt-in: its simulation key, whatever the server says.
+    assert node_key({**supernode, "simulation-keys": "derived"}, 0, "random") == derived_simulation_key(0, 1)
+    random_key = node_key({**supernode, "simulation-keys": "random"}, 0, "derived")
+    assert random_key != derived_simulation_key(0, 1) and (tmp_path / "keys" / "node-1.key").read_bytes() == random_key
+    with pytest.raises(NodeKeyError, match="simulation-keys='yes' is invalid"):
+        node_key({**supernode, "simulation-keys": "yes"})
+    # A simulated node: the experiment chooses.
+    assert node_key({"partition-id": 1, "num-partitions": 2}, 0, "derived") == derived_simulation_key(0, 1)
+
+
+def test_key_folders_are_private_and_key_files_exactly_one_key(tmp_path, monkeypatch):
+    monkeypatch.setenv("FL_VMIX_KEY_DIR", str(tmp_path / "keys"))
+    old = os.umask(0o022)
+    try:
+        node_key({"partition-id": 0, "num-partitions": 2}, 0, "random")
+        create_key_file(tmp_path / "deploy" / "client-0" / "client.key")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "keys").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "deploy" / "client-0").stat().st_mode & 0o777 == 0o700
+    assert (tmp_path / "keys" / "node-0.key").stat().st_mode & 0o777 == 0o600
+    for size in (16, 31, 33, 64):
+        path = tmp_path / f"short-{size}.key"
+        path.write_bytes(bytes(range(size)))
+        with pytest.raises(NodeKeyError, match=f"holds {size} bytes, not the 32 .*keygen"):
+            node_key({"key-file": str(path)})
+
+
 @pytest.mark.parametrize("bias", [1.5, -1.5])
 def test_evaluate_reports_loss_accuracy_and_examples(experiment, bias):
     # Closed form: with the last layer's weights at zero the logits are its bias (0, b, 0) for every image, so

@@ -8,8 +8,10 @@ The methods themselves (:mod:`fl_vmix.privacy.training_level`) and the DP-SGD lo
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Callable
 
+import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MessageType
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.serverapp.strategy import Strategy
@@ -51,6 +53,20 @@ def wrap_central_dp(strategy: Strategy, method: CentralDP, num_clients: int) -> 
     return DifferentialPrivacyClientSideFixedClipping(
         strategy, method.noise_multiplier, method.clipping_norm, num_clients, accountant=accountant
     )
+
+
+def seed_central_dp_noise(seed: int | None) -> None:
+    """Seed NumPy's global RNG, which Flower's DP wrapper draws central DP's noise from.
+
+    ``None`` (the default of every run): 256 bits of OS entropy, so that nobody who knows the run's seed
+    (every client receives it) can regenerate the noise and subtract it from the released model. An integer
+    (``reproducible_noise=true``) makes the noise a function of that public seed: reruns match, but the
+    guarantee then holds only against those who do not know the seed.
+    """
+    if seed is None:
+        np.random.seed(np.frombuffer(secrets.token_bytes(32), dtype=np.uint32))
+    else:
+        np.random.seed(seed)
 
 
 def load_accountant_history(context: Context) -> AccountantHistory:

@@ -17,18 +17,18 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fl_vmix.apps.central import CentralEvaluator
 from fl_vmix.apps.checkpoint import Checkpointer, load_strategy_state
 from fl_vmix.apps.client_state import RUN_UID_KEY, STATE_DIR_KEY
+from fl_vmix.apps.dp import seed_central_dp_noise
 from fl_vmix.apps.federation import federation_nodes, fit_to_federation, ordered_grid
-from fl_vmix.apps.keys import KEY_ORIGINS
+from fl_vmix.apps.keys import KEY_ORIGINS, run_warnings
 from fl_vmix.apps.strategy import RecordingStrategy, build_strategy
 from fl_vmix.checks import check_experiment
-from fl_vmix.experiment import ConfigError, Experiment, experiment_from_run_config
+from fl_vmix.experiment import ConfigError, Experiment, experiment_from_run_config, from_recorded
 from fl_vmix.factory import initial_model
 from fl_vmix.recording import RunCheckpoint, RunRecorder, load_checkpoint, restore_rng
 from fl_vmix.training.device import set_threads
@@ -53,7 +53,7 @@ def recorded_config(experiment: Experiment, out: Path) -> dict[str, object]:
 def resume_checkpoint(experiment: Experiment, out: Path) -> RunCheckpoint:
     """The checkpoint of the run ``resume`` names, checked against the experiment that continues it."""
     checkpoint = load_checkpoint(out)
-    recorded = Experiment.from_dict(checkpoint.config)
+    recorded = from_recorded(checkpoint.config)  # a checkpoint written before a setting existed gets its default
     if experiment.num_clients != recorded.num_clients:
         raise ConfigError(
             f"resume={out}: the run had {recorded.num_clients} clients and this federation has "
@@ -94,15 +94,18 @@ def main(grid: Grid, context: Context) -> None:
     experiment = fit_to_federation(experiment, len(nodes))
     # After fitting: a resumed run needs as many nodes as it had (each holds its partition of that many).
     resume = resume_checkpoint(experiment, output_dir_for(experiment)) if experiment.resume else None
-    random.seed(experiment.seed)  # Flower samples nodes with the random module
-    np.random.seed(experiment.seed)  # and draws central DP's noise from NumPy's global RNG
+    random.seed(experiment.seed)  # Flower samples nodes with the random module: public and reproducible
+    # Flower draws central DP's noise from NumPy's global RNG: secret unless the experiment opts out.
+    seed_central_dp_noise(experiment.seed if experiment.reproducible_noise else None)
     out = output_dir_for(experiment)
     run_uid = resume.run_uid if resume else uuid.uuid4().hex
     resumed_at = (*resume.resumed_at, resume.round) if resume else ()
     cfg = recorded_config(experiment, out)
     origin = "node" if experiment.engine.name == "deployment" else experiment.engine.simulation_keys or "random"
+    warnings = run_warnings(experiment)  # randomness anyone who knows the seed can regenerate
     info = {
-        "keys": KEY_ORIGINS[origin],  # issue 14: DP guarantees against the server need secret keys
+        "keys": KEY_ORIGINS[origin],  # DP guarantees against the server need secret keys
+        "warnings": warnings,
         "run_uid": run_uid,
         "resumed_at_rounds": list(resumed_at),
     }
@@ -115,6 +118,8 @@ def main(grid: Grid, context: Context) -> None:
         tensorboard=experiment.tensorboard,
     )
     logger.info("fl_vmix run writing to %s%s", out, f" (resuming after round {resume.round})" if resume else "")
+    for warning in warnings:
+        logger.warning(warning)
     model = initial_model(experiment)
     strategy = RecordingStrategy(build_strategy(experiment), recorder, experiment.min_success_fraction)
     arrays = ArrayRecord(model.state_dict())
@@ -123,7 +128,15 @@ def main(grid: Grid, context: Context) -> None:
         arrays = ArrayRecord(dict(resume.arrays))
     central = CentralEvaluator(experiment, model) if experiment.central_eval else None
     checkpointer = Checkpointer(
-        out, experiment.checkpoint_every, experiment.num_rounds, strategy, recorder, run_uid, cfg, resumed_at
+        out,
+        experiment.checkpoint_every,
+        experiment.num_rounds,
+        strategy,
+        recorder,
+        run_uid,
+        cfg,
+        resumed_at,
+        numpy_rng=experiment.reproducible_noise,
     )
     sampling_grid = ordered_grid(grid, experiment, nodes)
     latest = {"arrays": arrays}
@@ -141,6 +154,8 @@ def main(grid: Grid, context: Context) -> None:
         train_config[STATE_DIR_KEY] = str(out / "client_state")  # clients share this machine (client_state.py)
     if resume is not None:
         restore_rng(resume.rng)  # last: building the model and the strategy above drew from torch's RNG
+        if not experiment.reproducible_noise:
+            seed_central_dp_noise(None)  # the checkpoint kept no noise state: fresh secret noise from here on
     try:
         result = strategy.start(
             grid=sampling_grid,

@@ -5,6 +5,7 @@ from what the grid saw cross the wire: the global weights sent, the clients' rep
 from __future__ import annotations
 
 import base64
+import csv
 import json
 import math
 import time
@@ -268,6 +269,84 @@ def test_central_dp_clips_every_update_and_adds_noise_of_the_configured_scale(ti
         assert record["server_dp"]["releases"] == record["round"] and record["server_dp"]["delta"] == 1e-4
 
 
+@pytest.mark.parametrize("reproducible", [False, True], ids=["secret", "reproducible"])
+def test_central_dp_noise_cannot_be_regenerated_from_what_the_server_and_clients_know(
+    tiny_experiment, tmp_path, reproducible
+):
+    """An attacker with config.json (every client receives the seed), the released models and the clipped updates
+    regenerates the noise as the ServerApp seeded it and subtracts it. Closed form: with secret noise what remains
+    is the difference of two independent draws, of norm sqrt(2) * sigma * C / n * sqrt(d); with the seed it is the
+    float32 rounding of the weights. ``reproducible_noise=true`` is that opt-in, and the run says so."""
+    from fl_vmix.apps.keys import REPRODUCIBLE_NOISE_WARNING
+    from fl_vmix.recording import load_checkpoint
+
+    sigma, clip, n = 0.5, 0.05, 2
+    experiment = tiny_experiment(
+        "privacy=central_dp", f"privacy.noise_multiplier={sigma}", f"privacy.clipping_norm={clip}", "num_rounds=2",
+        "fraction_evaluate=0", f"reproducible_noise={str(reproducible).lower()}",
+    )  # fmt: skip
+    grid = run(experiment, tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    np.random.seed(config["seed"])  # what a reader of config.json can do
+    released = [flat(sent_weights(grid.train(r)[0])) for r in (1, 2)] + [flat(final_weights(tmp_path))]
+    std = sigma * clip / n
+    for server_round in (1, 2):
+        sent = grid.train(server_round)[0].sent.content.array_records["arrays"]
+        guess = {
+            k: np.random.normal(0, std, v.shape).astype(v.dtype)  # in Flower's order: the arrays' own
+            for k, v in zip(sent.keys(), sent.to_numpy_ndarrays(), strict=True)
+        }
+        update_mean = np.mean([flat(reply_weights(e)) for e in grid.train(server_round)], axis=0)
+        residual = released[server_round] - flat({k: v.astype(np.float64) for k, v in guess.items()}) - update_mean
+        d = residual.size
+        if reproducible:
+            assert np.linalg.norm(residual) < 1e-2 * clip / n, "the seed gives the noise back: the mean update is bare"
+        else:
+            expected = math.sqrt(2) * std * math.sqrt(d)
+            assert np.linalg.norm(residual) == pytest.approx(expected, rel=0.05), "the noise stays secret"
+            assert np.linalg.norm(residual) > 100 * clip, "what remains hides every clipped update"
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warnings"] == ([REPRODUCIBLE_NOISE_WARNING] if reproducible else [])
+    # The checkpoint keeps the secret generator's state out (a Mersenne Twister state also gives back past draws).
+    assert (load_checkpoint(tmp_path).rng["numpy"] is not None) == reproducible
+
+
+def test_secret_noise_leaves_everything_else_reproducible(tiny_experiment, tmp_path):
+    """Two runs of one experiment with secret central-DP noise: every client's round-1 update (data, batch order,
+    dropout: all from the public seed) is the same bit for bit; only the noise, hence the released model, differs.
+    With DP-SGD (secret noise on the clients) the server still samples the same nodes every round."""
+    central = tiny_experiment("privacy=central_dp", "num_rounds=1", "fraction_evaluate=0")
+    first, second = run(central, tmp_path / "a"), run(central, tmp_path / "b")
+    for a, b in zip(first.train(1), second.train(1), strict=True):
+        assert a.partition == b.partition and np.array_equal(flat(reply_weights(a)), flat(reply_weights(b)))
+    assert not np.array_equal(flat(final_weights(tmp_path / "a")), flat(final_weights(tmp_path / "b")))
+    dp_sgd = tiny_experiment("privacy=dp_sgd", "num_clients=3", "fraction_train=0.67", "num_rounds=2",
+                             "fraction_evaluate=0")  # fmt: skip
+    first, second = run(dp_sgd, tmp_path / "c"), run(dp_sgd, tmp_path / "d")
+    sampled = [[e.partition for e in grid.train(r)] for grid in (first, second) for r in (1, 2)]
+    assert sampled[:2] == sampled[2:] and all(len(s) == 2 for s in sampled), sampled
+
+
+def test_an_evaluate_failure_counts_in_the_rounds_failures_and_the_summary(tiny_experiment, tmp_path, monkeypatch):
+    real = training_client.LocalClient.evaluate
+
+    def fail_on_partition_1(self, weights):  # type: ignore[no-untyped-def]
+        if self.partition_id == 1:
+            raise RuntimeError("injected evaluate failure")
+        return real(self, weights)
+
+    monkeypatch.setattr(training_client.LocalClient, "evaluate", fail_on_partition_1)
+    run(tiny_experiment("num_rounds=2", "min_success_fraction=0.5", "privacy=none"), tmp_path)
+    records = [r for r in json.loads((tmp_path / "metrics.json").read_text()) if r["round"] > 0]
+    assert [(r["train_failed"], r["eval_ok"], r["eval_failed"]) for r in records] == [(0, 1, 1)] * 2
+    assert all("evaluate failure" in " ".join(r["failures"]) for r in records)
+    with (tmp_path / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if int(row["round"]) > 0]
+    assert [int(row["clients_failed"]) for row in rows] == [1, 1]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["client_failures"] == 2
+
+
 # ------------------------------------------------------------------------------------------------------- keys
 def _encodings(key: bytes) -> list[bytes]:
     return [key, key.hex().encode(), key.hex().upper().encode(), base64.b64encode(key), base64.b64encode(key)[:-1]]
@@ -297,3 +376,22 @@ def test_no_message_and_no_run_file_carries_a_clients_key(tiny_experiment, tmp_p
     for key in client_keys:
         for encoding in _encodings(key):
             assert not any(encoding in blob for blob in wire), "a client's key crossed the wire or reached a file"
+    # A run whose keys anyone with config.json can derive says so in summary.json (and the console shows it).
+    from fl_vmix.apps.keys import DERIVED_KEYS_WARNING
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warnings"] == ([DERIVED_KEYS_WARNING] if keys == "derived" else [])
+
+
+def test_a_checkpoint_written_before_reproducible_noise_existed_still_resumes(tiny_experiment, tmp_path):
+    from dataclasses import replace
+
+    from fl_vmix.recording import load_checkpoint, save_checkpoint
+
+    experiment = tiny_experiment("num_rounds=1", "fraction_evaluate=0", "privacy=none")
+    run(experiment, tmp_path)
+    checkpoint = load_checkpoint(tmp_path)
+    old = {k: v for k, v in checkpoint.config.items() if k != "reproducible_noise"}
+    save_checkpoint(tmp_path, replace(checkpoint, config=old))
+    resumed = experiment.replace(output_dir=str(tmp_path), resume=str(tmp_path), num_rounds=2)
+    assert server_app.resume_checkpoint(resumed, tmp_path).round == 1

@@ -164,3 +164,36 @@ def test_the_strategy_settings_the_experiment_accepts_are_those_of_flowers_class
         assert set(inspect.signature(cls).parameters) - base == set(STRATEGY_PARAMS[name]), name
     fedavgm = build_strategy(compose(["strategy=fedavgm", "strategy.server_momentum=0.5"]))
     assert fedavgm.server_momentum == 0.5 and fedavgm.server_learning_rate == 1.0  # type: ignore[attr-defined]
+
+
+class TwoNodes:
+    """The one thing FedAvg's configure_train asks of a grid: which nodes are there."""
+
+    def get_node_ids(self) -> list[int]:
+        return [10, 11]
+
+
+def test_central_dp_as_the_app_builds_it_averages_clients_of_unequal_size_uniformly(monkeypatch):
+    """Flower's accountant counts one client's data as sensitivity C/n: the mean must weigh every client equally,
+    whatever its partition size. Oracle: the plain mean of the (unclipped: norm < C) replies plus the noise Flower
+    draws from NumPy's global RNG, regenerated here from the same seed."""
+    sigma, clip = 1.0, 10.0
+    strategy = build_strategy(
+        compose(["privacy=central_dp", "num_clients=2", f"privacy.noise_multiplier={sigma}",
+                 f"privacy.clipping_norm={clip}"])
+    )  # fmt: skip
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):  # what Flower's ServerApp runtime sets: messages come from it
+        monkeypatch.setattr(TaskIdentity, name, 1)
+    start = ArrayRecord({"w": torch.zeros(3)})
+    configured = list(strategy.configure_train(1, start, ConfigRecord({}), TwoNodes()))  # type: ignore[arg-type]
+    assert sorted(m.metadata.dst_node_id for m in configured) == [10, 11]
+    replies = [reply(0, 1.0, 300, node_id=10), reply(1, 0.0, 100, node_id=11)]  # 3:1 in examples
+    np.random.seed(1234)
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    np.random.seed(1234)
+    noise = np.random.normal(0, sigma * clip / 2, 3).astype(np.float32)
+    mean = arrays["w"].numpy() - noise
+    np.testing.assert_allclose(mean, [0.5] * 3, atol=1e-5)  # weighted by examples it would be 0.75

@@ -82,7 +82,11 @@ def check_node(
     except NodeKeyError as err:
         problems.append(str(err))
     if key and os.name == "posix" and key_file.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        warnings.append(f"key file {key_file} is readable by other users: chmod 600 {key_file}")
+        # Another user of this host could copy the key and undo the node's protection: not a node to start.
+        problems.append(
+            f"key file {key_file} is open to other users (mode {stat.S_IMODE(key_file.stat().st_mode):o}): "
+            f"chmod 600 {key_file}"
+        )
     if auth_key is not None:
         from fl_vmix.deploy.auth import AuthKeyError, check_auth_key
 

@@ -52,10 +52,22 @@ def test_every_problem_is_listed_with_its_fix(tmp_path: Path) -> None:
         check_node(tmp_path / "empty", tmp_path / "no.key")
 
 
-def test_readable_key_is_a_warning(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_key_other_users_can_read_is_refused(tmp_path: Path, mode: int) -> None:
     folder = _client_folder(tmp_path / "c")
-    (folder / "client.key").chmod(0o644)
-    assert "chmod 600" in check_node(folder, folder / "client.key").warnings[0]
+    (folder / "client.key").chmod(mode)
+    with pytest.raises(NodeSetupError, match=rf"client.key is open to other users \(mode {mode:o}\): chmod 600"):
+        check_node(folder, folder / "client.key")
+    (folder / "client.key").chmod(0o600)
+    assert check_node(folder, folder / "client.key").warnings == ()
+
+
+@pytest.mark.parametrize("size", [0, 16, 31, 33, 44])
+def test_a_key_file_of_the_wrong_length_is_refused(tmp_path: Path, size: int) -> None:
+    folder = _client_folder(tmp_path / "c")
+    (folder / "client.key").write_bytes(b"k" * size)  # 44: a base64 text of a key, not the key
+    with pytest.raises(NodeSetupError, match=rf"holds {size} bytes, not the 32 random bytes.*keygen"):
+        check_node(folder, folder / "client.key")
 
 
 def test_flower_parses_the_node_config(tmp_path: Path) -> None:

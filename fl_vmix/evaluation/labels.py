@@ -29,6 +29,7 @@ RUN_ONLY = (
     "checkpoint_every",
     "resume",
     "tensorboard",
+    "reproducible_noise",  # how the noise is drawn, not its distribution (the guarantee text says which)
 )
 _CHOICE_SUFFIXES = (".name", ".scheme")  # shown as the Hydra choice: optimizer=sgd, partition=dirichlet
 

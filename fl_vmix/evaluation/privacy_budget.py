@@ -11,18 +11,23 @@ gives:
 * for central DP the replace-one epsilon (one client's data replaced: twice the add/remove sensitivity
   of the fixed-divisor mean) and for both training-level methods a PLD epsilon from Google's
   ``dp_accounting`` beside the run's RDP one (tighter; RDP is what the runs report);
-* ``guarantee``: one sentence on what is protected against whom in this run (with derived simulation
-  keys the server can regenerate DP-SGD's noise, so it holds against third parties only);
-* ``leaks``: every metric the clients sent that the accountant does not cover, and why.
+* ``guarantee``: one sentence on what is protected against whom in this run. Two things weaken it and
+  are said in every row they apply to: derived simulation keys (anyone with ``config.json`` derives
+  every key, so nothing a key protects is secret) and ``reproducible_noise=true`` (central DP's noise
+  from the public seed, DP-SGD's from the key and the seed). Configs recorded before that setting
+  existed drew their noise that way, so they count as reproducible;
+* ``leaks``: every metric the clients sent that the accountant (for methods without DP: the protected
+  images) does not cover, and why; with derived keys also the keys themselves.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+from fl_vmix.apps.keys import DERIVED_KEYS_WARNING, rests_on_key
 from fl_vmix.experiment import Experiment
 from fl_vmix.factory import build_privacy, dataset_shape
 from fl_vmix.privacy.training_level import DPSGD, CentralDP
@@ -58,6 +63,9 @@ _REASONS: dict[str, dict[str, str]] = {
         "train_time_s": _TIMING,
     },
 }
+# Methods without DP: what attacks cannot see in the protected images. SSIM and PSNR compare them with the clear ones.
+_REASONS["obfuscation"] = {k: v for k, v in _REASONS["image"].items() if k in ("ssim", "psnr")}
+_DERIVED_KEYS_LEAK = "client keys (derivable from config.json's seed: engine.simulation_keys=derived)"
 _REASONS["central_dp"] = {
     **_REASONS["dp_sgd"],
     "update": "the clipped model update itself: the server adds the noise after it has seen it",
@@ -128,24 +136,43 @@ def _sent(rounds: Iterable[Mapping[str, Any]]) -> tuple[set[str], list[int]]:
     return keys, list(sizes.values())
 
 
-def _leaks(kind: str, sent: set[str]) -> str:
+def _leaks(kind: str, sent: set[str], public_keys: bool = False) -> str:
     reasons = _REASONS[kind]
     # Every client also sends its model update; only central DP lists it (its server sees it before the noise).
     keys = sorted(k for k in sent | {"update"} if k in reasons)
-    return "; ".join(f"{k} ({reasons[k]})" for k in keys)
+    return "; ".join([f"{k} ({reasons[k]})" for k in keys] + ([_DERIVED_KEYS_LEAK] if public_keys else []))
+
+
+def _budget(
+    experiment: Experiment, rounds_recorded: list[Mapping[str, Any]], raw_config: Mapping[str, Any]
+) -> PrivacyBudget:
+    """The budget with the keys' and the noise's caveats added to its guarantee and leaks."""
+    engine = raw_config.get("engine", {})  # configs recorded before the engine group: the simulation
+    simulated = engine.get("name", "simulation") == "simulation"
+    reproducible = bool(raw_config.get("reproducible_noise", True))  # older runs drew their noise from the seed
+    method = experiment.privacy.method
+    derived = simulated and engine.get("simulation_keys") == "derived"
+    public_keys = derived and rests_on_key(method, reproducible)
+    budget = _method_budget(experiment, rounds_recorded, reproducible, public_keys)
+    if not public_keys:
+        return budget
+    return replace(budget, guarantee=f"{budget.guarantee}; {DERIVED_KEYS_WARNING}")
 
 
 def privacy_budget(
     experiment: Experiment, rounds_recorded: list[Mapping[str, Any]], raw_config: Mapping[str, Any]
 ) -> PrivacyBudget:
     """The budget of one finished run: its experiment, its ``metrics.json`` rounds and its recorded config."""
+    return _budget(experiment, rounds_recorded, raw_config)
+
+
+def _method_budget(
+    experiment: Experiment, rounds_recorded: list[Mapping[str, Any]], reproducible: bool, public_keys: bool
+) -> PrivacyBudget:
     method = experiment.privacy.method
     nan = math.nan
     sent, sizes = _sent(rounds_recorded)
     rounds = sum(1 for r in rounds_recorded if int(r["round"]) > 0)
-    engine = raw_config.get("engine", {})  # configs recorded before the engine group: the simulation
-    simulated = engine.get("name", "simulation") == "simulation"
-    public_keys = simulated and engine.get("simulation_keys") == "derived"
     if method in IMAGE_DP:
         protected = build_privacy(experiment.privacy, ACCOUNTING_KEY)
         _, channels, side = dataset_shape(experiment)
@@ -157,9 +184,8 @@ def privacy_budget(
             f"{pixel:.4g}; a whole image: {image:.4g}), against anyone who sees the protected images or anything "
             "computed from them, the server included, while the client's key stays secret"
         )
-        if public_keys:
-            guarantee += "; in this run the simulation keys derive from the public seed, so the noise is not secret"
-        return PrivacyBudget(protected.epsilon_unit or "", pixel, image, nan, nan, guarantee, _leaks("image", sent))
+        leaks = _leaks("image", sent, public_keys)
+        return PrivacyBudget(protected.epsilon_unit or "", pixel, image, nan, nan, guarantee, leaks)
     if method == DPSGD.name:
         dp_sgd = build_privacy(experiment.privacy, ACCOUNTING_KEY)  # its noise and delta, defaults included
         assert isinstance(dp_sgd, DPSGD)
@@ -167,23 +193,39 @@ def privacy_budget(
             sizes, experiment.batch_size, rounds, experiment.local_epochs, dp_sgd.noise_multiplier
         )
         pld = max((_pld_epsilon(events, dp_sgd.delta) for events in per_client), default=nan)
-        against = (
-            "third parties only: this simulation derives client keys from the public seed, so the server can "
-            "regenerate the noise and sampling (use engine.simulation_keys=random or the Deployment Engine)"
-            if public_keys
-            else "the server and everyone downstream, since the noise and sampling come from the secret node keys"
-        )
+        if not reproducible:
+            against = "the server and everyone downstream: each client draws its noise and sampling from OS entropy"
+        elif public_keys:
+            against = (
+                "third parties only: reproducible_noise=true draws the noise and sampling from the client's key, which "
+                "this simulation derives from the public seed, so the server can regenerate them (use "
+                "reproducible_noise=false, engine.simulation_keys=random or the Deployment Engine)"
+            )
+        else:
+            against = (
+                "the server and everyone downstream, since the noise and sampling come from the secret node keys "
+                "(reproducible_noise=true: each key holder can regenerate its own)"
+            )
         guarantee = (
             f"example-level DP for each client's training data (the largest client's epsilon), against {against}"
         )
-        return PrivacyBudget(DPSGD.epsilon_unit, nan, nan, nan, pld, guarantee, _leaks("dp_sgd", sent))
+        return PrivacyBudget(DPSGD.epsilon_unit, nan, nan, nan, pld, guarantee, _leaks("dp_sgd", sent, public_keys))
     if method == CentralDP.name:
         central = build_privacy(experiment.privacy, None)
         assert isinstance(central, CentralDP)
         pld, replace_one = central_dp_epsilons(central.noise_multiplier, max(rounds, 1), central.delta)
+        against = (
+            "only those who know neither the seed nor the updates: reproducible_noise=true draws the server's noise "
+            "from the run's public seed, which every client receives, so any of them can subtract it from the released "
+            "models (and the server sees every clipped update before the noise)"
+            if reproducible
+            else "anyone but the server, which sees every clipped update before the noise and draws the noise from OS "
+            "entropy"
+        )
         guarantee = (
-            "client-level DP (add or remove one client's data) for the released global models, against anyone but "
-            f"the server, which sees every clipped update before the noise (replace-one neighbours: {replace_one:.4g})"
+            "client-level DP (add or remove one client's data) for the released global models, against "
+            f"{against} (replace-one neighbours: {replace_one:.4g})"
         )
         return PrivacyBudget(CentralDP.epsilon_unit, nan, nan, replace_one, pld, guarantee, _leaks("central_dp", sent))
-    return PrivacyBudget("", nan, nan, nan, nan, "no DP guarantee: privacy is graded by attacks", "")
+    leaks = "" if method == "none" else _leaks("obfuscation", sent, public_keys)
+    return PrivacyBudget("", nan, nan, nan, nan, "no DP guarantee: privacy is graded by attacks", leaks)

@@ -7,6 +7,7 @@ import math
 import pytest
 from opacus.accountants import RDPAccountant
 
+from fl_vmix.apps.keys import DERIVED_KEYS_WARNING
 from fl_vmix.evaluation.privacy_budget import central_dp_epsilons, dp_sgd_events, privacy_budget
 from fl_vmix.experiment import compose
 
@@ -63,12 +64,42 @@ def test_dp_sgd_events_reproduce_opacus_and_pld_is_reported(tiny_experiment):
     assert all(math.isnan(e) for e in (budget.epsilon_pixel, budget.epsilon_image, budget.epsilon_replace_one))
 
 
-def test_derived_simulation_keys_void_the_guarantee_against_the_server(tiny_experiment):
-    experiment = tiny_experiment("privacy=dp_sgd")
-    config = experiment.to_dict()
-    config["engine"] = {**config["engine"], "name": "simulation", "simulation_keys": "derived"}
-    budget = privacy_budget(experiment, rounds(1, {0: 50}), config)
-    assert "third parties only" in budget.guarantee and "simulation_keys=random" in budget.guarantee
+def test_derived_simulation_keys_void_dp_sgds_guarantee_only_with_reproducible_noise(tiny_experiment):
+    experiment = tiny_experiment("privacy=dp_sgd", "engine.simulation_keys=derived", "reproducible_noise=true")
+    budget = privacy_budget(experiment, rounds(1, {0: 50}), experiment.to_dict())
+    assert "third parties only" in budget.guarantee and "reproducible_noise=false" in budget.guarantee
+    assert budget.guarantee.endswith(DERIVED_KEYS_WARNING) and budget.leaks.endswith("simulation_keys=derived)")
+    # By default the noise and sampling come from OS entropy: the key does not matter to DP-SGD.
+    secret = tiny_experiment("privacy=dp_sgd", "engine.simulation_keys=derived")
+    budget = privacy_budget(secret, rounds(1, {0: 50}), secret.to_dict())
+    assert "against the server and everyone downstream: each client draws its noise and sampling from OS entropy" in (
+        budget.guarantee
+    )
+    assert DERIVED_KEYS_WARNING not in budget.guarantee and "client keys" not in budget.leaks
+
+
+def test_reproducible_central_dp_noise_is_said_to_hold_against_no_one_who_knows_the_seed(tiny_experiment):
+    for flag, says in (("true", "reproducible_noise=true draws the server's noise from the run's public seed"),
+                       ("false", "anyone but the server, which sees every clipped update before the noise and draws "
+                                 "the noise from OS entropy")):  # fmt: skip
+        experiment = tiny_experiment("privacy=central_dp", f"reproducible_noise={flag}")
+        assert says in privacy_budget(experiment, rounds(2, {0: 10}), experiment.to_dict()).guarantee
+    # A config recorded before the setting existed: its noise came from the seed.
+    old = {k: v for k, v in experiment.to_dict().items() if k != "reproducible_noise"}
+    assert "public seed" in privacy_budget(experiment, rounds(2, {0: 10}), old).guarantee
+
+
+@pytest.mark.parametrize("method", ["visualmixer", "block_shuffle", "pixel_dp_laplace", "dp_pix"])
+def test_every_keyed_row_says_its_keys_are_derived_from_the_seed(tiny_experiment, method):
+    derived = tiny_experiment(f"privacy={method}", "engine.simulation_keys=derived")
+    budget = privacy_budget(derived, rounds(1, {0: 10}), derived.to_dict())
+    assert budget.guarantee.endswith("; " + DERIVED_KEYS_WARNING)
+    assert "anyone with the run's config.json can derive every client's key" in budget.guarantee
+    assert budget.leaks.endswith("client keys (derivable from config.json's seed: engine.simulation_keys=derived)")
+    for secret in (tiny_experiment(f"privacy={method}", "engine.simulation_keys=random"),
+                   tiny_experiment(f"privacy={method}", "engine=deployment")):  # fmt: skip
+        budget = privacy_budget(secret, rounds(1, {0: 10}), secret.to_dict())
+        assert "derive" not in budget.guarantee and "client keys" not in budget.leaks
 
 
 @pytest.mark.parametrize(("noise", "add_remove_rdp", "replace_one"), [(0.5, 41.65, 111.4), (0.1, 534.86, 1840.0)])
@@ -85,10 +116,15 @@ def test_central_dp_replace_one_and_pld(tiny_experiment, noise, add_remove_rdp, 
 
 
 def test_methods_without_dp_have_no_unit(tiny_experiment):
-    for overrides in (("privacy=none",), ("privacy=visualmixer",), ("privacy=gaussian_blur",)):
+    similarity = (
+        "psnr (compares the protected training images with the clear ones); "
+        "ssim (compares the protected training images with the clear ones)"
+    )
+    for overrides, leaks in ((("privacy=none",), ""), (("privacy=visualmixer", "engine.simulation_keys=random"),
+                             similarity), (("privacy=gaussian_blur",), similarity)):  # fmt: skip
         experiment = tiny_experiment(*overrides)
         budget = privacy_budget(experiment, rounds(1, {0: 10}), experiment.to_dict())
-        assert budget.epsilon_unit == "" and budget.leaks == ""
+        assert budget.epsilon_unit == "" and budget.leaks == leaks
         assert budget.guarantee == "no DP guarantee: privacy is graded by attacks"
         epsilons = (budget.epsilon_pixel, budget.epsilon_image, budget.epsilon_replace_one, budget.epsilon_pld)
         assert all(math.isnan(e) for e in epsilons), epsilons
@@ -189,11 +225,9 @@ def test_public_simulation_keys_are_said_for_image_dp():
     config = experiment.to_dict()
     config["engine"] = {**config["engine"], "name": "simulation", "simulation_keys": "derived"}
     budget = privacy_budget(experiment, rounds(1, {0: 10}), config)
-    assert budget.guarantee.endswith(
-        "; in this run the simulation keys derive from the public seed, so the noise is not secret"
-    )
+    assert budget.guarantee.endswith("; " + DERIVED_KEYS_WARNING)
     deployed = {**config, "engine": {**config["engine"], "name": "deployment"}}
-    assert "not secret" not in privacy_budget(experiment, rounds(1, {0: 10}), deployed).guarantee
+    assert DERIVED_KEYS_WARNING not in privacy_budget(experiment, rounds(1, {0: 10}), deployed).guarantee
 
 
 def test_leaks_list_exactly_the_metrics_sent_outside_the_accountant(tiny_experiment):
@@ -226,7 +260,8 @@ def test_a_run_without_training_rounds_is_charged_one_release(tiny_experiment):
 
 def test_configs_recorded_without_engine_settings_are_simulations_with_secret_keys(tiny_experiment):
     experiment = tiny_experiment("privacy=dp_sgd")
-    config = {k: v for k, v in experiment.to_dict().items() if k != "engine"}
+    # Recorded before engine settings and reproducible_noise: DP-SGD's noise came from the key.
+    config = {k: v for k, v in experiment.to_dict().items() if k not in ("engine", "reproducible_noise")}
     budget = privacy_budget(experiment, rounds(1, {0: 50}), config)
     assert "the server and everyone downstream" in budget.guarantee
     derived = privacy_budget(experiment, rounds(1, {0: 50}), {**config, "engine": {"simulation_keys": "derived"}})

@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from fl_vmix.apps.keys import DERIVED_KEYS_WARNING
 from fl_vmix.data import load_dataset
 from fl_vmix.evaluation.frontier_report import PLOT as FRONTIER_PLOT
 from fl_vmix.evaluation.frontier_report import plot_front, section
@@ -473,6 +474,9 @@ def write_report(rows: list[dict[str, Any]], out: Path, experiment: str, notes: 
     ]
     if notes:
         lines += [notes, ""]
+    public = sorted({r["label"] for r in rows if DERIVED_KEYS_WARNING in r["guarantee"]})
+    if public:  # said before any number: these rows' privacy figures hold against no one who has config.json
+        lines += [f"**Warning ({', '.join(public)}):** {DERIVED_KEYS_WARNING}.", ""]
     lines += [
         "| setting | params | seeds | accuracy | loss (pp) | VFE | VFE ref | SSIM | PSNR | epsilon (unit) | time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",

@@ -204,3 +204,22 @@ def test_a_runs_epsilon_is_its_largest_clients(tiny_experiment, tmp_path):
     rows = collect_rows(find_runs([tmp_path / "runs"]))
     by_method = {r["method"]: r for r in rows}
     assert by_method["dp_sgd"]["epsilon"] == pytest.approx(5.0)
+
+
+def test_rows_with_derived_keys_say_so_in_their_guarantee_leaks_and_the_report(tiny_experiment, tmp_path):
+    from fl_vmix.apps.keys import DERIVED_KEYS_WARNING
+
+    runs = tmp_path / "runs"
+    finished_run(runs / "clear", tiny_experiment("privacy=none"), 0.5, 1.0, 1.0)
+    finished_run(runs / "derived", tiny_experiment("engine.simulation_keys=derived"), 0.4, 3.0, 0.2)
+    finished_run(runs / "secret", tiny_experiment("engine.simulation_keys=random", "seed=1"), 0.4, 3.0, 0.2)
+    assert main(["collect", "--experiment", "keys", "--out", str(tmp_path / "results"), str(runs)]) == 0
+    out = tmp_path / "results" / "keys"
+    with (out / "results.csv").open() as handle:
+        rows = {Path(r["run_dir"]).name: r for r in csv.DictReader(handle)}
+    assert rows["derived"]["guarantee"].endswith(DERIVED_KEYS_WARNING)
+    assert "client keys (derivable from config.json's seed" in rows["derived"]["leaks"]
+    assert "ssim (compares the protected training images with the clear ones)" in rows["derived"]["leaks"]
+    for name in ("secret", "clear"):
+        assert DERIVED_KEYS_WARNING not in rows[name]["guarantee"] and "client keys" not in rows[name]["leaks"]
+    assert f"{DERIVED_KEYS_WARNING}." in (out / "report.md").read_text()

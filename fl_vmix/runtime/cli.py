@@ -26,6 +26,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -64,9 +65,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("client failures", str(summary.get("client_failures"))),
         ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
         ("outputs", str(cfg.get("output_dir"))),
+        ("client keys", str(summary.get("keys"))),
     ]
     for name, value in rows:
         table.add_row(name, value)
+    for warning in summary.get("warnings", []):  # randomness anyone who knows the seed can regenerate
+        table.add_row("[bold red]warning[/]", f"[bold red]{escape(warning)}[/]")
     return table
 
 

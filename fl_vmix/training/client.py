@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping
@@ -85,9 +86,19 @@ def plain_trainer(
     return metrics, None
 
 
+def entropy_seeds() -> tuple[int, int]:
+    """(sampling seed, noise seed) from OS entropy: nobody, the key holder included, can regenerate them."""
+    return secrets.randbits(64), secrets.randbits(64)
+
+
 @dataclass(frozen=True)
 class DPSGDTrainer:
+    """DP-SGD with Opacus. Its Poisson sampling and noise are what the guarantee rests on: by default they come
+    from OS entropy (a run with derived simulation keys has a public key, so a key-seeded draw would be public
+    too); ``reproducible`` draws them from the client's keyed PRF under the run's seed, so a rerun matches."""
+
     method: DPSGD
+    reproducible: bool = False
 
     def __call__(
         self, model: nn.Module, split: ObfuscatedSplit, optimizer: torch.optim.Optimizer, job: LocalTraining
@@ -98,7 +109,8 @@ class DPSGDTrainer:
             # float32, whatever the device setting says. Evaluation still runs on the device.
             _warn_once(f"DP-SGD trains on the CPU (CPU batches and noise generator), not on {job.compute.device}")
             model.to("cpu")  # in place: the optimiser keeps the same parameters
-        sampling_seed, noise_seed = self.method.secret_seeds(job.seed)  # secret: only the key holder has them
+        # Secret from the server either way; reproducible ones only as secret as the client's key.
+        sampling_seed, noise_seed = self.method.secret_seeds(job.seed) if self.reproducible else entropy_seeds()
         result = train_dp_sgd(
             model, normalise(split.images), split.labels, optimizer, self.method, job.accountant_history,
             epochs=job.epochs, batch_size=job.batch_size, sampling_seed=sampling_seed, noise_seed=noise_seed,

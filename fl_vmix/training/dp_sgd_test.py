@@ -140,10 +140,28 @@ def _update(key: bytes, experiment, data):
     return torch.cat([(trained[k].float() - weights[k].float()).flatten() for k in weights])
 
 
-def test_noise_and_sampling_are_secret_to_the_server_and_reproducible_for_the_key_holder(tiny_experiment):
+def test_by_default_noise_and_sampling_come_from_os_entropy_not_from_the_key_or_the_seed(tiny_experiment):
+    """A simulation's derived key is public: whoever has it (and config.json) computes every seed the client could
+    derive and retrains its round. Without reproducible_noise nothing that key or seed gives regenerates it."""
+    from fl_vmix.apps.keys import derived_simulation_key
     from fl_vmix.factory import client_data
 
     experiment = tiny_experiment("privacy=dp_sgd", "privacy.noise_multiplier=1.0")
+    assert not experiment.reproducible_noise, "secret noise is the default"
+    data = client_data(experiment, {"partition-id": 0, "num-partitions": 2})
+    key = derived_simulation_key(experiment.seed, 0)
+    first, second = _update(key, experiment, data), _update(key, experiment, data)
+    assert not torch.equal(first, second), "the same client, round and weights: fresh noise and sampling"
+    regenerated = _update(key, experiment.replace(reproducible_noise=True), data)  # every seed the key gives
+    assert not torch.equal(first, regenerated) and not torch.equal(second, regenerated)
+    # The noise dominates the difference: the two releases differ by about the noise's own size, not by rounding.
+    assert float((first - second).norm()) > 0.1 * float(first.norm())
+
+
+def test_noise_and_sampling_are_secret_to_the_server_and_reproducible_for_the_key_holder(tiny_experiment):
+    from fl_vmix.factory import client_data
+
+    experiment = tiny_experiment("privacy=dp_sgd", "privacy.noise_multiplier=1.0", "reproducible_noise=true")
     data = client_data(experiment, {"partition-id": 0, "num-partitions": 2})
     mine = _update(KEY, experiment, data)
     assert torch.equal(mine, _update(KEY, experiment, data)), "the key holder reproduces its round"
