@@ -102,8 +102,8 @@ def simulation_key_dir() -> Path:
 def read_key_file(path: Path) -> bytes:
     if not path.is_file():
         raise NodeKeyError(
-            f"key file {path} does not exist: create one with `python -m fl_vmix.deploy keygen {path}` "
-            "(or export the client's folder with `python -m fl_vmix.deploy export`), then restart the SuperNode"
+            f"key file {path} does not exist: create one on this host with `python -m fl_vmix.deploy keygen {path}` "
+            "(the data owner's own key: the operator never makes or sees it), then restart the SuperNode"
         )
     key = path.read_bytes()
     if len(key) != KEY_BYTES:
