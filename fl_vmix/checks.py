@@ -47,10 +47,10 @@ def check_experiment(experiment: Experiment, check_data: bool | None = None) -> 
 
 def check_settings(experiment: Experiment) -> None:
     """Settings that cannot work together, wherever the run executes."""
-    if experiment.amp != "off" and experiment.privacy.method == DPSGD.name:
+    if experiment.amp not in ("off", "auto") and experiment.privacy.method == DPSGD.name:
         raise ConfigError(
             f"amp={experiment.amp} with privacy=dp_sgd: Opacus clips per-sample gradients in float32, so DP-SGD "
-            "does not run in mixed precision: set amp=off"
+            "does not run in mixed precision: set amp=off (or amp=auto, which is fp32 for DP-SGD)"
         )
     if experiment.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(

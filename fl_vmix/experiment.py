@@ -41,7 +41,7 @@ DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods w
 SECRET_PARAMS = ("key",)  # a keyed method's secret comes from its node, never from the config
 INJECTED_PARAMS = (*SECRET_PARAMS, "run")  # filled in by the client: its key, and the run's seed
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-AMP_MODES = ("off", "bf16", "fp16")
+AMP_MODES = ("auto", "off", "bf16", "fp16")
 SIMULATION_KEYS = ("derived", "random")
 # Settings `python -m fl_vmix resume=<run dir>` may change: where and how the rest of the run executes,
 # and how many rounds it has. Everything else (amp included: it changes results) continues as recorded.
@@ -377,7 +377,7 @@ def _amp(g: _Group) -> str:
     if value is False:  # YAML and Hydra read a bare `off` as false
         return "off"
     if value not in AMP_MODES:
-        raise ConfigError(f"amp={value!r} is invalid: use off, bf16 or fp16 (fp16 needs a CUDA device)")
+        raise ConfigError(f"amp={value!r} is invalid: use auto, off, bf16 or fp16 (fp16 needs a CUDA device)")
     return str(value)
 
 
@@ -396,7 +396,7 @@ class Experiment:
     central_eval: bool
     output_dir: str | None
     device: str  # auto (CUDA when the process sees a GPU, else CPU), cpu, cuda, cuda:N
-    amp: str  # mixed precision of training and evaluation: off, bf16, fp16 (fp16: CUDA only)
+    amp: str  # mixed precision of training and evaluation: auto, off, bf16, fp16 (fp16: CUDA only)
     checkpoint_every: int  # save a resumable checkpoint every this many rounds (and after the last)
     resume: str | None  # a run folder to continue from its checkpoint (python -m fl_vmix resume=<dir>)
     tensorboard: bool  # also log every round's metrics to <run>/tensorboard (pip install 'fl-vmix[tensorboard]')

@@ -107,7 +107,7 @@ def test_faults_name_partitions_and_rounds():
         (lambda c: c["engine"].update(connection="x"), "unknown setting.*engine.connection"),
         (lambda c: c["dataset"].update(root="???"), "dataset.root is required for dataset 'cifar10'"),
         (lambda c: c.update(device="gpu"), "device='gpu' is invalid: use auto, cpu, cuda or cuda:N"),
-        (lambda c: c.update(amp="fp8"), "amp='fp8' is invalid: use off, bf16 or fp16"),
+        (lambda c: c.update(amp="fp8"), "amp='fp8' is invalid: use auto, off, bf16 or fp16"),
         (lambda c: c.update(checkpoint_every=0), "checkpoint_every=0 is invalid: set checkpoint_every to an integer"),
         (lambda c: c["engine"].update(simulation_keys="fixed"), "unknown engine.simulation_keys 'fixed': choose"),
         (lambda c: c["engine"].update(num_gpus_per_client=-1), "engine.num_gpus_per_client=-1 is invalid"),

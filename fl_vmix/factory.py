@@ -129,8 +129,9 @@ def trainer_for(method: PrivacyMethod, reproducible_noise: bool = False) -> Trai
 
 
 def compute_for(experiment: Experiment) -> Compute:
-    """The experiment's device and precision as this process resolves them (DeviceError if it cannot)."""
-    return Compute.of(experiment.device, experiment.amp)
+    """The experiment's device and precision as this process resolves them (DeviceError if it cannot).
+    DP-SGD stays in fp32 (Opacus clips per-sample gradients in float32), so ``amp=auto`` means off there."""
+    return Compute.of(experiment.device, experiment.amp, fp32_only=experiment.privacy.method == DPSGD.name)
 
 
 def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalClient:

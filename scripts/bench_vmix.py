@@ -178,8 +178,8 @@ def main() -> None:
         record(args.record, results, load_at_start)
 
 
-def record(release: str, results: dict[str, float | str], load_at_start: float) -> None:
-    """Append one run to the results file (a new column set starts a new header: refuse, name the fix)."""
+def record(release: str, results: dict[str, float | str], load_at_start: float, path: Path = RECORD) -> None:
+    """Append one run to the results file ``path`` (new columns: refuse, name the fix)."""
     import fl_vmix
     from fl_vmix.evaluation.attack_grade.grade import commit
 
@@ -192,21 +192,21 @@ def record(release: str, results: dict[str, float | str], load_at_start: float) 
         "load_at_start": round(load_at_start, 2),
         **{k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()},
     }
-    RECORD.parent.mkdir(parents=True, exist_ok=True)
-    exists = RECORD.is_file() and RECORD.stat().st_size > 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exists = path.is_file() and path.stat().st_size > 0
     if exists:
-        with RECORD.open() as handle:
+        with path.open() as handle:
             fields = next(csv.reader(handle))
         if set(row) - set(fields):
-            raise SystemExit(f"{RECORD} has no columns {sorted(set(row) - set(fields))}: add them to its header")
+            raise SystemExit(f"{path} has no columns {sorted(set(row) - set(fields))}: add them to its header")
     else:
         fields = list(row)
-    with RECORD.open("a", newline="") as handle:
+    with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, restval="")
         if not exists:
             writer.writeheader()
         writer.writerow(row)
-    print(f"recorded in {RECORD}")
+    print(f"recorded in {path}")
 
 
 if __name__ == "__main__":

@@ -166,13 +166,18 @@ def _bench_value(value: float) -> str:
 
 
 def render_bench(path: Path) -> list[str]:
-    """Per release and hardware (in order of appearance; figures compare only on the same hardware), each
-    measure's median over its runs with the range; the targets judged on the latest column's median."""
+    """Per hardware, its latest release only (figures compare only on the same hardware; earlier releases and
+    runs whose hardware was not recorded stay in the results file): each measure's median over that release's
+    runs with the range; the targets judged on the last column's median."""
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
+    # the first runs wrote "not recorded, N cores" where the hardware was not known
+    rows = [row for row in rows if row.get("hardware") and not row["hardware"].startswith("not recorded")]
+    latest_release = {row["hardware"]: row["release"] for row in rows}
     releases: dict[tuple[str, str], list[dict[str, str]]] = {}
     for row in rows:
-        releases.setdefault((row["release"], row.get("hardware") or "hardware not recorded"), []).append(row)
+        if latest_release[row["hardware"]] == row["release"]:
+            releases.setdefault((row["release"], row["hardware"]), []).append(row)
     names = list(releases)
     header = [f"{name} — {where} ({len(releases[name, where])} run{'s' * (len(releases[name, where]) > 1)})"
               for name, where in names]  # fmt: skip

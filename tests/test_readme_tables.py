@@ -126,20 +126,32 @@ def test_speed_figures_show_each_releases_median_and_range_against_the_targets(t
     text = table_from(
         tmp_path,
         "bench_vmix",
-        "release,date,commit,load_at_start,device,threads,gather_32_img_per_s,vmix_32_img_per_s,"
+        "release,date,commit,load_at_start,device,hardware,threads,gather_32_img_per_s,vmix_32_img_per_s,"
         "vmix_fixed_32_over_gather,vmix_224_s_per_batch\n"
-        "old,2026-12-01,a,0.4,cpu,2,200000,9000,9.0,0.75\n"
-        "new,2026-12-02,b,0.1,cpu,2,300000,40000,3.0,0.3\n"
-        "new,2026-12-02,b,0.1,cpu,2,100000,60000,5.0,0.2\n"
-        "new,2026-12-02,b,0.1,cpu,2,250000,52000,4.5,\n",
+        "new,2026-12-02,b,0.1,cpu,cpu A,2,300000,40000,3.0,0.3\n"
+        "new,2026-12-02,b,0.1,cpu,cpu A,2,100000,60000,5.0,0.2\n"
+        "new,2026-12-02,b,0.1,cpu,cpu A,2,250000,52000,4.5,\n",
     )
-    header = "| measure | old — hardware not recorded (1 run) | new — hardware not recorded (3 runs) |"
-    assert header + " target | met (latest) |" in text
-    assert "torch.gather`, 512 x 3x32x32 (img/s) | 200,000 | 250,000 (100,000-300,000) |  |  |" in text
-    assert "synthetic (img/s) | 9,000 | 52,000 (40,000-60,000) | ≥ 50,000 | yes |" in text
-    assert "| the same, as a multiple of the floor | 9 | 4.5 (3-5) | ≤ 4 | NO |" in text
-    assert "s | 0.75 | 0.25 (0.2-0.3) | ≤ 0.5 | yes |" in text, "a run without the measure is left out"
-    assert "real CIFAR-10 test images (img/s) | – | – |  |  |" in text
+    assert "| measure | new — cpu A (3 runs) | target | met (latest) |" in text
+    assert "torch.gather`, 512 x 3x32x32 (img/s) | 250,000 (100,000-300,000) |  |  |" in text
+    assert "synthetic (img/s) | 52,000 (40,000-60,000) | ≥ 50,000 | yes |" in text
+    assert "| the same, as a multiple of the floor | 4.5 (3-5) | ≤ 4 | NO |" in text
+    assert "s | 0.25 (0.2-0.3) | ≤ 0.5 | yes |" in text, "a run without the measure is left out"
+    assert "real CIFAR-10 test images (img/s) | – |  |  |" in text
+
+
+def test_speed_table_keeps_only_each_machines_latest_release(tmp_path):
+    """History stays in the results file: an earlier release on the same machine, and runs whose hardware
+    was not recorded, are not in the README's table; a machine whose latest release is older keeps its column."""
+    text = table_from(
+        tmp_path,
+        "bench_vmix",
+        "release,hardware,vmix_32_img_per_s\n"
+        'r0,,10000\nr0,"not recorded, 2 cores",20000\n'
+        "r1,cpu A,30000\nr1,cpu B,70000\nr2,cpu A,40000\nr2,cpu A,42000\n",
+    )
+    assert "| measure | r1 — cpu B (1 run) | r2 — cpu A (2 runs) | target | met (latest) |" in text
+    assert "synthetic (img/s) | 70,000 | 41,000 (40,000-42,000) | ≥ 50,000 | NO |" in text
 
 
 def test_one_release_on_two_machines_makes_two_columns(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -9,7 +12,7 @@ from torch import nn
 from fl_vmix.apps.keys import derived_simulation_key
 from fl_vmix.checks import check_experiment
 from fl_vmix.experiment import ConfigError
-from fl_vmix.factory import build_privacy, client_data, initial_model, local_client
+from fl_vmix.factory import build_privacy, client_data, compute_for, initial_model, local_client
 from fl_vmix.training import device as device_module
 from fl_vmix.training.device import CPU, Compute, DeviceError, check_amp, resolve_device, set_threads
 from fl_vmix.training.loops import evaluate_model, train_epochs
@@ -42,6 +45,40 @@ def test_fp16_needs_cuda_and_bf16_runs_anywhere():
     assert Compute.of("cpu").grad_scaler() is None
 
 
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or not Path("/proc/cpuinfo").is_file(), reason="x86 Linux: /proc/cpuinfo flags"
+)
+def test_native_bf16_on_the_cpu_agrees_with_the_kernels_cpu_flags():
+    # Independent oracle: the kernel's own list of instruction-set extensions.
+    flags = _cpu_flags()
+    assert device_module.native_bf16(torch.device("cpu")) == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+@pytest.mark.parametrize(
+    ("native", "fp32_only", "expected"), [(True, False, "bf16"), (False, False, "off"), (True, True, "off")]
+)
+def test_auto_is_bf16_only_where_native_and_the_trainer_allows_it(monkeypatch, native, fp32_only, expected):
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: native)
+    compute = Compute.of("cpu", "auto", fp32_only=fp32_only)
+    assert compute.amp == expected
+    assert Compute.of("cpu", "off").amp == "off" and Compute.of("cpu", "bf16", fp32_only=fp32_only).amp == "bf16"
+
+
+def test_auto_keeps_dp_sgd_in_fp32_on_bf16_hardware(tiny_experiment, monkeypatch):
+    monkeypatch.setattr(device_module, "native_bf16", lambda device: True)  # as on a CPU with AMX
+    assert compute_for(tiny_experiment("amp=auto")).amp == "bf16"
+    dp = tiny_experiment("amp=auto", "privacy=dp_sgd")
+    assert compute_for(dp).amp == "off"
+    check_experiment(dp)  # auto is allowed with DP-SGD (it means fp32 there); bf16 is refused (below)
+
+
 def test_a_simulation_asking_for_cuda_stops_before_any_round(tiny_experiment, no_cuda):
     with pytest.raises(DeviceError, match="sees no CUDA GPU"):
         check_experiment(tiny_experiment("device=cuda", "engine.num_gpus_per_client=0.5"))
@@ -49,7 +86,7 @@ def test_a_simulation_asking_for_cuda_stops_before_any_round(tiny_experiment, no
         check_experiment(tiny_experiment("engine.num_gpus_per_client=0.5"))
     with pytest.raises(DeviceError, match="amp=fp16 needs a CUDA device"):
         check_experiment(tiny_experiment("amp=fp16"))
-    with pytest.raises(ConfigError, match="amp=bf16 with privacy=dp_sgd.*set amp=off"):
+    with pytest.raises(ConfigError, match="amp=bf16 with privacy=dp_sgd.*set amp=off \\(or amp=auto"):
         check_experiment(tiny_experiment("amp=bf16", "privacy=dp_sgd"))
     check_experiment(tiny_experiment("device=cpu", "amp=bf16"))
 
