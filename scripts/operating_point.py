@@ -34,6 +34,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--victims", type=int, default=500)
     parser.add_argument("--public", type=int, default=10000, help="the attacker's public training images")
     parser.add_argument("--attack-epochs", type=int, default=2, help="learned-attack epochs (0: no attack)")
+    parser.add_argument(
+        "--attack-widths", type=int, nargs="+", default=[32, 64, 128], help="the attack network's widths"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("outputs/operating_point"))
@@ -63,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     data = load_grade_data("cifar10", args.root, None, victims=args.victims, public=args.public, seed=args.seed)
-    attack = LearnedAttackConfig(epochs=args.attack_epochs, seed=args.seed) if args.attack_epochs > 0 else None
+    attack = None
+    if args.attack_epochs > 0:
+        attack = LearnedAttackConfig(epochs=args.attack_epochs, widths=tuple(args.attack_widths), seed=args.seed)
     public = torch.from_numpy(data.public_images)
     rows = []
     for setting in (PROTOTYPE, *NATIVE):
