@@ -146,7 +146,10 @@ def test_faults_name_partitions_and_rounds():
             lambda c: c["dataset"].update(image_size=4),
             "dataset.image_size=4 is invalid: set dataset.image_size to an integer >= 8",
         ),
-        (lambda c: c["dataset"].update(augment="mixup"), "unknown dataset.augment 'mixup': choose one of none, crop_flip"),
+        (
+            lambda c: c["dataset"].update(augment="mixup"),
+            "unknown dataset.augment 'mixup': choose one of none, crop_flip",
+        ),
         (
             lambda c: c["optimizer"].update(schedule="step"),
             "unknown optimizer.schedule 'step': choose one of constant, cosine",

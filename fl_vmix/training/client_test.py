@@ -125,7 +125,7 @@ def test_a_cosine_schedule_sets_each_rounds_learning_rate(tiny_experiment):
     params = [torch.nn.Parameter(torch.zeros(1))]
     lrs = [build_optimizer(experiment, params, r).param_groups[0]["lr"] for r in range(1, 5)]
     # cos(pi * (r - 1) / 4) for r = 1..4 is 1, 1/sqrt(2), 0, -1/sqrt(2)
-    half = 0.5 ** 0.5
+    half = 0.5**0.5
     assert lrs == pytest.approx([0.1, 0.05 * (1 + half), 0.05, 0.05 * (1 - half)])
     constant = tiny_experiment("optimizer=sgd", "optimizer.lr=0.1")
     assert build_optimizer(constant, params, 3).param_groups[0]["lr"] == 0.1
