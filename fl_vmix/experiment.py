@@ -27,8 +27,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from fl_vmix.data.transforms import AUGMENTATIONS
 from fl_vmix.models import MODELS
-from fl_vmix.optim import OPTIMIZERS
+from fl_vmix.optim import LR_SCHEDULES, OPTIMIZERS
 from fl_vmix.privacy.methods import PRIVACY_METHODS, method_parameters
 
 RUN_CONFIG_KEY = "experiment"
@@ -161,6 +162,8 @@ class DatasetSettings:
     cache_dir: str | None  # None: $FL_VMIX_CACHE, then ~/.cache/fl_vmix
     data_fraction: float  # share of each client's partition used (train and local test)
     test_fraction: float  # each client's local test split
+    image_size: int | None  # None: the dataset's own size; else clients resize (bilinear) before protecting
+    augment: str  # "none" or "crop_flip": clients augment their clear training images every round
 
     @classmethod
     def parse(cls, raw: Any) -> DatasetSettings:
@@ -175,6 +178,8 @@ class DatasetSettings:
             g.optional_text("cache_dir"),
             g.number("data_fraction", 0.0, 1.0, open_low=True),
             g.number("test_fraction", 0.0, 1.0),
+            g.optional_integer("image_size", 8),
+            g.text("augment", AUGMENTATIONS),
         )
 
 
@@ -209,6 +214,7 @@ class OptimizerSettings:
     lr: float
     weight_decay: float
     extra: Mapping[str, float]  # the optimizer's own settings (momentum, agreement_strength, ...)
+    schedule: str = "constant"  # the learning rate over rounds: constant, or cosine from lr to 0 over num_rounds
 
     @classmethod
     def parse(cls, raw: Any) -> OptimizerSettings:
@@ -217,8 +223,10 @@ class OptimizerSettings:
         value = g.get("lr")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ConfigError(f"optimizer.lr must be > 0, got {value!r}")
-        extra = {k: g.number(k, 0.0) for k in sorted(g.raw) if k not in ("name", "lr", "weight_decay")}
-        return cls(name, float(value), g.number("weight_decay", 0.0), MappingProxyType(extra))
+        own = ("name", "lr", "weight_decay", "schedule")
+        extra = {k: g.number(k, 0.0) for k in sorted(g.raw) if k not in own}
+        schedule = g.text("schedule", LR_SCHEDULES)
+        return cls(name, float(value), g.number("weight_decay", 0.0), MappingProxyType(extra), schedule)
 
 
 @dataclass(frozen=True)
@@ -460,6 +468,7 @@ class Experiment:
                     "name": value.name,
                     "lr": value.lr,
                     "weight_decay": value.weight_decay,
+                    "schedule": value.schedule,
                     **dict(value.extra),
                 }
             elif isinstance(value, EngineSettings):

@@ -142,6 +142,18 @@ def test_faults_name_partitions_and_rounds():
             lambda c: c["strategy"].update(proximal_mu=0.1),
             "strategy.proximal_mu is not a parameter of 'fedavg': use none",
         ),
+        (
+            lambda c: c["dataset"].update(image_size=4),
+            "dataset.image_size=4 is invalid: set dataset.image_size to an integer >= 8",
+        ),
+        (
+            lambda c: c["dataset"].update(augment="mixup"),
+            "unknown dataset.augment 'mixup': choose one of none, crop_flip",
+        ),
+        (
+            lambda c: c["optimizer"].update(schedule="step"),
+            "unknown optimizer.schedule 'step': choose one of constant, cosine",
+        ),
     ],
 )
 def test_bad_settings_are_named_with_the_fix(change, message):
@@ -188,3 +200,18 @@ def test_tensorboard_without_its_package_is_refused_with_the_fix(monkeypatch):
     with pytest.raises(ConfigError, match=r"tensorboard=true needs the tensorboard package.*pip install 'fl-vmix\["):
         check_settings(compose(["tensorboard=true"]))
     check_settings(compose(["tensorboard=false"]))
+
+
+@pytest.mark.parametrize("preset", ["prototype_cifar10", "full_cifar10"])
+def test_the_paper_claim_presets_compose_and_their_clear_baseline_differs_only_in_privacy(preset):
+    protected, clear = compose([f"preset={preset}"]), compose([f"preset={preset}", "privacy=none"])
+    assert clear.privacy.method == "none" and clear.replace(privacy=protected.privacy) == protected
+    assert protected.dataset.data_fraction == 1.0 and protected.optimizer.schedule == "cosine"
+
+
+def test_the_prototype_preset_is_the_authors_protocol():
+    e = compose(["preset=prototype_cifar10"])
+    assert (e.dataset.image_size, e.model.name, e.batch_size, e.num_rounds) == (224, "resnet50", 128, 90)
+    params = dict(e.privacy.params)
+    assert params["region_size"] == 16 and params["block_sizes"] == (2,) and params["target_ratio"] is None
+    assert params["mode"] == "dynamic" and e.optimizer.lr == 0.1 and e.optimizer.extra["momentum"] == 0.9

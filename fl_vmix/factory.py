@@ -20,6 +20,7 @@ from fl_vmix.data.export import load_exported_client
 from fl_vmix.experiment import ConfigError, Experiment, PrivacySettings
 from fl_vmix.models import build_model as build_registered_model
 from fl_vmix.optim import build_optimizer as build_registered_optimizer
+from fl_vmix.optim import round_lr
 from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.methods import build_privacy_method, method_parameters
 from fl_vmix.privacy.training_level import DPSGD
@@ -33,10 +34,16 @@ MEDMNIST_SIDE = 28
 
 
 def dataset_shape(experiment: Experiment) -> tuple[int, int, int]:
-    """(num_classes, channels, image side) of the experiment's dataset.
+    """(num_classes, channels, image side) of the experiment's dataset, as the model sees it.
 
-    Known datasets answer without data; others are read from the (cached) training split.
+    The side is ``dataset.image_size`` when set. Known datasets answer without data; others are read from the
+    (cached) training split.
     """
+    classes, channels, side = _stored_shape(experiment)
+    return classes, channels, experiment.dataset.image_size or side
+
+
+def _stored_shape(experiment: Experiment) -> tuple[int, int, int]:
     dataset = experiment.dataset
     if dataset.name in KNOWN_SHAPES:
         return KNOWN_SHAPES[dataset.name]
@@ -71,9 +78,13 @@ def initial_model(experiment: Experiment) -> nn.Module:
     return build_model(experiment, num_classes, channels, size)
 
 
-def build_optimizer(experiment: Experiment, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    experiment: Experiment, params: Iterable[nn.Parameter], server_round: int = 1
+) -> torch.optim.Optimizer:
+    """The optimiser a client trains ``server_round`` with (its learning rate follows ``optimizer.schedule``)."""
     opt = experiment.optimizer
-    return build_registered_optimizer(opt.name, params, lr=opt.lr, weight_decay=opt.weight_decay, extra=opt.extra)
+    lr = round_lr(opt.lr, opt.schedule, server_round, experiment.num_rounds)
+    return build_registered_optimizer(opt.name, params, lr=lr, weight_decay=opt.weight_decay, extra=opt.extra)
 
 
 def build_privacy(privacy: PrivacySettings, key: bytes | None, run: int = 0) -> PrivacyMethod:
@@ -143,12 +154,14 @@ def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalC
         vfe_window=experiment.privacy.region_size,
         dynamic=experiment.privacy.dynamic,
         compute=compute_for(experiment),
+        image_size=experiment.dataset.image_size,
+        augment=experiment.dataset.augment,
     )
     return LocalClient(
         data,
         method,
         make_model=lambda classes, channels, size: build_model(experiment, classes, channels, size),
-        make_optimizer=lambda params: build_optimizer(experiment, params),
+        make_optimizer=lambda params, server_round: build_optimizer(experiment, params, server_round),
         settings=settings,
         trainer=trainer_for(method, experiment.reproducible_noise),
     )

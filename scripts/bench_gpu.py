@@ -2,9 +2,11 @@
 
     python scripts/bench_gpu.py --data ../shared/data                       # ResNet-18, CIFAR-10, CUDA
     python scripts/bench_gpu.py --device cpu --model cnn --data-fraction 0.02 --rounds 1   # a CPU smoke run
+    python scripts/bench_gpu.py --preset prototype_cifar10 --model resnet18 --amp bf16 --data-fraction 0.1 --rounds 2
 
-Runs ``python -m fl_vmix preset=paper_cifar10`` (ResNet-18 on all of CIFAR-10, 10 clients) for
-``--rounds`` rounds, once with ``privacy=none`` and once with VisualMixer, on ``--device`` with
+Runs ``python -m fl_vmix preset=paper_cifar10`` (ResNet-18 on all of CIFAR-10, 10 clients; ``--preset
+prototype_cifar10``: the authors' 224-px protocol) for ``--rounds`` rounds, once with ``privacy=none`` and once
+with the preset's VisualMixer (``visualmixer_prototype`` for the prototype preset), on ``--device`` with
 ``--gpus-per-client`` of a GPU per client, and prints (and writes to ``--out``/bench_gpu.json) each
 run's mean round time (rounds/s), its first-round time (protection and start-up included) and its
 final accuracy. The runs' folders stay in ``--out``.
@@ -27,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 def run(out: Path, privacy: str, args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
     folder = out / privacy
     overrides = [
-        "preset=paper_cifar10",
+        f"preset={args.preset}",
         f"num_rounds={args.rounds}",
         f"model={args.model}",
         f"privacy={privacy}",
@@ -64,6 +66,7 @@ def run(out: Path, privacy: str, args: argparse.Namespace, env: dict[str, str]) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    parser.add_argument("--preset", default="paper_cifar10", choices=["paper_cifar10", "prototype_cifar10"])
     parser.add_argument("--out", type=Path, default=None, help="run folders and bench_gpu.json (default: a temp dir)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"])
@@ -76,7 +79,8 @@ def main() -> int:
     out = (args.out or Path(tempfile.mkdtemp(prefix="fl_vmix_bench_gpu_"))).resolve()
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "FL_VMIX_DATA": str(args.data.resolve())}
-    results = [run(out, privacy, args, env) for privacy in ("none", "visualmixer")]
+    shuffle = "visualmixer_prototype" if args.preset == "prototype_cifar10" else "visualmixer"
+    results = [run(out, privacy, args, env) for privacy in ("none", shuffle)]
     (out / "bench_gpu.json").write_text(json.dumps(results, indent=2))
     print("| privacy | device | rounds | first round (s) | later rounds (s) | rounds/s | final accuracy |")
     print("|---|---|---|---|---|---|---|")

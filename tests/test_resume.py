@@ -101,9 +101,11 @@ def test_an_extended_killed_and_resumed_run_ends_as_an_uninterrupted_run(env, tm
     """One uninterrupted 5-round run against a run of 2 rounds, extended to 5 with resume=, killed after
     round 3 and resumed again with a bare resume=: the same metrics every round, the same client rows and
     the same final weights. FedAvgM's server momentum and DP-SGD's accountant are state that a resume must
-    carry: losing either gives other weights or a smaller epsilon. (Each Flower launch costs about a
+    carry: losing either gives other weights or a smaller epsilon. Clients augment every round: a resumed round
+    must draw the augmentation an uninterrupted one draws. (Each Flower launch costs about a
     minute, so one run covers extending, killing and resuming.)"""
-    settings = [*SMALL, "strategy=fedavgm", "privacy=dp_sgd", "reproducible_noise=true"]  # else fresh noise each run
+    settings = [*SMALL, "strategy=fedavgm", "privacy=dp_sgd", "dataset.augment=crop_flip", "reproducible_noise=true"]
+    # reproducible_noise: else DP-SGD draws fresh secret noise in each run
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     fl_vmix([*settings, "num_rounds=5", f"output_dir={uninterrupted}"], env)
     fl_vmix([*settings, "num_rounds=2", f"output_dir={resumed}"], env)

@@ -109,6 +109,20 @@ def test_multirun_of_the_same_seed_is_reproducible(env, tmp_path):
     assert_no_flower_processes(env["FLWR_HOME"])
 
 
+def test_the_prototype_preset_runs_a_short_round_on_a_cpu(env, tmp_path):
+    """The authors' protocol end to end at a smoke size: 224-px images, 16-px regions of 2-px blocks, ShuffleNetV2."""
+    small = ["model=shufflenet_v2", "num_clients=2", "num_rounds=1", "dataset.data_fraction=0.004", "batch_size=16"]
+    result = fl_vmix(["preset=prototype_cifar10", *small, f"hydra.run.dir={tmp_path}"], env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 1
+    config = summary["config"]
+    assert config["dataset"]["image_size"] == 224 and config["privacy"]["region_size"] == 16
+    assert config["privacy"]["block_sizes"] == [2] and config["optimizer"]["schedule"] == "cosine"
+    clients = rows(tmp_path / "clients.csv")
+    assert clients and all(float(r["vfe_corrected"]) > 0 for r in clients if r.get("vfe_corrected"))
+
+
 def test_failing_client_is_reported_and_the_round_proceeds(env, tmp_path):
     result = fl_vmix(
         [*SMALL, "faults.fail_partitions=[1]", "min_success_fraction=0.5", f"hydra.run.dir={tmp_path}"], env

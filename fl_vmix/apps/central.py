@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fl_vmix.data import load_dataset
+from fl_vmix.data.transforms import resize_images
 from fl_vmix.experiment import Experiment
 from fl_vmix.factory import build_privacy, compute_for
 from fl_vmix.training.loops import evaluate_model
@@ -25,15 +26,17 @@ SERVER_EVALUATION_KEY = b"fl_vmix server evaluation key v1"  # public by design:
 
 
 class CentralEvaluator:
-    def __init__(self, experiment: Experiment, model: torch.nn.Module, max_images: int = 2000) -> None:
+    def __init__(self, experiment: Experiment, model: torch.nn.Module, max_images: int | None = None) -> None:
+        """``max_images``: evenly spaced test images to evaluate on (``None``: the whole test split)."""
         self.compute = compute_for(experiment)
         dataset = experiment.dataset
         data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
-        index = np.linspace(0, len(data.labels) - 1, min(max_images, len(data.labels))).astype(np.int64)
+        count = len(data.labels) if max_images is None else min(max_images, len(data.labels))
+        index = np.linspace(0, len(data.labels) - 1, count).astype(np.int64)
         method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY, run=experiment.seed)
         self.split = obfuscate(
             method,
-            np.asarray(data.images[index]),
+            resize_images(np.asarray(data.images[index]), dataset.image_size),
             np.asarray(data.labels[index]),
             data.ids[index],
             epoch=0,

@@ -1,4 +1,4 @@
-"""Model registry (CNN, ResNet-18, ShuffleNetV2, MobileNetV2) and a shuffle-invariant input stage."""
+"""Model registry (CNN, ResNet-18/20/50, ShuffleNetV2, MobileNetV2) and a shuffle-invariant input stage."""
 
 from fl_vmix.models.cnn import SmallCNN
 from fl_vmix.models.invariance import RegionSortInvariance, region_sort

@@ -187,3 +187,18 @@ def test_region_sort_rejects_bad_input() -> None:
         region_sort(torch.zeros(3, 8, 8), 2)
     with pytest.raises(ValueError, match="region_size"):
         RegionSortInvariance(0)
+
+
+def test_resnet20_has_he_et_al_s_shape() -> None:
+    model = build_model("resnet20", num_classes=10, seed=0)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert len(convs) == 19  # the stem and 2 per block x 9 blocks: with the linear layer, 20 weighted layers
+    assert [c.out_channels for c in convs[1::6]] == [16, 32, 64]
+    # He et al. report 0.27M parameters (option A shortcuts); the two 1x1 projections add ~2.7k.
+    assert 269_000 <= count_parameters(model) <= 275_000
+
+
+def test_resnet50_at_224_px_keeps_its_imagenet_stem() -> None:
+    model = build_model("resnet50", num_classes=10, image_size=224, seed=0)
+    assert model.conv1.stride == (2, 2) and not isinstance(model.maxpool, nn.Identity)
+    assert 23_000_000 <= count_parameters(model) <= 24_000_000

@@ -19,6 +19,7 @@ from torch import nn
 
 from fl_vmix.models.cnn import SmallCNN
 from fl_vmix.models.invariance import RegionSortInvariance
+from fl_vmix.models.resnet_cifar import CifarResNet
 
 __all__ = ["MODELS", "SMALL_INPUT_MAX", "ModelFactory", "build_model", "count_parameters"]
 
@@ -44,6 +45,22 @@ def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     import torchvision
 
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    if image_size <= SMALL_INPUT_MAX:
+        model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = _stem_conv(in_channels, 64, kernel_size=7, stride=2)
+    return model
+
+
+def _resnet20(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    return CifarResNet(num_classes, in_channels, blocks=3)
+
+
+def _resnet50(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
     if image_size <= SMALL_INPUT_MAX:
         model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
         model.maxpool = nn.Identity()
@@ -80,6 +97,8 @@ def _mobilenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Mod
 MODELS: dict[str, ModelFactory] = {
     "cnn": _cnn,
     "resnet18": _resnet18,
+    "resnet20": _resnet20,
+    "resnet50": _resnet50,
     "shufflenet_v2": _shufflenet_v2,
     "mobilenet_v2": _mobilenet_v2,
 }
@@ -113,7 +132,7 @@ def build_model(
     """Build a freshly initialised classifier by registry name.
 
     Args:
-        name: one of ``MODELS`` ("cnn", "resnet18", "shufflenet_v2", "mobilenet_v2").
+        name: one of ``MODELS`` ("cnn", "resnet18", "resnet20", "resnet50", "shufflenet_v2", "mobilenet_v2").
         num_classes: number of output logits.
         in_channels: image channels (1 for grey, 3 for RGB).
         image_size: side of the (square) training images; chooses the stem (see module docstring).

@@ -2,10 +2,11 @@ r"""ST-Adam: Adam whose first-moment coefficient adapts to gradient agreement.
 
 Provenance -- read this first
 -----------------------------
-The VisualMixer paper (Li et al., NDSS 2024) says only that "ST-Adam adapts momentum from the
-agreement between the current gradient and past gradients, to damp the gradient oscillation caused
-by training on shuffled images". Its equations are not available to us. **Everything below is OUR
-OWN design** built from that one sentence; it is not the paper's algorithm and results obtained
+What we know of the VisualMixer paper's optimiser (Li et al., NDSS 2024) comes from summaries, not from the
+paper's text: ST-Adam adapts momentum from the agreement between the current gradient and past gradients, to
+damp the gradient oscillation that training on shuffled images causes (our paraphrase; its equations are not
+available to us). **Everything below is OUR
+OWN design** built from that one-line description; it is not the paper's algorithm and results obtained
 with it must not be reported as the paper's ST-Adam.
 
 Why this design

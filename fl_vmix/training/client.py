@@ -19,10 +19,12 @@ from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 
 from fl_vmix.data.client import ClientData
+from fl_vmix.data.transforms import augment, resize_images
 from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.training_level import DPSGD
 from fl_vmix.training.device import CPU, Compute
@@ -40,7 +42,7 @@ def _warn_once(message: str) -> None:
 
 
 ModelFactory = Callable[[int, int, int], nn.Module]  # (num_classes, channels, image side) -> a fresh model
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+OptimizerFactory = Callable[[Iterable[nn.Parameter], int], torch.optim.Optimizer]  # (parameters, server round)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,13 @@ class ClientSettings:
     vfe_window: int  # window of the reported VFE (the method's region size)
     dynamic: bool  # protect the training split anew every round
     compute: Compute = CPU  # where (and in which precision) this client protects, trains and evaluates
+    image_size: int | None = None  # resize the clear images to this side before protecting them (None: as they are)
+    augment: str = "none"  # augment the clear training images every round before protecting them ("crop_flip")
+
+    @property
+    def fresh_every_round(self) -> bool:
+        """Whether the protected training split changes every round (new shuffle or new augmentation)."""
+        return self.dynamic or self.augment != "none"
 
 
 @dataclass(frozen=True)
@@ -146,17 +155,24 @@ class LocalClient:
         return None if device.type == "cpu" else device
 
     # ------------------------------------------------------------------------------------ splits
+    def _clear_train_images(self, server_round: int) -> np.ndarray:
+        """The clear training images of ``server_round`` as the method receives them: augmented, then resized."""
+        s = self.settings
+        images = augment(self.data.train_images, s.augment, seed_for(s.seed, self.partition_id, server_round, 2))
+        return resize_images(images, s.image_size)
+
     def train_split(self, server_round: int) -> ObfuscatedSplit:
         """The training images as the model sees them in ``server_round``."""
         d, window = self.data, self.settings.vfe_window
-        if self.settings.dynamic:  # a new shuffle (or noise) every round; round 0's is never trained on
+        epoch = server_round if self.settings.dynamic else 0  # dynamic: a new shuffle (or noise) every round
+        if self.settings.fresh_every_round:
             return obfuscate(
-                self.method, d.train_images, d.train_labels, d.train_ids, epoch=server_round, vfe_window=window,
-                device=self._protect_on,
+                self.method, self._clear_train_images(server_round), d.train_labels, d.train_ids, epoch=epoch,
+                vfe_window=window, device=self._protect_on,
             )  # fmt: skip
         if self._train is None:
             self._train = obfuscate(
-                self.method, d.train_images, d.train_labels, d.train_ids, epoch=0, vfe_window=window,
+                self.method, self._clear_train_images(0), d.train_labels, d.train_ids, epoch=0, vfe_window=window,
                 device=self._protect_on,
             )  # fmt: skip
         return self._train
@@ -166,7 +182,7 @@ class LocalClient:
             d = self.data
             self._test = obfuscate(
                 self.method,
-                d.test_images,
+                resize_images(d.test_images, self.settings.image_size),
                 d.test_labels,
                 d.test_ids,
                 epoch=0,
@@ -179,7 +195,8 @@ class LocalClient:
     def model(self, weights: Mapping[str, torch.Tensor]) -> nn.Module:
         """The model with the global ``weights``, on this client's device."""
         images = self.data.train_images if len(self.data.train_images) else self.data.test_images
-        model = self._make_model(self.data.num_classes, int(images.shape[1]), int(images.shape[-1]))
+        side = self.settings.image_size or int(images.shape[-1])
+        model = self._make_model(self.data.num_classes, int(images.shape[1]), side)
         model.load_state_dict(weights)
         return model.to(self.settings.compute.device)
 
@@ -196,7 +213,7 @@ class LocalClient:
         """Train the global ``weights`` for ``epochs`` local epochs on the protected training split."""
         split = self.train_split(server_round)
         model = self.model(weights)
-        optimizer = self._make_optimizer(model.parameters())
+        optimizer = self._make_optimizer(model.parameters(), server_round)
         seed, pid = self.settings.seed, self.partition_id
         torch.manual_seed(seed_for(seed, pid, server_round))  # dropout and anything else on the global RNG
         start = time.perf_counter()

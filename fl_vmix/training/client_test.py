@@ -94,3 +94,38 @@ def test_bounded_cache_keeps_the_most_recently_used():
     assert len(cache) == 1 and "b" in cache
     with pytest.raises(ValueError, match="engine.client_cache"):
         BoundedCache(0)
+
+
+def test_clients_augment_and_resize_their_clear_images_before_protecting_them(tiny_experiment, data):
+    from fl_vmix.data.transforms import crop_flip, resize_images
+    from fl_vmix.training.seeds import seed_for
+
+    experiment = tiny_experiment("dataset.image_size=40", "dataset.augment=crop_flip", "privacy.region_size=5")
+    client = local_client(experiment, data, KEY)
+    one, two = client.train_split(1), client.train_split(2)
+    assert one.images.shape[-2:] == (40, 40) and client.test_split().images.shape[-2:] == (40, 40)
+    assert not torch.equal(one.images, two.images), "a new augmentation every round, even in static mode"
+    # Oracle: augment the clear images with the round's public seed, resize, then protect (epoch 0: static).
+    clear = resize_images(crop_flip(data.train_images, seed_for(experiment.seed, 0, 2, 2)), 40)
+    method = build_privacy(experiment.privacy, KEY)
+    assert torch.equal(two.images, method(torch.from_numpy(clear).float() / 255, torch.from_numpy(data.train_ids), 0))
+    # The test split is resized, never augmented, and protected once.
+    test_clear = resize_images(data.test_images, 40)
+    expected = method(torch.from_numpy(test_clear).float() / 255, torch.from_numpy(data.test_ids), 0)
+    assert torch.equal(client.test_split().images, expected)
+    # The model is built for the size it sees, and a round trains on it.
+    weights = initial_model(experiment).state_dict()
+    assert client.train(weights, 1, epochs=1).metrics["num-examples"] == len(data.train_labels)
+
+
+def test_a_cosine_schedule_sets_each_rounds_learning_rate(tiny_experiment):
+    from fl_vmix.factory import build_optimizer
+
+    experiment = tiny_experiment("optimizer=sgd", "optimizer.lr=0.1", "optimizer.schedule=cosine", "num_rounds=4")
+    params = [torch.nn.Parameter(torch.zeros(1))]
+    lrs = [build_optimizer(experiment, params, r).param_groups[0]["lr"] for r in range(1, 5)]
+    # cos(pi * (r - 1) / 4) for r = 1..4 is 1, 1/sqrt(2), 0, -1/sqrt(2)
+    half = 0.5**0.5
+    assert lrs == pytest.approx([0.1, 0.05 * (1 + half), 0.05, 0.05 * (1 - half)])
+    constant = tiny_experiment("optimizer=sgd", "optimizer.lr=0.1")
+    assert build_optimizer(constant, params, 3).param_groups[0]["lr"] == 0.1
