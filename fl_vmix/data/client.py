@@ -8,6 +8,7 @@ copies out the client's rows: tens of milliseconds after the first call.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -15,7 +16,42 @@ import numpy as np
 
 from fl_vmix.data.errors import DataError
 from fl_vmix.data.partition import cached_partitions, check_int, client_split
-from fl_vmix.data.sources import SPLIT_ID_OFFSET, load_dataset
+from fl_vmix.data.sources import SPLIT_ID_OFFSET, ImageArrays, load_dataset
+
+_FINGERPRINT_IMAGES, _FINGERPRINT_BYTES = 256, 8 << 20
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """Which data a client's sample ids index: the dataset's name, its split and a fingerprint of its content.
+
+    Keyed privacy methods bind :attr:`token` into their randomness, so the same id in two datasets or splits
+    never shares a permutation or a noise draw, while the same image of the same data gets the same one in
+    every run. The fingerprint (BLAKE2b-128) covers the split's size, image shape, every label, the class
+    names and up to 256 evenly spaced images (at most 8 MiB, so it costs milliseconds on any dataset): two
+    copies of one dataset agree wherever they are stored, and two datasets that share a name (an
+    ``imagefolder``, a changed copy) differ unless they agree on all of that."""
+
+    name: str
+    split: str
+    fingerprint: str
+
+    @property
+    def token(self) -> str:
+        return f"{self.name}/{self.split}/{self.fingerprint}"
+
+    @classmethod
+    def of(cls, data: ImageArrays) -> DatasetIdentity:
+        n = len(data)
+        per_image = max(1, int(np.prod(data.images.shape[1:])))
+        count = min(n, _FINGERPRINT_IMAGES, max(1, _FINGERPRINT_BYTES // per_image))
+        digest = hashlib.blake2b(digest_size=16, person=b"fl_vmix.dataset")
+        digest.update(repr((tuple(data.images.shape), str(data.images.dtype), list(data.classes))).encode())
+        digest.update(np.ascontiguousarray(data.labels, dtype="<i8").tobytes())
+        if n:
+            sample = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
+            digest.update(np.ascontiguousarray(data.images[sample]).tobytes())
+        return cls(data.name, data.split, digest.hexdigest())
 
 
 @dataclass(frozen=True)
@@ -32,6 +68,7 @@ class ClientData:
     test_labels: np.ndarray
     test_ids: np.ndarray
     classes: list[str]
+    dataset: DatasetIdentity | None = None  # what the ids index (None: not recorded, e.g. older exports)
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +130,7 @@ def load_client_data(
         test_labels=np.asarray(data.labels[test_idx]),
         test_ids=test_idx + offset,
         classes=list(data.classes),
+        dataset=DatasetIdentity.of(data),
     )
 
 

@@ -77,3 +77,24 @@ def test_more_clients_than_samples(image_folder: Path, tmp_path: Path) -> None:
         DataError, match=r"num_partitions=25 exceeds the 24 samples of imagefolder/train: use at most 24"
     ):
         load_client_data("imagefolder", 0, 25, root=image_folder, cache_dir=tmp_path)
+
+
+def test_client_data_names_the_dataset_its_ids_index(image_folder: Path, tmp_path: Path) -> None:
+    from fl_vmix.data.client import DatasetIdentity
+    from fl_vmix.data.sources import ImageArrays
+
+    cache = tmp_path / "c"
+    one = load_client_data("imagefolder", 0, 2, root=image_folder, cache_dir=cache)
+    other = load_client_data("imagefolder", 1, 3, seed=4, root=image_folder, cache_dir=cache)
+    assert one.dataset is not None and one.dataset == other.dataset  # the split's identity, not the partition's
+    assert one.dataset.token == f"imagefolder/train/{one.dataset.fingerprint}" and len(one.dataset.fingerprint) == 32
+    full = load_dataset("imagefolder", image_folder, cache_dir=cache)
+    assert DatasetIdentity.of(full) == one.dataset
+    changed = full.images.copy()
+    changed[-1, 0, 0, 0] ^= 1  # one value of the last image (always in the fingerprint's sample)
+    edited = ImageArrays(full.name, full.split, changed, full.labels, full.classes)
+    assert DatasetIdentity.of(edited).fingerprint != one.dataset.fingerprint
+    relabelled = ImageArrays(full.name, full.split, full.images, full.labels[::-1].copy(), full.classes)
+    assert DatasetIdentity.of(relabelled).fingerprint != one.dataset.fingerprint
+    other_split = ImageArrays(full.name, "test", full.images, full.labels, full.classes)
+    assert DatasetIdentity.of(other_split).token != one.dataset.token

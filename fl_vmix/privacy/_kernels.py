@@ -61,24 +61,34 @@ def _arrangements(own_words, tables, channels):  # pragma: no cover - compiled
         for c in range(channels):
             own_channels[c] = c
         if chan_offset[r] >= 0:
-            base = chan_offset[r]
-            for i in range(channels - 1, 0, -1):
-                j = (np.int64(own_words[base + channels - 1 - i]) * (i + 1)) >> 32
-                t = own_channels[i]
-                own_channels[i] = own_channels[j]
-                own_channels[j] = t
-        units = units_of_shape[region_shape[r]]
+            _fisher_yates(own_words, chan_offset[r], channels, tables.chan_spares, own_channels)
+        shape = region_shape[r]
+        units = units_of_shape[shape]
         for c in range(channels):
             arrangement = arrangements[c, r]
             for q in range(units):
                 arrangement[q] = q
-            base = word_offset[c, r]
-            for i in range(units - 1, 0, -1):
-                j = (np.int64(own_words[base + units - 1 - i]) * (i + 1)) >> 32
-                t = arrangement[i]
-                arrangement[i] = arrangement[j]
-                arrangement[j] = t
+            _fisher_yates(own_words, word_offset[c, r], units, tables.spares_of_shape[shape], arrangement)
     return arrangements, source_channel
+
+
+@njit(cache=True, nogil=True)
+def _fisher_yates(own_words, base, n, spares, arrangement):  # pragma: no cover - compiled
+    """Shuffle ``arrangement[:n]`` in place from the row of words at ``base``: ``n - 1`` draws, then ``spares``
+    spare words that replace rejected draws (the rule of :func:`fl_vmix.privacy.permutations.accepted_draws`)."""
+    spare, end = base + n - 1, base + n - 1 + spares
+    for i in range(n - 1, 0, -1):
+        k = np.int64(i + 1)
+        m = np.int64(own_words[base + n - 1 - i]) * k
+        if (m & 0xFFFFFFFF) < k:  # possibly rejected: only then is 2^32 mod k needed
+            threshold = np.int64(4294967296) % k
+            while (m & 0xFFFFFFFF) < threshold and spare < end:
+                m = np.int64(own_words[spare]) * k
+                spare += 1
+        j = m >> 32
+        t = arrangement[i]
+        arrangement[i] = arrangement[j]
+        arrangement[j] = t
 
 
 @njit(cache=True, nogil=True)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fl_vmix.privacy.keyed import check_dataset
 from fl_vmix.privacy.mixer import MixParams, MixReport
 
 
@@ -91,15 +92,21 @@ class PrivacyMethod:
         None for methods without an image-level guarantee."""
         return None
 
-    def protect(self, images: Tensor, sample_ids: Tensor, epoch: int = 0) -> ProtectedBatch:
-        """Protect a batch: ``[B, C, H, W]`` floats in [0, 1] -> the same shape and dtype, in [0, 1], with a report."""
+    def protect(self, images: Tensor, sample_ids: Tensor, epoch: int = 0, dataset: str | None = None) -> ProtectedBatch:
+        """Protect a batch: ``[B, C, H, W]`` floats in [0, 1] -> the same shape and dtype, in [0, 1], with a report.
+
+        ``dataset``: the public name of the data the ids index (``DatasetIdentity.token``); keyed methods bind
+        it into their randomness, so the same id in two datasets or splits never shares a permutation or noise.
+        """
         check_batch(images, sample_ids, epoch)
-        return self._protect(images, sample_ids, int(epoch))
+        check_dataset(dataset)
+        return self._protect(images, sample_ids, int(epoch), dataset)
 
-    def __call__(self, images: Tensor, sample_ids: Tensor, epoch: int = 0) -> Tensor:
-        return self.protect(images, sample_ids, epoch).images
+    def __call__(self, images: Tensor, sample_ids: Tensor, epoch: int = 0, dataset: str | None = None) -> Tensor:
+        return self.protect(images, sample_ids, epoch, dataset).images
 
-    def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int) -> ProtectedBatch:
+    def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> ProtectedBatch:
+        # Methods without keyed randomness ignore the dataset; keyed ones override _protect to bind it.
         return ProtectedBatch(self._apply(images, sample_ids, epoch))
 
     def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:

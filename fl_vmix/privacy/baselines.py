@@ -23,9 +23,11 @@ of one pixel), each entry in [0, 1].  Hence the sensitivities ``Delta1 = m`` and
   raw pixels.
 
 Randomness.  Noise comes from the client's keyed PRF (:func:`fl_vmix.privacy.noise.per_sample_noise`): a pure
-function of (key, method, every setting, ``run``, epoch, sample id, position).  Whoever could regenerate the noise
-could subtract it, so the key stays on the client; and because the run and the settings are bound into the PRF,
-two runs or two budgets never share noise (a pair of releases with shared noise would let it be cancelled).
+function of (key, the mechanism: kind and effective noise scale, the dataset the ids index, the image shape, epoch,
+sample id, position), secret to the client. Nothing public (no run seed) enters it: whoever could regenerate the
+noise could subtract it. Because it is deterministic, releasing the same image of the same dataset again with the
+same mechanism gives the same release (averaging releases gains nothing, so epsilon holds across runs), and two
+images, datasets, shapes or mechanisms never share noise (shared noise cancels in a difference).
 
 * ``noise_mode="static"`` (default) ignores the epoch: an image is released once, with one noise draw, and
   ``epsilon`` holds for the whole training run.  ``"dynamic"`` draws fresh noise every epoch; each epoch is then
@@ -48,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fl_vmix.privacy.base import PrivacyMethod
+from fl_vmix.privacy.base import PrivacyMethod, ProtectedBatch
 from fl_vmix.privacy.calibration import gaussian_epsilon, gaussian_sigma
 from fl_vmix.privacy.checks import check_epsilon, check_int, check_positive
 from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
@@ -117,42 +119,68 @@ _NOISE_MODES = ("static", "dynamic")
 
 
 class _NoisyMethod(PrivacyMethod):
-    """Shared key / run / noise-mode handling of the noise-adding DP methods.
+    """Shared key / noise-mode handling of the noise-adding DP methods.
 
-    ``key``: the client's secret (required; the noise comes from its PRF). ``run``: the run's seed, public, bound
-    into the noise so that two runs never share it. ``noise_mode="static"`` (default): a sample's noise is the
-    same every epoch: one release, and ``epsilon`` holds for the whole training run. ``noise_mode="dynamic"``:
-    fresh noise every epoch (acts like augmentation), but each epoch is a new release of the image, so the
-    guarantee composes: see :meth:`total_epsilon`.
+    ``key``: the client's secret (required; the noise comes from its PRF). ``noise_mode="static"`` (default): a
+    sample's noise is the same every epoch: one release, and ``epsilon`` holds for the whole training run (and
+    for every later run of the same mechanism on the same data under the same key: the noise is deterministic).
+    ``noise_mode="dynamic"``: fresh noise every epoch (acts like augmentation), but each epoch is a new release of
+    the image, so the guarantee composes: see :meth:`total_epsilon`.
     """
 
-    def _init_noise(self, key: Any, run: Any, noise_mode: Any) -> None:
-        check_int("run", run, 0, "pass the run's seed (experiment.seed): it keeps runs from sharing noise")
+    def _init_noise(self, key: Any, noise_mode: Any) -> None:
         if noise_mode not in _NOISE_MODES:
             raise ValueError(
                 f"noise_mode must be one of {_NOISE_MODES}, got {noise_mode!r}; use 'static' (same noise every "
                 "epoch, epsilon holds for the whole run) or 'dynamic' (fresh noise per epoch, epsilon composes)"
             )
         self._key = check_key(key, owner=type(self).__name__)
-        self.run, self.noise_mode = int(run), noise_mode
+        self.noise_mode = noise_mode
+        self._prfs: dict[tuple[str | None, tuple[int, ...]], KeyedPRF] = {}
+
+    def _mechanism(self) -> tuple[object, ...]:
+        """What the output depends on besides the key, the image and its identity: the noise kind and its
+        effective scale. Settings that only change the claimed epsilon (delta, calibration) do not enter, so
+        two methods that add the same noise distribution release the same image identically."""
+        raise NotImplementedError
 
     def _bind_noise(self) -> None:
-        """Bind the noise to the method, every public setting and the run (call once ``params`` is set)."""
-        settings = sorted((k, repr(v)) for k, v in self.params.items())
-        self._prf = KeyedPRF(self._key, context_bytes("image-noise", self.name, settings))
+        """Set the unit of epsilon (call once ``params`` is set)."""
         m = self.params["m"]  # every noise method has m: how many values neighbouring images differ in
         self.epsilon_unit = "value" if m == 1 else f"{m} values"
 
-    def _noise(self, images: Tensor, sample_ids: Tensor, epoch: int, shape: tuple[int, ...], kind: NoiseKind) -> Tensor:
+    def _prf(self, dataset: str | None, image_shape: tuple[int, ...]) -> KeyedPRF:
+        """The PRF of one (dataset, image shape): its context binds them with the mechanism, so noise of two
+        datasets, shapes or mechanisms is unrelated (the counter adds sample id, epoch and position)."""
+        if (dataset, image_shape) not in self._prfs:
+            context = context_bytes("image-noise.v3", self.name, self._mechanism(), dataset, image_shape)
+            self._prfs[dataset, image_shape] = KeyedPRF(self._key, context)
+        return self._prfs[dataset, image_shape]
+
+    def _noise(
+        self,
+        images: Tensor,
+        sample_ids: Tensor,
+        epoch: int,
+        dataset: str | None,
+        shape: tuple[int, ...],
+        kind: NoiseKind,
+    ) -> Tensor:
         return per_sample_noise(
             sample_ids,
             shape,
-            prf=self._prf,
+            prf=self._prf(dataset, tuple(int(n) for n in images.shape[1:])),
             epoch=epoch if self.noise_mode == "dynamic" else 0,
             kind=kind,
             dtype=images.dtype,
             device=images.device,
         )
+
+    def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> ProtectedBatch:
+        return ProtectedBatch(self._noisy(images, sample_ids, epoch, dataset))
+
+    def _noisy(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> Tensor:
+        raise NotImplementedError
 
     def _releases(self, epochs: int) -> int:
         check_int("epochs", epochs, 1, "pass how many epochs the client trained on the noisy images")
@@ -187,19 +215,17 @@ class PixelDPGaussian(_NoisyMethod):
         calibration: Literal["analytic", "classical"] = "analytic",
         noise_scale: float | None = None,
         key: bytes | None = None,
-        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         _resolve_budget(epsilon, noise_scale)
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(key, run, noise_mode)
+        self._init_noise(key, noise_mode)
         self.params = {
             "epsilon": epsilon,
             "delta": delta,
             "m": m,
             "calibration": calibration,
             "noise_scale": noise_scale,
-            "run": run,
             "noise_mode": noise_mode,
         }  # the key is deliberately not a reportable parameter
         self.sensitivity = math.sqrt(m)
@@ -213,6 +239,9 @@ class PixelDPGaussian(_NoisyMethod):
             self.sigma = float(noise_scale)  # type: ignore[arg-type]
         self._bind_noise()
 
+    def _mechanism(self) -> tuple[object, ...]:
+        return ("gaussian", float(self.sigma))
+
     def epsilon_for(self, values: int, epochs: int = 1) -> float:
         """E releases of Gaussian noise sigma are one release of sigma / sqrt(E) (exact); sensitivity sqrt(values)."""
         check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
@@ -223,8 +252,8 @@ class PixelDPGaussian(_NoisyMethod):
             calibration="analytic",
         )
 
-    def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
-        noise = self._noise(images, sample_ids, epoch, tuple(images.shape[1:]), "gaussian")
+    def _noisy(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> Tensor:
+        noise = self._noise(images, sample_ids, epoch, dataset, tuple(images.shape[1:]), "gaussian")
         return (images + self.sigma * noise).clamp_(0.0, 1.0)
 
 
@@ -243,13 +272,12 @@ class PixelDPLaplace(_NoisyMethod):
         m: int = 1,
         noise_scale: float | None = None,
         key: bytes | None = None,
-        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         _resolve_budget(epsilon, noise_scale)
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(key, run, noise_mode)
-        self.params = {"epsilon": epsilon, "m": m, "noise_scale": noise_scale, "run": run, "noise_mode": noise_mode}
+        self._init_noise(key, noise_mode)
+        self.params = {"epsilon": epsilon, "m": m, "noise_scale": noise_scale, "noise_mode": noise_mode}
         self.sensitivity = float(m)
         if epsilon is not None:
             check_epsilon(epsilon)
@@ -261,13 +289,16 @@ class PixelDPLaplace(_NoisyMethod):
             self.epsilon = self.sensitivity / self.scale
         self._bind_noise()
 
+    def _mechanism(self) -> tuple[object, ...]:
+        return ("laplace", float(self.scale))
+
     def epsilon_for(self, values: int, epochs: int = 1) -> float:
         """Laplace scale b on values in [0, 1]: L1 sensitivity ``values``, epsilon values / b per release."""
         check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
         return self._releases(epochs) * values / self.scale
 
-    def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
-        noise = self._noise(images, sample_ids, epoch, tuple(images.shape[1:]), "laplace")
+    def _noisy(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> Tensor:
+        noise = self._noise(images, sample_ids, epoch, dataset, tuple(images.shape[1:]), "laplace")
         return (images + self.scale * noise).clamp_(0.0, 1.0)
 
 
@@ -293,18 +324,22 @@ class DPPix(_NoisyMethod):
         b: int = 4,
         m: int = 1,
         key: bytes | None = None,
-        run: int = 0,
         noise_mode: Literal["static", "dynamic"] = "static",
     ) -> None:
         check_epsilon(epsilon)
         check_int("b", b, 1, "b is the cell side in pixels, e.g. b=4")
         check_int("m", m, 1, "m is how many pixel values may differ between neighbouring images (1 = one value)")
-        self._init_noise(key, run, noise_mode)
-        self.params = {"epsilon": epsilon, "b": b, "m": m, "run": run, "noise_mode": noise_mode}
+        self._init_noise(key, noise_mode)
+        self.params = {"epsilon": epsilon, "b": b, "m": m, "noise_mode": noise_mode}
         self.epsilon = float(epsilon)
         self.b, self.m = b, m
         self.scale = m / (b * b * self.epsilon)  # Laplace scale of a full cell
         self._bind_noise()
+
+    def _mechanism(self) -> tuple[object, ...]:
+        # a cell of n pixels gets Laplace noise of scale m / (n epsilon): b and m / epsilon fix every cell's
+        assert self.epsilon is not None  # set in __init__
+        return ("dp_pix", self.b, self.m / self.epsilon)
 
     def epsilon_for(self, values: int, epochs: int = 1) -> float:
         """Each value moves its cell's mean by at most 1/n and that cell's noise has scale m / (n epsilon), so every
@@ -312,11 +347,11 @@ class DPPix(_NoisyMethod):
         check_int("values", values, 1, "pass how many values of [C, H, W] neighbouring images differ in")
         return self._releases(epochs) * values / (self.b * self.b * self.scale)  # scale = m / (b^2 epsilon)
 
-    def _apply(self, images: Tensor, sample_ids: Tensor, epoch: int) -> Tensor:
+    def _noisy(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> Tensor:
         assert self.epsilon is not None  # set in __init__
         means, counts = cell_means(images, self.b)
         scale = self.m / (counts * self.epsilon)  # [h, w]; equals self.scale on full cells
-        noisy = means + scale * self._noise(images, sample_ids, epoch, tuple(means.shape[1:]), "laplace")
+        noisy = means + scale * self._noise(images, sample_ids, epoch, dataset, tuple(means.shape[1:]), "laplace")
         return _expand_cells(noisy, self.b, (images.shape[-2], images.shape[-1])).clamp_(0.0, 1.0)
 
 

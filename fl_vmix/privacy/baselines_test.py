@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Iterator
+from statistics import NormalDist
 from typing import Any
 
 import pytest
@@ -17,6 +19,7 @@ from scipy import stats
 from fl_vmix.privacy.baselines import DPPix, GaussianBlur, Mosaic, PixelDPGaussian, PixelDPLaplace, cell_means, pixelate
 from fl_vmix.privacy.calibration import gaussian_delta, gaussian_epsilon, gaussian_sigma
 from fl_vmix.privacy.keyed import KeyedPRF
+from fl_vmix.privacy.keyed_test import oracle_words
 from fl_vmix.privacy.methods import (
     PRIVACY_METHODS,
     PrivacyMethod,
@@ -104,10 +107,10 @@ def test_unknown_parameter_lists_accepted_ones() -> None:
 
 
 @pytest.mark.parametrize("name", NOISY)
-def test_noise_is_a_function_of_key_run_setting_id_and_epoch(name: str) -> None:
+def test_noise_is_a_function_of_key_mechanism_dataset_id_and_epoch(name: str) -> None:
     x, ids = _batch()
-    static = build_privacy_method(name, **BUILD_PARAMS[name], run=7)
-    dynamic = build_privacy_method(name, **BUILD_PARAMS[name], run=7, noise_mode="dynamic")
+    static = build_privacy_method(name, **BUILD_PARAMS[name])
+    dynamic = build_privacy_method(name, **BUILD_PARAMS[name], noise_mode="dynamic")
     out = dynamic(x, ids, 3)
     assert torch.equal(out, dynamic(x.clone(), ids.clone(), 3))  # same inputs -> same output
     perm = torch.tensor([4, 2, 0, 5, 1, 3])
@@ -115,29 +118,59 @@ def test_noise_is_a_function_of_key_run_setting_id_and_epoch(name: str) -> None:
     assert torch.equal(dynamic(x[1:3], ids[1:3], 3), out[1:3])  # nor batch composition
     assert not torch.equal(dynamic(x, ids, 4), out)  # dynamic: fresh noise every epoch
     assert torch.equal(static(x, ids, 0), static(x, ids, 9))  # static: one release
-    other_run = build_privacy_method(name, **BUILD_PARAMS[name], run=8, noise_mode="dynamic")
-    assert not torch.equal(other_run(x, ids, 3), out)
-    other_key = build_privacy_method(name, **{**BUILD_PARAMS[name], "key": OTHER_KEY}, run=7, noise_mode="dynamic")
+    # Deterministic: a second run (a new method object) releases the same image identically: no averaging gain.
+    assert torch.equal(build_privacy_method(name, **BUILD_PARAMS[name], noise_mode="dynamic")(x, ids, 3), out)
+    assert torch.equal(static(x, ids, 0), dynamic(x, ids, 0))  # the noise mode only picks the epoch
+    other_key = build_privacy_method(name, **{**BUILD_PARAMS[name], "key": OTHER_KEY}, noise_mode="dynamic")
     assert not torch.equal(other_key(x, ids, 3), out)
+    assert not torch.equal(dynamic(x, ids, 3, "other/train/0"), out)  # the dataset is bound in
 
 
 @pytest.mark.parametrize("name", NOISY)
-def test_two_budgets_or_two_runs_never_share_noise(name: str) -> None:
+def test_two_budgets_or_two_datasets_never_share_noise(name: str) -> None:
     # Shared noise between the epsilon-8 and epsilon-64 releases of one image would let an adversary cancel it:
-    # the standardised noise of two settings (or two runs) must be unrelated, not a rescaled copy.
+    # the standardised noise of two settings (or of one id in two datasets) must be unrelated, not a copy.
     x = torch.full((4, 3, 32, 32), 0.5, dtype=torch.float64)
     ids = torch.arange(4)
 
-    def standardised(method: PrivacyMethod) -> torch.Tensor:
-        noise = method(x, ids, 0) - x
+    def standardised(method: PrivacyMethod, dataset: str | None = None) -> torch.Tensor:
+        noise = method(x, ids, 0, dataset) - x
         return (noise - noise.mean()) / noise.std()
 
     base = {k: v for k, v in BUILD_PARAMS[name].items() if k != "epsilon"}
     strong, weak = (build_privacy_method(name, **base, epsilon=e) for e in (64.0, 256.0))
-    later = build_privacy_method(name, **base, epsilon=64.0, run=1)
-    for a, b in ((strong, weak), (strong, later)):
-        r = torch.corrcoef(torch.stack([standardised(a).flatten(), standardised(b).flatten()]))[0, 1]
+    pairs = ((standardised(strong), standardised(weak)), (standardised(strong), standardised(strong, "svhn/train/1")))
+    for a, b in pairs:
+        r = torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1]
         assert abs(float(r)) < 0.05
+
+
+def test_two_images_of_one_id_in_two_datasets_do_not_cancel_their_noise() -> None:
+    # Two different images with the same id and shape in two datasets: with shared noise their released
+    # difference equals the clear difference (to 6e-8 before datasets were bound); bound, it carries 2 sigma^2.
+    method = build_privacy_method("pixel_dp_gaussian", noise_scale=0.1, key=KEY)
+    a, b = torch.full((1, 3, 32, 32), 0.3, dtype=torch.float64), torch.full((1, 3, 32, 32), 0.6, dtype=torch.float64)
+    ids = torch.tensor([5])
+    leak = (method(a, ids, 0, "cifar10/train/aa") - method(b, ids, 0, "svhn/train/bb")) - (a - b)
+    assert float(leak.std()) == pytest.approx(0.1 * 2**0.5, rel=0.1)
+
+
+def test_noise_of_two_image_shapes_is_unrelated() -> None:
+    # 28x28x1 and 32x32x3 images of one id: the shape is in the context, so no prefix of the noise is shared.
+    method = build_privacy_method("pixel_dp_gaussian", noise_scale=0.1, key=KEY)
+    ids = torch.tensor([3])
+    grey = method(torch.full((1, 1, 28, 28), 0.5, dtype=torch.float64), ids) - 0.5
+    rgb = method(torch.full((1, 3, 32, 32), 0.5, dtype=torch.float64), ids) - 0.5
+    assert not torch.isclose(grey.flatten()[:784], rgb.flatten()[:784]).any()
+
+
+def test_same_noise_distribution_is_the_same_release() -> None:
+    # Settings that only change the claimed epsilon (not the noise) give the same release; the noise itself
+    # is no function of anything public: two settings with other sigmas differ.
+    by_budget = build_privacy_method("pixel_dp_laplace", epsilon=4.0, key=KEY)
+    by_scale = build_privacy_method("pixel_dp_laplace", noise_scale=0.25, key=KEY)
+    x, ids = _batch()
+    assert torch.equal(by_budget(x, ids), by_scale(x, ids))
 
 
 @pytest.mark.parametrize("name", NOISY)
@@ -313,7 +346,6 @@ def test_mosaic_and_blur() -> None:
         ("pixel_dp_gaussian", {"epsilon": 1.0, "calibration": "rdp"}, "unknown calibration"),
         ("pixel_dp_gaussian", {"noise_scale": -0.1}, "noise_scale must be a finite number > 0"),
         ("pixel_dp_gaussian", {"epsilon": 1.0, "m": 0}, "m must be an integer >= 1"),
-        ("pixel_dp_gaussian", {"epsilon": 1.0, "run": 1.5}, "run must be an integer"),
         ("pixel_dp_gaussian", {"epsilon": 1.0, "noise_mode": "fresh"}, "noise_mode must be one of"),
         ("pixel_dp_laplace", {"epsilon": 0}, "epsilon must be a finite number > 0"),
         ("pixel_dp_laplace", {"noise_scale": 0.0}, "noise_scale must be a finite number > 0"),
@@ -498,19 +530,57 @@ def test_pure_dp_units_scale_linearly_and_compose() -> None:
 # ---------------------------------------------------------------------------------------------- pinned noise, details
 
 
+def _reference_noise(
+    name: str, mechanism: tuple[object, ...], dataset: str, shape: tuple[int, ...], sample_id: int
+) -> list[float]:
+    """Unit noise of one sample as documented: context = length-prefixed reprs of ("image-noise.v3", name,
+    mechanism, dataset, image shape), words from the pycryptodome oracle, 53-bit uniforms, inverse CDFs."""
+    fields = ("image-noise.v3", name, mechanism, dataset, shape)
+    context = b"".join(struct.pack("<I", len(repr(f).encode())) + repr(f).encode() for f in fields)
+    count = math.prod(shape) if name != "dp_pix" else 2  # dp_pix on 2x3 with b = 2: a 1x2 grid of cells
+    words = oracle_words(KEY, context, sample_id, 0, 2 * count)
+    out = []
+    for high, low in zip(words[0::2], words[1::2]):
+        u = ((high >> 5) * 2.0**26 + (low >> 6) + 0.5) * 2.0**-53
+        if name == "pixel_dp_gaussian":
+            out.append(NormalDist().inv_cdf(u))
+        else:
+            v = u - 0.5
+            out.append(-math.copysign(1.0, v) * math.log1p(-2.0 * abs(v)))
+    return out
+
+
+def test_pinned_noise_follows_the_reference() -> None:
+    x = torch.full((2, 1, 2, 3), 0.5, dtype=torch.float64)
+    gaussian = build_privacy_method("pixel_dp_gaussian", key=KEY, epsilon=20.0)
+    z = _reference_noise("pixel_dp_gaussian", ("gaussian", gaussian.sigma), "pinned/train/0", (1, 2, 3), 8)
+    out = gaussian(x, torch.tensor([7, 8]), 0, "pinned/train/0")[1].flatten()
+    assert out.tolist() == pytest.approx([min(1.0, max(0.0, 0.5 + gaussian.sigma * v)) for v in z], abs=1e-12)
+    laplace = build_privacy_method("pixel_dp_laplace", key=KEY, epsilon=20.0)
+    z = _reference_noise("pixel_dp_laplace", ("laplace", 0.05), "pinned/train/0", (1, 2, 3), 8)
+    out = laplace(x, torch.tensor([7, 8]), 0, "pinned/train/0")[1].flatten()
+    assert out.tolist() == pytest.approx([min(1.0, max(0.0, 0.5 + 0.05 * v)) for v in z], abs=1e-12)
+    dp_pix = build_privacy_method("dp_pix", key=KEY, epsilon=20.0, b=2)
+    z = _reference_noise("dp_pix", ("dp_pix", 2, 0.05), "pinned/train/0", (1, 2, 3), 8)
+    cells = [0.5 + 0.05 / 4 * z[0], 0.5 + 0.05 / 2 * z[1]]  # a full cell of 4 px, a partial one of 2
+    out = dp_pix(x, torch.tensor([7, 8]), 0, "pinned/train/0")[1].flatten()
+    assert out.tolist() == pytest.approx([cells[i] for i in (0, 0, 1, 0, 0, 1)], abs=1e-12)
+
+
 @pytest.mark.parametrize(
     ("name", "params", "pinned"),
     [
-        ("pixel_dp_gaussian", {"epsilon": 20.0}, [0.184494072224, 0.805912283851, 0.755861700481, 0.965753220389]),
-        ("pixel_dp_laplace", {"epsilon": 20.0}, [0.517594941825, 0.542353846159, 0.375231688202, 0.526370678056]),
-        ("dp_pix", {"epsilon": 20.0, "b": 2}, [0.494033079032, 0.494033079032, 0.546642708086, 0.494033079032]),
+        ("pixel_dp_gaussian", {"epsilon": 20.0}, [0.0, 0.378809951944, 0.601397549024, 0.405141203627]),
+        ("pixel_dp_laplace", {"epsilon": 20.0}, [0.556031413841, 0.517025959653, 0.540257670224, 0.613944910075]),
+        ("dp_pix", {"epsilon": 20.0, "b": 2}, [0.465768840554, 0.465768840554, 0.536656528001, 0.465768840554]),
     ],
 )
 def test_pinned_noise(name: str, params: dict[str, Any], pinned: list[float]) -> None:
-    # A change to the noise's PRF binding (method, settings, run), its uniforms or its scale changes these values:
-    # deliberate only (the second image of the batch, so the sample id counts too).
+    # A change to the noise's PRF binding (method, mechanism, dataset, shape), its uniforms or its scale changes
+    # these values: deliberate only (the second image of the batch, so the sample id counts too). Computed
+    # independently of fl_vmix (BLAKE2b subkey, pycryptodome AES, statistics.NormalDist): see _reference_noise.
     x = torch.full((2, 1, 2, 3), 0.5, dtype=torch.float64)
-    out = build_privacy_method(name, key=KEY, run=3, **params)(x, torch.tensor([7, 8]), 0)
+    out = build_privacy_method(name, key=KEY, **params)(x, torch.tensor([7, 8]), 0, "pinned/train/0")
     assert out[1].flatten()[:4].tolist() == pytest.approx(pinned, abs=1e-11)
 
 
@@ -590,11 +660,6 @@ VALUES_FIX = "values must be an integer >= 1, got 0; pass how many values of [C,
             lambda: cell_means(torch.zeros(1, 1, 4, 4), 0),
             "cell must be an integer >= 1, got 0; use a cell size of at least 1 px",
         ),
-        (
-            lambda: PixelDPLaplace(epsilon=1.0, key=KEY, run=-1),
-            "run must be an integer >= 0, got -1; pass the run's seed (experiment.seed): it keeps runs from sharing "
-            "noise",
-        ),
         (lambda: PixelDPLaplace(epsilon=1.0, key=KEY).epsilon_for(0), VALUES_FIX),
         (lambda: PixelDPGaussian(epsilon=1.0, key=KEY).epsilon_for(0), VALUES_FIX),
         (lambda: DPPix(key=KEY).epsilon_for(0), VALUES_FIX),
@@ -619,7 +684,6 @@ VALUES_FIX = "values must be an integer >= 1, got 0; pass how many values of [C,
         "blur-sigma",
         "mosaic-cell",
         "cell-means",
-        "run",
         "laplace-values",
         "gaussian-values",
         "dppix-values",
@@ -635,7 +699,7 @@ def test_bad_settings_say_what_and_how_to_fix(build, message):
 
 def test_dp_pix_epsilon_defaults_and_clamping():
     method = DPPix(key=KEY)
-    assert method.params == {"epsilon": 1.0, "b": 4, "m": 1, "run": 0, "noise_mode": "static"}
+    assert method.params == {"epsilon": 1.0, "b": 4, "m": 1, "noise_mode": "static"}
     # Each value costs epsilon / m per release: 3 values at epsilon 2 (not the cell's scale times 3).
     assert DPPix(epsilon=2.0, b=4, key=KEY).epsilon_for(3) == pytest.approx(6.0)
     # Strong noise pushes cells past both ends of [0, 1]: they are clamped, not wrapped or left out of range.

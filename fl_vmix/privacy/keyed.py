@@ -76,6 +76,69 @@ def context_bytes(*fields: object) -> bytes:
     return b"".join(struct.pack("<I", len(part)) + part for part in parts)
 
 
+SAMPLE_ID_LIMIT = 1 << 63  # the id domain: integers in [0, 2**63), stored as int64 (the counter's first field)
+
+
+def check_sample_ids(sample_ids: object) -> np.ndarray:
+    """Sample ids as a 1-D int64 array after checking the id domain and that no id repeats.
+
+    An id names one image; the counter holds it as int64, so ids are the integers in ``[0, 2**63)``:
+    negative ids and ids of 2**63 or more would alias others (uint64 ``2**64 - 1`` is int64 ``-1``) and
+    are refused, as is an id given twice in one batch (two images would share their permutation or
+    noise, and knowing one would reveal the other). Accepts a tensor, an array, a sequence or one int."""
+    if isinstance(sample_ids, torch.Tensor):
+        sample_ids = sample_ids.detach().cpu().numpy()
+    if isinstance(sample_ids, (int, np.integer)) and not isinstance(sample_ids, (bool, np.bool_)):
+        sample_ids = [sample_ids]
+    if isinstance(sample_ids, (list, tuple)):
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, (bool, np.bool_)) for i in sample_ids):
+            raise ValueError(
+                "sample_ids must be a sequence of ints (one id per image): pass the dataset index of each image"
+            )
+        outside = [int(i) for i in sample_ids if not 0 <= int(i) < SAMPLE_ID_LIMIT]
+        if outside:
+            raise ValueError(
+                f"sample ids must lie in [0, 2**63) (non-negative int64), got {outside[:3]}: "
+                "use the image's index in its dataset split"
+            )
+        sample_ids = np.array([int(i) for i in sample_ids], dtype=np.int64)
+    if not isinstance(sample_ids, np.ndarray):
+        raise ValueError(f"sample_ids must be a tensor, array or list of ints, got {type(sample_ids).__name__}")
+    if not np.issubdtype(sample_ids.dtype, np.integer) or sample_ids.ndim != 1:
+        raise ValueError(
+            f"sample_ids must be a 1-D integer array (one id per image), got shape {sample_ids.shape} "
+            f"dtype {sample_ids.dtype}: pass the dataset index of each image as int64"
+        )
+    if sample_ids.size and (
+        (np.issubdtype(sample_ids.dtype, np.signedinteger) and int(sample_ids.min()) < 0)
+        or int(sample_ids.max()) >= SAMPLE_ID_LIMIT
+    ):
+        bad = sample_ids[(sample_ids.astype(object) < 0) | (sample_ids.astype(object) >= SAMPLE_ID_LIMIT)]
+        raise ValueError(
+            f"sample ids must lie in [0, 2**63) (non-negative int64), got {bad[:3].tolist()}: "
+            "use the image's index in its dataset split (a uint64 id of 2**63 or more would alias a negative one)"
+        )
+    ids = sample_ids.astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        values, counts = np.unique(ids, return_counts=True)
+        raise ValueError(
+            f"sample ids repeat within one batch ({values[counts > 1][:3].tolist()}): two images with one id "
+            "would share their permutation or noise, and knowing one image would reveal the other; give every "
+            "image its own id (its index in its dataset split)"
+        )
+    return ids
+
+
+def check_dataset(dataset: object) -> str | None:
+    """``None`` or the non-empty printable public name of the data the sample ids index (bound into contexts)."""
+    if dataset is not None and (not isinstance(dataset, str) or not dataset or not dataset.isprintable()):
+        raise ValueError(
+            f"dataset must be None or a non-empty printable name of the data the ids index (e.g. "
+            f"'cifar10/train/<fingerprint>', DatasetIdentity.token), got {dataset!r}"
+        )
+    return dataset
+
+
 def _check_epoch(epoch: int) -> int:
     if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < _UINT32:
         raise ValueError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
@@ -91,14 +154,12 @@ class KeyedPRF:
 
     def words(self, sample_ids: np.ndarray | torch.Tensor, epoch: int, count: int) -> np.ndarray:
         """``[len(sample_ids), count]`` uint32 words; row ``b`` depends only on ``sample_ids[b]`` and ``epoch``."""
-        ids = sample_ids.detach().cpu().numpy() if isinstance(sample_ids, torch.Tensor) else np.asarray(sample_ids)
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"sample_ids must be a 1-D integer array, got shape {ids.shape} dtype {ids.dtype}")
+        ids = check_sample_ids(sample_ids)
         blocks = -(-int(count) // 4)
         if blocks >= _UINT32:
             raise ValueError(f"{count} words per sample exceed the counter space (2**34): use smaller images")
         counters = np.empty((len(ids), blocks, 2), dtype="<u8")
-        counters[:, :, 0] = ids.astype(np.int64).view(np.uint64)[:, None]
+        counters[:, :, 0] = ids.view(np.uint64)[:, None]
         counters[:, :, 1] = np.uint64(_check_epoch(epoch)) | (np.arange(blocks, dtype=np.uint64) << np.uint64(32))
         # update_into a preallocated buffer: the same bytes as update(), which is ~10x slower on MBs of output
         # (it builds a bytes object); the buffer has the block of slack update_into asks for.

@@ -26,7 +26,7 @@ def oracle_words(key: bytes, context: bytes, sample_id: int, epoch: int, count: 
     return words[:count]
 
 
-@pytest.mark.parametrize("sample_id, epoch", [(0, 0), (7, 3), (-5, 1), (2**62 + 11, 2**32 - 1)])
+@pytest.mark.parametrize("sample_id, epoch", [(0, 0), (7, 3), (2**63 - 1, 1), (2**62 + 11, 2**32 - 1)])
 def test_words_match_the_documented_construction(sample_id, epoch):
     prf = KeyedPRF(KEY, b"ctx")
     got = prf.words(np.array([sample_id], dtype=np.int64), epoch, 11)[0].tolist()

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_vmix.privacy.keyed import KeyedPRF, check_key, context_bytes
+from fl_vmix.privacy.keyed import KeyedPRF, check_dataset, check_key, check_sample_ids, context_bytes
 from fl_vmix.privacy.permutations import ShuffleGeometry, sources
 from fl_vmix.privacy.region_energy import (
     MAX_ABS,
@@ -61,6 +61,7 @@ class MixParams:
     sample_ids: torch.Tensor  # [B] int64
     epoch: int
     levels: torch.Tensor  # [B, R] int64: index into block_sizes (0 = coarsest) for each region
+    dataset: str | None = None  # the public name of the data the ids index (part of the keyed context)
 
 
 @dataclass(frozen=True)
@@ -101,8 +102,8 @@ class MixResult:
 class _Layout:
     """An ``H x W x C`` image cut into regions: the public shuffle geometry and this key's PRF for it."""
 
-    def __init__(self, geometry: ShuffleGeometry, prf: KeyedPRF, device: torch.device) -> None:
-        self.geometry, self.prf, self.device = geometry, prf, device
+    def __init__(self, geometry: ShuffleGeometry, prf: KeyedPRF, device: torch.device, dataset: str | None) -> None:
+        self.geometry, self.prf, self.device, self.dataset = geometry, prf, device, dataset
         height, width, region = geometry.height, geometry.width, geometry.region
         self.height, self.width, self.region = height, width, region
         self.grid = geometry.grid
@@ -194,19 +195,41 @@ class VisualMixer(nn.Module):
             raise ValueError(f"unknown vfe_method {vfe_method!r}: use one of {', '.join(VFE_METHODS)}")
         if mode not in ("static", "dynamic"):
             raise ValueError(f"mode must be 'static' or 'dynamic', got {mode!r}")
+        if not isinstance(permute_channels, (bool, np.bool_)):
+            raise ValueError(
+                f"permute_channels must be True or False, got {permute_channels!r}: a string such as 'no' "
+                "would read as True; pass a bool"
+            )
+        if (
+            isinstance(max_refinements, bool)
+            or not isinstance(max_refinements, (int, np.integer))
+            or max_refinements < 0
+        ):
+            raise ValueError(f"max_refinements must be an int >= 0 (extra refinement steps), got {max_refinements!r}")
+        if (
+            isinstance(attention_temperature, bool)
+            or not isinstance(attention_temperature, (int, float, np.number))
+            or not (math.isfinite(attention_temperature) and attention_temperature > 0)
+        ):
+            raise ValueError(
+                f"attention_temperature must be a positive finite number (it divides the score gaps), got "
+                f"{attention_temperature!r}: use e.g. 1.0"
+            )
+        if attention is not None and not isinstance(attention, nn.Module):
+            raise ValueError(f"attention must be an nn.Module scoring regions or None, got {type(attention).__name__}")
         self.region_size = region_size
         self.block_sizes = tuple(sorted(sizes, reverse=True))
         self.target_vfe = target_vfe
         self.target_ratio = target_ratio
         self.vfe_method: VFEMethod = vfe_method
         self.mode = mode
-        self.permute_channels = permute_channels
+        self.permute_channels = bool(permute_channels)
         self.attention = attention
-        self.max_refinements = max_refinements
-        self.attention_temperature = attention_temperature
+        self.max_refinements = int(max_refinements)
+        self.attention_temperature = float(attention_temperature)
         self.last_params: MixParams | None = None
         self.last_report: MixReport | None = None
-        self._layouts: dict[tuple[int, int, int, str], _Layout] = {}
+        self._layouts: dict[tuple[int, int, int, str, str | None], _Layout] = {}
 
     def extra_repr(self) -> str:
         target = (
@@ -250,55 +273,69 @@ class VisualMixer(nn.Module):
 
     @staticmethod
     def _check_ids(sample_ids: object, batch: int, device: torch.device) -> torch.Tensor:
-        if isinstance(sample_ids, torch.Tensor):
-            ids = sample_ids
-        elif isinstance(sample_ids, np.ndarray):
-            if not np.issubdtype(sample_ids.dtype, np.integer):
-                raise ValueError(f"sample_ids must be integers, got numpy dtype {sample_ids.dtype}")
-            ids = torch.from_numpy(sample_ids.astype(np.int64))
-        elif isinstance(sample_ids, (list, tuple)):
-            if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in sample_ids):
-                raise ValueError("sample_ids must be a sequence of ints (one id per image)")
-            ids = torch.tensor(list(sample_ids), dtype=torch.int64)
-        elif isinstance(sample_ids, (int, np.integer)) and not isinstance(sample_ids, bool):
-            ids = torch.tensor([int(sample_ids)], dtype=torch.int64)
-        else:
-            raise ValueError(f"sample_ids must be a tensor, array or list of ints, got {type(sample_ids).__name__}")
-        if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
-            raise ValueError(f"sample_ids must have an integer dtype, got {ids.dtype}: use .long()")
-        if ids.dim() != 1 or ids.numel() != batch:
-            raise ValueError(f"sample_ids must be 1-D with one id per image ({batch}), got shape {tuple(ids.shape)}")
-        return ids.to(device=device, dtype=torch.int64)
+        if isinstance(sample_ids, torch.Tensor) and (
+            sample_ids.dtype.is_floating_point or sample_ids.dtype.is_complex or sample_ids.dtype == torch.bool
+        ):
+            raise ValueError(f"sample_ids must have an integer dtype, got {sample_ids.dtype}: use .long()")
+        if isinstance(sample_ids, np.ndarray) and not np.issubdtype(sample_ids.dtype, np.integer):
+            raise ValueError(f"sample_ids must be integers, got numpy dtype {sample_ids.dtype}: use .astype(np.int64)")
+        if (isinstance(sample_ids, (torch.Tensor, np.ndarray)) and sample_ids.ndim != 1) or (
+            isinstance(sample_ids, (torch.Tensor, np.ndarray, list, tuple)) and len(sample_ids) != batch
+        ):
+            shape = tuple(sample_ids.shape) if isinstance(sample_ids, (torch.Tensor, np.ndarray)) else len(sample_ids)
+            raise ValueError(f"sample_ids must be 1-D with one id per image ({batch}), got shape {shape}")
+        ids = torch.from_numpy(check_sample_ids(sample_ids))  # the id domain, and no id twice
+        if ids.numel() != batch:
+            raise ValueError(f"sample_ids must be 1-D with one id per image ({batch}), got {ids.numel()} ids")
+        return ids.to(device=device)
 
-    def _epoch(self, epoch: int | None) -> int:
+    def _epoch(self, epoch: object) -> int:
+        if epoch is not None and (
+            isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < 2**32
+        ):
+            raise ValueError(f"epoch must be an int in [0, 2**32) or None, got {epoch!r}: pass the current epoch")
         if self.mode == "static":
-            return 0
+            return 0  # a static shuffle is the same every epoch
         if epoch is None:
             raise ValueError("dynamic mode shuffles differently every epoch: pass epoch=<current epoch>")
-        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or not 0 <= int(epoch) < 2**32:
-            raise ValueError(f"epoch must be an int in [0, 2**32), got {epoch!r}")
         return int(epoch)
 
     # ------------------------------------------------------------------------------ keyed indices
-    def _layout(self, height: int, width: int, channels: int, device: torch.device) -> _Layout:
-        """Geometry and PRF for one image shape; the PRF's subkey binds every public setting that
-        shapes the permutations, so no two settings or shapes share key-derived numbers."""
-        cache_key = (height, width, channels, str(device))
+    def context(self, height: int, width: int, channels: int, dataset: str | None = None) -> bytes:
+        """The public context of this mixer's subkey for one image shape and dataset: every setting that
+        can change an output (the shuffle geometry, and the target, VFE definition, refinement and scorer
+        that pick each region's level), the image shape and the data the ids index. Two mixers that differ
+        in any of them, or one mixer on two shapes or datasets, never share key-derived numbers."""
+        attention = None if self.attention is None else type(self.attention).__qualname__
+        return context_bytes(
+            "visualmixer.shuffle.v3",
+            self.region_size,
+            self.block_sizes,
+            self.permute_channels,
+            self.mode,
+            None if self.target_vfe is None else float(self.target_vfe),
+            None if self.target_ratio is None else float(self.target_ratio),
+            self.vfe_method,
+            self.max_refinements,
+            attention,
+            self.attention_temperature,
+            dataset,
+            channels,
+            height,
+            width,
+        )
+
+    def _layout(
+        self, height: int, width: int, channels: int, device: torch.device, dataset: str | None = None
+    ) -> _Layout:
+        """Geometry and PRF for one image shape and dataset (the subkey binds :meth:`context`)."""
+        cache_key = (height, width, channels, str(device), dataset)
         if cache_key not in self._layouts:
             geometry = ShuffleGeometry(
-                height, width, channels, self.region_size, self.block_sizes, bool(self.permute_channels)
+                height, width, channels, self.region_size, self.block_sizes, self.permute_channels
             )
-            context = context_bytes(
-                "visualmixer.shuffle",
-                self.region_size,
-                self.block_sizes,
-                bool(self.permute_channels),
-                self.mode,
-                channels,
-                height,
-                width,
-            )
-            self._layouts[cache_key] = _Layout(geometry, KeyedPRF(self._key, context), device)
+            prf = KeyedPRF(self._key, self.context(height, width, channels, dataset))
+            self._layouts[cache_key] = _Layout(geometry, prf, device, dataset)
         return self._layouts[cache_key]
 
     def _sources(self, layout: _Layout, ids: torch.Tensor, epoch: int, levels: list[int] | None = None) -> torch.Tensor:
@@ -349,13 +386,30 @@ class VisualMixer(nn.Module):
         return torch.empty_like(by_rank).scatter_(1, order, by_rank)
 
     # ---------------------------------------------------------------------------------- public API
-    def mix(self, images: torch.Tensor, sample_ids: object, epoch: int | None = None) -> MixResult:
-        """Obfuscate a batch and return the images with their parameters and VFE report."""
+    def mix(
+        self, images: torch.Tensor, sample_ids: object, epoch: int | None = None, dataset: str | None = None
+    ) -> MixResult:
+        """Obfuscate a batch and return the images with their parameters and VFE report.
+
+        ``dataset``: the public name of the data the ids index (name, split and a content fingerprint, as
+        ``fl_vmix.data.client.DatasetIdentity.token`` gives it). It is part of the keyed context, so the
+        same id in two datasets or splits gets unrelated permutations; callers that mix images of more than
+        one dataset under one key must name them."""
         self._check_images(images)
         batch, channels, height, width = images.shape
         ids = self._check_ids(sample_ids, batch, images.device)
         epoch = self._epoch(epoch)
-        layout = self._layout(height, width, channels, images.device)
+        dataset = check_dataset(dataset)
+        # Without a target nothing quantises the images (which refuses NaN and inf): check here, by one sum
+        # (NaN and inf propagate through it) and only on suspicion by the exact test (a huge sum may overflow).
+        if (
+            not self.targeted
+            and images.is_floating_point()
+            and not bool(torch.isfinite(images.detach().sum(dtype=torch.float64)))
+            and not bool(torch.isfinite(images).all())
+        ):
+            raise ValueError("images contain NaN or inf: clean or clamp the input before mixing (torch.nan_to_num)")
+        layout = self._layout(height, width, channels, images.device, dataset)
         num_levels = len(self.block_sizes)
         # The CPU runs each image's whole shuffle in one compiled pass (same integers as the path below,
         # which other devices run); images that carry gradient take the differentiable torch gathers.
@@ -377,7 +431,7 @@ class VisualMixer(nn.Module):
                 return self._to_vfe(totals[:, 0], layout, channels), self._to_vfe(totals[:, 1], layout, channels)
 
             report = MixReport(None, torch.ones(batch, dtype=torch.bool, device=images.device), measure)
-            return self._finish(mixed, MixParams(ids, epoch, levels), report)
+            return self._finish(mixed, MixParams(ids, epoch, levels, dataset), report)
 
         if compiled and self.attention is None:
             return self._mix_compiled(images, layout, ids, epoch)
@@ -424,7 +478,7 @@ class VisualMixer(nn.Module):
         report = MixReport(
             self._to_vfe(target, layout, channels), achieved >= target, lambda: (clear_vfe, achieved_vfe)
         )
-        return self._finish(mixed, MixParams(ids, epoch, levels), report)
+        return self._finish(mixed, MixParams(ids, epoch, levels, dataset), report)
 
     def _mix_compiled(self, images: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int) -> MixResult:
         """The targeted shuffle on the CPU: :func:`fl_vmix.privacy._kernels.mix_kernel` does per image what
@@ -477,7 +531,9 @@ class VisualMixer(nn.Module):
             achieved_totals >= target_totals,
             lambda: (clear_vfe, achieved_vfe),
         )
-        return self._finish(mixed.view(images.dtype), MixParams(ids, epoch, torch.from_numpy(levels)), report)
+        return self._finish(
+            mixed.view(images.dtype), MixParams(ids, epoch, torch.from_numpy(levels), layout.dataset), report
+        )
 
     def _shuffle_compiled(
         self, images: torch.Tensor, layout: _Layout, ids: torch.Tensor, epoch: int, level: int
@@ -515,30 +571,39 @@ class VisualMixer(nn.Module):
         """Replay a shuffle: apply the parameters a :meth:`mix` call returned to images."""
         return self._replay(images, params, invert=False)
 
-    def forward(self, images: torch.Tensor, sample_ids: object, epoch: int | None = None) -> torch.Tensor:
-        return self.mix(images, sample_ids, epoch).images
+    def forward(
+        self, images: torch.Tensor, sample_ids: object, epoch: int | None = None, dataset: str | None = None
+    ) -> torch.Tensor:
+        return self.mix(images, sample_ids, epoch, dataset).images
 
     def invert(
-        self, obfuscated: torch.Tensor, sample_ids: object, epoch: int | None = None, params: MixParams | None = None
+        self,
+        obfuscated: torch.Tensor,
+        sample_ids: object,
+        epoch: int | None = None,
+        params: MixParams | None = None,
+        dataset: str | None = None,
     ) -> torch.Tensor:
         """Exact inverse for the key holder.
 
         With a VFE target the level of each region depends on the clear image, so the parameters
         are needed: pass ``params`` (from :meth:`mix`); the mixer's last call is used
-        when its ids match. Without a target the key and ids suffice.
+        when its ids match. Without a target the key, ids and dataset suffice.
         """
         self._check_images(obfuscated)
         ids = self._check_ids(sample_ids, obfuscated.shape[0], obfuscated.device)
+        dataset = check_dataset(dataset)
         if params is None:
             if not self.targeted:
                 _, channels, height, width = obfuscated.shape
-                regions = self._layout(height, width, channels, obfuscated.device).num_regions
+                regions = self._layout(height, width, channels, obfuscated.device, dataset).num_regions
                 levels = torch.full((ids.numel(), regions), len(self.block_sizes) - 1, device=obfuscated.device)
-                params = MixParams(ids, self._epoch(epoch), levels)
+                params = MixParams(ids, self._epoch(epoch), levels, dataset)
             elif (
                 self.last_params is not None
                 and torch.equal(self.last_params.sample_ids, ids)
                 and (epoch is None or self._epoch(epoch) == self.last_params.epoch)
+                and (dataset is None or dataset == self.last_params.dataset)
             ):
                 params = self.last_params
             else:
@@ -548,19 +613,36 @@ class VisualMixer(nn.Module):
                 )
         elif not torch.equal(params.sample_ids.to(ids.device), ids):
             raise ValueError("params were planned for other sample_ids: pass the ids the images were mixed with")
+        elif dataset is not None and dataset != params.dataset:
+            raise ValueError(
+                f"params were planned for dataset {params.dataset!r}, not {dataset!r}: pass the params of these images"
+            )
         return self._replay(obfuscated, params, invert=True)
+
+    def _check_params(self, params: MixParams, batch: int, regions: int) -> None:
+        """Refuse parameters no :meth:`mix` could have made (levels out of range, a bad epoch or dataset)."""
+        levels = params.levels
+        if not isinstance(levels, torch.Tensor) or levels.dtype.is_floating_point or levels.dtype == torch.bool:
+            raise ValueError("params.levels must be an integer tensor [B, R]: pass result.params from mixer.mix(...)")
+        if levels.shape != (batch, regions):
+            raise ValueError(
+                f"params hold levels for {tuple(levels.shape)} (images x regions) but the images need "
+                f"{(batch, regions)}: replay params only on the batch they were planned for"
+            )
+        if levels.numel() and (int(levels.min()) < 0 or int(levels.max()) >= len(self.block_sizes)):
+            raise ValueError(
+                f"params.levels must lie in [0, {len(self.block_sizes)}) (one per block size {self.block_sizes}), "
+                f"got values in [{int(levels.min())}, {int(levels.max())}]: pass result.params from mixer.mix(...)"
+            )
 
     def _replay(self, images: torch.Tensor, params: MixParams, invert: bool) -> torch.Tensor:
         self._check_images(images)
         batch, channels, height, width = images.shape
-        layout = self._layout(height, width, channels, images.device)
-        if params.levels.shape != (batch, layout.num_regions):
-            raise ValueError(
-                f"params hold levels for {tuple(params.levels.shape)} (images x regions) but the images need "
-                f"{(batch, layout.num_regions)}: replay params only on the batch they were planned for"
-            )
-        all_sources = self._sources(layout, params.sample_ids.to(images.device), params.epoch)
-        levels = params.levels.to(images.device)
+        layout = self._layout(height, width, channels, images.device, check_dataset(params.dataset))
+        self._check_params(params, batch, layout.num_regions)
+        ids = self._check_ids(params.sample_ids, batch, images.device)
+        all_sources = self._sources(layout, ids, self._epoch(params.epoch))
+        levels = params.levels.to(device=images.device, dtype=torch.int64)
         if not invert:
             return take_selected(images, all_sources, levels, layout.geometry)
         source = select_sources(all_sources, levels, layout.geometry)

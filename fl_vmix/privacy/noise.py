@@ -2,10 +2,10 @@
 
 A DP guarantee on noisy images holds only while the noise is unpredictable to the adversary: whoever
 can regenerate it subtracts it. So the noise is drawn from :class:`~fl_vmix.privacy.keyed.KeyedPRF`
-(AES-256 under a subkey of the client's key), and the subkey's context binds the method, all its
-settings and the run: two runs, or two settings of one run, never share noise (sharing would let an
-adversary holding both releases cancel it). The PRF's counter is (sample id, epoch, word index), so
-a sample's noise does not depend on its batch, and ``dynamic`` noise is fresh every epoch.
+(AES-256 under a subkey of the client's key), never from a public seed. The caller's context binds the
+mechanism, the dataset and the image shape (:mod:`fl_vmix.privacy.baselines`); the PRF's counter is
+(sample id, epoch, word index), so a sample's noise does not depend on its batch, a second release of
+the same image is the same release, and ``dynamic`` noise is fresh every epoch.
 
 Two 32-bit words make one uniform of 53 bits in the open interval (0, 1); the inverse CDF turns it
 into a Gaussian or Laplace value (Gaussian tails reach about 8.3 standard deviations).

@@ -36,7 +36,7 @@ def own_uniforms(words: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize(("kind", "ppf"), [("gaussian", stats.norm.ppf), ("laplace", stats.laplace.ppf)])
 def test_noise_is_the_inverse_cdf_of_the_keyed_uniforms(kind, ppf):
     prf = KeyedPRF(KEY, b"noise-oracle")
-    ids = torch.tensor([3, -1, 2**40])
+    ids = torch.tensor([3, 2**63 - 1, 2**40])
     noise = per_sample_noise(ids, (2, 3, 5), prf=prf, epoch=4, kind=kind, dtype=torch.float64)
     assert noise.shape == (3, 2, 3, 5) and noise.dtype == torch.float64
     words = prf.words(ids, 4, 2 * 30)  # two words per value, row-major over (2, 3, 5)

@@ -8,15 +8,25 @@ import torch
 from scipy import stats
 
 from fl_vmix.privacy.keyed import KeyedPRF
-from fl_vmix.privacy.permutations import ShuffleGeometry, _sources_numba, _sources_torch, fisher_yates_torch, sources
+from fl_vmix.privacy.permutations import (
+    ShuffleGeometry,
+    _sources_numba,
+    _sources_torch,
+    accepted_draws,
+    draw_is_accepted,
+    fisher_yates_torch,
+    sources,
+    spare_words,
+)
 
 KEY = bytes(range(32))
 
 
 def words_for_choices(choices: list[int]) -> list[int]:
-    """The 32-bit word that makes Fisher-Yates step i = n-1, n-2, ... pick j = choices[k]."""
+    """The 32-bit word that makes Fisher-Yates step i = n-1, n-2, ... pick j = choices[k]: the last word of j's
+    interval, whose remainder (at least 2^32 - k) passes the rejection test."""
     n = len(choices) + 1
-    return [-(-j * 2**32 // (i + 1)) for j, i in zip(choices, range(n - 1, 0, -1))]
+    return [-(-(j + 1) * 2**32 // (i + 1)) - 1 for j, i in zip(choices, range(n - 1, 0, -1))]
 
 
 def test_fisher_yates_is_a_bijection_onto_all_permutations():
@@ -114,13 +124,16 @@ def test_block_level_from_compaction_is_uniform():
 def test_word_layout():
     geometry = ShuffleGeometry(9, 17, 3, 8, (1,), True)
     sizes = [8 * 8, 8 * 8, 8 * 1, 1 * 8, 1 * 8, 1 * 1]  # regions row-major: 2x3 grid, edges of 1 px
-    assert geometry.words_per_sample == 3 * sum(n - 1 for n in sizes) + len(sizes) * 2
-    assert ShuffleGeometry(9, 17, 3, 8, (1,), False).words_per_sample == 3 * sum(n - 1 for n in sizes)
+    # each row: its n - 1 draws and its spare words for rejected draws (3 for 64 items, 2 for 8 and for 3 channels)
+    rows = 3 * sum(n - 1 + spare_words(n) for n in sizes)
+    assert [spare_words(n) for n in (1, 2, 3, 8, 64)] == [0, 0, 2, 2, 3]
+    assert geometry.words_per_sample == rows + len(sizes) * (2 + 2)
+    assert ShuffleGeometry(9, 17, 3, 8, (1,), False).words_per_sample == rows
 
 
 def test_units_are_the_gcd_of_the_block_sizes():
     geometry = ShuffleGeometry(224, 224, 3, 16, (8, 4, 2), False)
-    assert geometry.unit == 2 and geometry.words_per_sample == 3 * 196 * (64 - 1)
+    assert geometry.unit == 2 and geometry.words_per_sample == 3 * 196 * (64 - 1 + 3)
     assert ShuffleGeometry(32, 32, 3, 8, (2, 1), False).unit == 1
     # 2-px blocks from 2-px units: where a unit-block lands is uniform over the 64 slots of a region
     geometry = ShuffleGeometry(16, 16, 1, 16, (8, 2), False)
@@ -160,3 +173,69 @@ def test_fisher_yates_from_fixed_words():
     words = torch.tensor([words_for_choices([3, 0, 1])], dtype=torch.int64)
     assert fisher_yates_torch(words, 4).tolist() == [[2, 1, 0, 3]]
     assert fisher_yates_torch(torch.zeros(2, 0, dtype=torch.int64), 1).tolist() == [[0], [0]]
+
+
+# ------------------------------------------------------------------------------------- unbiased draws
+
+
+def test_every_index_has_equally_many_accepted_words_at_50176_units():
+    # A 224-px region of 1-px blocks: k = 50,176 items. Plain multiply-shift gives 85,598 words to some indices and
+    # 85,599 to others (a total-variation distance of about 0.049 over a whole shuffle); with rejection every index
+    # has exactly floor(2^32 / k) accepted words. Checked word by word on the full interval of 300 indices.
+    k = 50_176
+    rng = np.random.default_rng(0)
+    for j in [0, 1, k - 1, *rng.integers(0, k, 297).tolist()]:
+        first, last = -(-j * 2**32 // k), -(-(j + 1) * 2**32 // k)  # the words with floor(w k / 2^32) = j
+        words = torch.arange(first, last, dtype=torch.int64)
+        assert bool(((words * k) >> 32 == j).all())
+        assert int(draw_is_accepted(words, k).sum()) == 2**32 // k
+    # and the closed form for every index: accepted words of j are those of its interval with a remainder >= t
+    j = np.arange(k, dtype=np.int64)
+    first = -(-j * 2**32 // k)
+    remainder = first * k - j * 2**32  # remainder of the interval's first word; it then grows by k per word
+    size = -(-(j + 1) * 2**32 // k) - first
+    t = 2**32 % k
+    rejected = np.maximum(0, -(-(t - remainder) // k)).clip(max=size)
+    assert set((size - rejected).tolist()) == {2**32 // k}
+    assert len(set(size.tolist())) == 2  # without rejection the indices are not equally likely
+
+
+def test_a_rejected_draw_takes_the_rows_next_spare_word():
+    # k = 3: the word 0 leaves remainder 0 < 2^32 mod 3 = 1 and is rejected; the spare decides instead.
+    spare = words_for_choices([2, 0])  # j = 2 at k = 3
+    words = torch.tensor([[0, spare[1], spare[0], 7]], dtype=torch.int64)  # draws (k = 3, 2), spares
+    assert accepted_draws(words, 3).tolist() == [[spare[0], spare[1]]]
+    assert fisher_yates_torch(words, 3).tolist() == fisher_yates_torch(torch.tensor([spare]), 3).tolist()
+    # a row out of spares keeps its last word (probability below 2^-64 by construction)
+    assert accepted_draws(torch.tensor([[0, 5]], dtype=torch.int64), 3).tolist() == [[0, 5]]
+    assert accepted_draws(torch.tensor([[0, 5, 0]], dtype=torch.int64), 3).tolist() == [[0, 5]]
+
+
+def reference_fisher_yates(words: list[int], n: int, spares: int) -> list[int]:
+    """The documented shuffle, written out with Python integers (draws, then spares for rejected draws)."""
+    arrangement, spare = list(range(n)), n - 1
+    for step, i in enumerate(range(n - 1, 0, -1)):
+        k, word = i + 1, words[step]
+        while (word * k) % 2**32 < 2**32 % k and spare < n - 1 + spares:
+            word, spare = words[spare], spare + 1
+        j = word * k // 2**32
+        arrangement[i], arrangement[j] = arrangement[j], arrangement[i]
+    return arrangement
+
+
+@pytest.mark.parametrize("channels, height, width, region, blocks, permute", GEOMETRIES[:4] + GEOMETRIES[-2:])
+def test_kernel_and_torch_agree_when_draws_are_rejected(channels, height, width, region, blocks, permute):
+    # Zero words are rejected whenever k is not a power of two: plant many, the spares take over in both paths.
+    geometry = ShuffleGeometry(height, width, channels, region, blocks, permute)
+    words = KeyedPRF(KEY, b"rej").words(np.arange(3), 0, geometry.words_per_sample).copy()
+    words[:, ::5] = 0
+    words[1] = 0  # every word of image 1: rows run out of spares and keep their last word
+    levels = list(range(len(blocks)))
+    expected = _sources_torch(geometry, torch.from_numpy(words.astype(np.int64)), levels)
+    assert torch.equal(_sources_numba(geometry, words, levels), expected)
+    if blocks[-1] == 1 and not permute:  # the finest level is the arrangement of each (channel, region)
+        n = int(geometry.units_of_shape[geometry.region_shape[0]])
+        row = words[0, : n - 1 + spare_words(n)].astype(np.int64).tolist()
+        local = expected[-1, 0, 0].view(height, width)[:region, :region].reshape(-1).tolist()
+        reference = reference_fisher_yates(row, n, spare_words(n))
+        assert [local[p] // width * region + local[p] % width for p in range(n)] == reference

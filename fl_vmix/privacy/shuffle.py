@@ -56,8 +56,8 @@ class VisualMixerMethod(PrivacyMethod):
             permute_channels=bool(permute_channels),
         )
 
-    def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int) -> ProtectedBatch:
-        result = self.mixer.mix(images, sample_ids, epoch)
+    def _protect(self, images: Tensor, sample_ids: Tensor, epoch: int, dataset: str | None) -> ProtectedBatch:
+        result = self.mixer.mix(images, sample_ids, epoch, dataset)
         return ProtectedBatch(result.images, report=result.report, params=result.params)
 
 

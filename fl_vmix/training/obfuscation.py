@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fl_vmix.data.client import DatasetIdentity
 from fl_vmix.privacy import vfe
 from fl_vmix.privacy.base import PrivacyMethod
 from fl_vmix.privacy.similarity import mean_ssim_psnr
@@ -45,6 +46,7 @@ def obfuscate(
     *,
     similarity: bool = True,
     device: torch.device | None = None,
+    dataset: DatasetIdentity | None = None,
 ) -> ObfuscatedSplit:
     """Apply a client's privacy method to uint8 images, in chunks, and measure the result's VFE (and SSIM/PSNR).
 
@@ -53,18 +55,21 @@ def obfuscate(
     ``device``: where each chunk is protected (the client's training device; VisualMixer's CUDA path
     gives the same images as its CPU kernels). The protected split comes back to the CPU: a process
     keeps many clients' splits, and training moves one split at a time to the device.
+    ``dataset``: what the ids index (``ClientData.dataset``); keyed methods bind it into their permutations
+    and noise, so ids of two datasets or splits never share them. Pass it whenever it is known.
     """
     start = time.perf_counter()
     clear = torch.from_numpy(np.ascontiguousarray(images))
     sample_ids = torch.from_numpy(np.asarray(ids, dtype=np.int64))
     chunks, unreached = [], 0
+    token = None if dataset is None else dataset.token
     for i in range(0, len(clear), OBFUSCATION_CHUNK):
         chunk = clear[i : i + OBFUSCATION_CHUNK]
         if device is not None:
             chunk = chunk.to(device)
         chunk = chunk.float().div_(255.0)
         ids_chunk = sample_ids[i : i + OBFUSCATION_CHUNK]
-        protected = method.protect(chunk, ids_chunk if device is None else ids_chunk.to(device), epoch)
+        protected = method.protect(chunk, ids_chunk if device is None else ids_chunk.to(device), epoch, token)
         chunks.append(protected.images.cpu())
         unreached += protected.num_unreached
     out = torch.cat(chunks) if chunks else torch.empty(0, *clear.shape[1:])
