@@ -40,7 +40,7 @@ STRATEGY_PARAMS = {"fedavg": (), "fedprox": ("proximal_mu",), "fedavgm": ("serve
 ENGINE_NAMES = ("simulation", "deployment")
 DEFAULT_REGION_SIZE = 8  # VFE window (and invariant-model region) for methods without regions of their own
 SECRET_PARAMS = ("key",)  # a keyed method's secret comes from its node, never from the config
-INJECTED_PARAMS = (*SECRET_PARAMS, "run")  # filled in by the client: its key, and the run's seed
+INJECTED_PARAMS = SECRET_PARAMS  # filled in by the client: its key
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 SIMULATION_KEYS = ("derived", "random")
@@ -245,11 +245,6 @@ class PrivacySettings:
             raise ConfigError(
                 f"privacy.{secret[0]} must not be in the experiment: each client's secret comes from its node "
                 "(key file or simulation key dir), never from the server's config; remove it"
-            )
-        if "run" in params and "run" in accepted:
-            raise ConfigError(
-                "privacy.run must not be in the experiment: it is the run's seed, which the experiment's `seed` sets; "
-                "remove it (change `seed` for a run with other noise)"
             )
         unknown = sorted(set(params) - set(accepted))
         if unknown:

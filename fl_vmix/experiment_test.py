@@ -117,7 +117,7 @@ def test_faults_name_partitions_and_rounds():
         ),
         (
             lambda c: c.update(privacy={"method": "pixel_dp_laplace", "epsilon": 8.0, "run": 3}),
-            r"privacy.run must not be in the experiment: it is the run's seed.*remove it",
+            "privacy.run is not a parameter of 'pixel_dp_laplace': use epsilon",
         ),
         (lambda c: c.update(central_eval="yes"), "central_eval='yes' is invalid: use true or false"),
         (lambda c: c.update(output_dir=5), "output_dir=5 is invalid: give a path or null"),

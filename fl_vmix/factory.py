@@ -87,13 +87,14 @@ def build_optimizer(
     return build_registered_optimizer(opt.name, params, lr=lr, weight_decay=opt.weight_decay, extra=opt.extra)
 
 
-def build_privacy(privacy: PrivacySettings, key: bytes | None, run: int = 0) -> PrivacyMethod:
+def build_privacy(privacy: PrivacySettings, key: bytes | None) -> PrivacyMethod:
     """The client's privacy method, keyed by the client's secret.
 
     Keyed methods take the key itself: VisualMixer's permutations and the noise of the image-DP methods come
     from the client's keyed PRF, so they are secret to the client (DP-SGD's noise and sampling come from OS
     entropy unless the experiment asks for ``reproducible_noise``, see :func:`trainer_for`).
-    Noise methods also take ``run`` (the run's seed) so that two runs never share noise. ``key=None``
+    Image noise is a function of the key, the dataset, the sample and the setting, so a second release of an
+    image is the same release (no averaging gain, no public seed in it). ``key=None``
     (the server, for a training-level method) builds methods that need no secret; a keyed method then
     says where keys come from.
     """
@@ -101,8 +102,6 @@ def build_privacy(privacy: PrivacySettings, key: bytes | None, run: int = 0) -> 
     accepted = method_parameters(privacy.method)
     if key is not None and "key" in accepted:
         params["key"] = key
-    if "run" in accepted:
-        params["run"] = run
     try:
         return build_privacy_method(privacy.method, **params)
     except ValueError as err:
@@ -147,7 +146,7 @@ def compute_for(experiment: Experiment) -> Compute:
 
 def local_client(experiment: Experiment, data: ClientData, key: bytes) -> LocalClient:
     """A client of ``experiment`` holding ``data`` and protecting it with ``key``, on this process's device."""
-    method = build_privacy(experiment.privacy, key, run=experiment.seed)
+    method = build_privacy(experiment.privacy, key)
     settings = ClientSettings(
         seed=experiment.seed,
         batch_size=experiment.batch_size,

@@ -16,6 +16,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fl_vmix.data import load_dataset
+from fl_vmix.data.client import DatasetIdentity
 from fl_vmix.data.transforms import resize_images
 from fl_vmix.experiment import Experiment
 from fl_vmix.factory import build_privacy, compute_for
@@ -33,7 +34,7 @@ class CentralEvaluator:
         data = load_dataset(dataset.name, dataset.root, "test", cache_dir=dataset.cache_dir)
         count = len(data.labels) if max_images is None else min(max_images, len(data.labels))
         index = np.linspace(0, len(data.labels) - 1, count).astype(np.int64)
-        method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY, run=experiment.seed)
+        method = build_privacy(experiment.privacy, SERVER_EVALUATION_KEY)
         self.split = obfuscate(
             method,
             resize_images(np.asarray(data.images[index]), dataset.image_size),
@@ -42,6 +43,7 @@ class CentralEvaluator:
             epoch=0,
             vfe_window=experiment.privacy.region_size,
             device=None if self.compute.device.type == "cpu" else self.compute.device,
+            dataset=DatasetIdentity.of(data),
         )
         self.model = copy.deepcopy(model).to(self.compute.device)  # the caller's model stays on the CPU
 

@@ -7,6 +7,7 @@ uncompressed so a fresh ``flwr-clientapp`` process loads it in milliseconds) and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fl_vmix.data.client import ClientData
+from fl_vmix.data.client import ClientData, DatasetIdentity
 from fl_vmix.data.errors import DataError
 
 DATA_FILE, META_FILE = "data.npz", "meta.json"
@@ -31,6 +32,8 @@ def export_client(data: ClientData, folder: Path, extra: dict[str, Any] | None =
         "partition_id": data.partition_id,
         "num_partitions": data.num_partitions,
         "classes": list(data.classes),
+        # What the sample ids index: keyed methods bind it into their randomness, so a node must keep it.
+        "dataset": None if data.dataset is None else dataclasses.asdict(data.dataset),
         **(extra or {}),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -53,9 +56,11 @@ def load_exported_client(folder: Path) -> ClientData:
             values = {name: arrays[name] for name in _ARRAYS}
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"exported client data in {folder} is unreadable ({err}): export it again") from err
+    identity = meta.get("dataset")  # absent from folders exported before datasets were bound into the randomness
     return ClientData(
         partition_id=int(meta["partition_id"]),
         num_partitions=int(meta["num_partitions"]),
         classes=list(meta["classes"]),
+        dataset=None if identity is None else DatasetIdentity(**identity),
         **values,
     )

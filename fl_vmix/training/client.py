@@ -168,12 +168,12 @@ class LocalClient:
         if self.settings.fresh_every_round:
             return obfuscate(
                 self.method, self._clear_train_images(server_round), d.train_labels, d.train_ids, epoch=epoch,
-                vfe_window=window, device=self._protect_on,
+                vfe_window=window, device=self._protect_on, dataset=d.dataset,
             )  # fmt: skip
         if self._train is None:
             self._train = obfuscate(
                 self.method, self._clear_train_images(0), d.train_labels, d.train_ids, epoch=0, vfe_window=window,
-                device=self._protect_on,
+                device=self._protect_on, dataset=d.dataset,
             )  # fmt: skip
         return self._train
 
@@ -189,6 +189,7 @@ class LocalClient:
                 vfe_window=self.settings.vfe_window,
                 similarity=False,
                 device=self._protect_on,
+                dataset=d.dataset,
             )
         return self._test
 

@@ -26,7 +26,8 @@ def test_static_clients_protect_their_images_once(tiny_experiment, data):
     assert first is again, "a static shuffle is the same every round: protect once, reuse"
     # Oracle: the privacy method applied directly to the clear uint8 images.
     method = build_privacy(experiment.privacy, KEY)
-    expected = method(torch.from_numpy(data.train_images).float() / 255, torch.from_numpy(data.train_ids), 0)
+    token = data.dataset.token  # the client binds its data's identity into the shuffle
+    expected = method(torch.from_numpy(data.train_images).float() / 255, torch.from_numpy(data.train_ids), 0, token)
     assert torch.equal(first.images, expected)
     assert not np.isnan(first.ssim) and np.isnan(client.test_split().ssim), "SSIM is measured only where it is reported"
 
@@ -37,7 +38,9 @@ def test_dynamic_clients_reshuffle_every_round(tiny_experiment, data):
     one, two = client.train_split(1), client.train_split(2)
     assert not torch.equal(one.images, two.images)
     method = build_privacy(experiment.privacy, KEY)
-    replay = obfuscate(method, data.train_images, data.train_labels, data.train_ids, epoch=2, vfe_window=8)
+    replay = obfuscate(
+        method, data.train_images, data.train_labels, data.train_ids, epoch=2, vfe_window=8, dataset=data.dataset
+    )
     assert torch.equal(two.images, replay.images)
     assert client.test_split() is client.test_split(), "the test split stays fixed so rounds are comparable"
 
@@ -108,10 +111,13 @@ def test_clients_augment_and_resize_their_clear_images_before_protecting_them(ti
     # Oracle: augment the clear images with the round's public seed, resize, then protect (epoch 0: static).
     clear = resize_images(crop_flip(data.train_images, seed_for(experiment.seed, 0, 2, 2)), 40)
     method = build_privacy(experiment.privacy, KEY)
-    assert torch.equal(two.images, method(torch.from_numpy(clear).float() / 255, torch.from_numpy(data.train_ids), 0))
+    token = data.dataset.token
+    assert torch.equal(
+        two.images, method(torch.from_numpy(clear).float() / 255, torch.from_numpy(data.train_ids), 0, token)
+    )
     # The test split is resized, never augmented, and protected once.
     test_clear = resize_images(data.test_images, 40)
-    expected = method(torch.from_numpy(test_clear).float() / 255, torch.from_numpy(data.test_ids), 0)
+    expected = method(torch.from_numpy(test_clear).float() / 255, torch.from_numpy(data.test_ids), 0, token)
     assert torch.equal(client.test_split().images, expected)
     # The model is built for the size it sees, and a round trains on it.
     weights = initial_model(experiment).state_dict()

@@ -161,10 +161,10 @@ def test_dynamic_image_noise_is_fresh_every_round(tiny_experiment):
     client, recorder = recording_client(experiment, data)
     weights = initial_model(experiment).state_dict()
     results = [client.train(weights, server_round, epochs=1) for server_round in (1, 2)]
-    method = build_privacy(experiment.privacy, KEY, run=experiment.seed)
+    method = build_privacy(experiment.privacy, KEY)
     images, ids = clear(data.train_images), torch.from_numpy(data.train_ids)
     for server_round, (round_images, _) in zip((1, 2), recorder.rounds, strict=True):
-        assert torch.equal(round_images, method(images, ids, server_round)), f"round {server_round}"
+        assert torch.equal(round_images, method(images, ids, server_round, data.dataset.token)), f"round {server_round}"
     assert not torch.equal(recorder.rounds[0][0], recorder.rounds[1][0])
     # Each round is a new release of the images: the reported epsilon composes (Laplace: it adds up).
     assert [r.metrics["epsilon"] for r in results] == [8.0, 16.0]

@@ -41,12 +41,10 @@ from fl_vmix.evaluation.attacks.learned import (
 from fl_vmix.evaluation.attacks.obfuscated_recognition import obfuscated_recognition_attack
 from fl_vmix.evaluation.attacks.recognition import recognition_accuracy
 from fl_vmix.evaluation.attacks.regions import thumbnail
-from fl_vmix.privacy.methods import method_parameters
 from fl_vmix.privacy.similarity import PSNR_CAP, psnr, ssim
 
 GRID_PARAMS = ("region_size", "cell_size", "b")  # each method's public grid (VisualMixer, mosaic, DP-Pix)
 DEFAULT_GRID = 8
-VICTIM_RUN = 0  # the noise methods' public run seed for the victims (seeds collapse into one setting)
 
 
 def victim_key(setting: GradeSetting, seed: int) -> bytes:
@@ -55,10 +53,7 @@ def victim_key(setting: GradeSetting, seed: int) -> bytes:
 
 
 def method_factory(setting: GradeSetting) -> MethodFactory:
-    params = dict(setting.params)
-    if "run" in method_parameters(setting.method):
-        params["run"] = VICTIM_RUN
-    return keyed_method_factory(setting.method, **params)
+    return keyed_method_factory(setting.method, **dict(setting.params))
 
 
 def feature_grid(setting: GradeSetting, side: int) -> int:
