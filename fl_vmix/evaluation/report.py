@@ -554,8 +554,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"hydra.sweep.dir={sweep}",
             ]
             print("running:", " ".join(command), flush=True)
-            subprocess.run(command, check=False)
-            runs = find_runs([sweep.parent, *args.include])
+            launched = subprocess.run(command, check=False)
+            try:
+                runs = find_runs([sweep.parent, *args.include])
+            except ReportError as err:
+                if launched.returncode == 0:
+                    raise
+                # The runs were refused or failed before writing anything: their own error is above.
+                raise ReportError(
+                    f"python -m fl_vmix exited with {launched.returncode} and no run finished: fix the error it "
+                    "printed above (a missing dataset: export FL_VMIX_DATA=/path/to/data) and run this again"
+                ) from err
         else:
             runs = find_runs(args.runs)
         rows = collect_rows(runs)

@@ -38,6 +38,7 @@ from fl_vmix.recording import CHECKPOINT_FILE, CheckpointError, load_checkpoint,
 from fl_vmix.runtime.launcher import launch
 from fl_vmix.tables import format_value
 
+_failed_jobs: list[int] = []  # exit codes of the failed jobs of a --multirun (Hydra runs them in this process)
 console = Console(stderr=True, soft_wrap=True)  # messages keep paths and fixes on one line, to copy
 logging.getLogger("flwr").propagate = False  # Hydra and Flower would both print every line
 
@@ -206,6 +207,8 @@ def hydra_main(cfg: DictConfig) -> int:
         _discard_unused_run_dir(output_dir)
     if code != 0 and (mode is None or mode.name != "MULTIRUN"):
         sys.exit(code)
+    if code != 0:
+        _failed_jobs.append(code)  # a sweep runs its other jobs, then exits non-zero (main)
     return code
 
 
@@ -241,6 +244,9 @@ def main() -> None:
             sys.exit(2)
         sys.argv += [f"hydra.run.dir={_hydra_quote(folder)}", "hydra.output_subdir=null"]
     hydra_main()
+    if _failed_jobs:
+        console.print(f"[bold red]{len(_failed_jobs)} run(s) of the sweep failed[/] (their errors are above)")
+        sys.exit(_failed_jobs[0])
 
 
 if __name__ == "__main__":

@@ -73,3 +73,10 @@ def test_num_clients_is_checked_against_the_images_there_are(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fl_vmix.checks"):
         check_clients_fit(compose([*base, "num_clients=5"]))
     assert not caplog.text
+
+
+def test_a_sweep_with_a_refused_job_exits_non_zero(tmp_path):
+    """`report run` and scripts see a failed sweep (Hydra runs the jobs in one process and would exit 0)."""
+    result = fl_vmix(["--multirun", "privacy.region_size=eight,nine"], tmp_path)
+    assert result.returncode == 2 and "2 run(s) of the sweep failed" in result.stderr
+    assert not [p for p in tmp_path.glob("multirun/*/*/*") if p.is_dir()], "refused jobs leave no folders"
