@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from fl_vmix.data import load_dataset
 from fl_vmix.experiment import ConfigError, Experiment
 from fl_vmix.factory import build_model, build_privacy, client_data, compute_for, dataset_shape
 from fl_vmix.privacy.training_level import DPSGD
@@ -42,7 +43,38 @@ def check_experiment(experiment: Experiment, check_data: bool | None = None) -> 
         model.eval()
         model(method(probe, torch.tensor([0, 1]), 0))
     if check_data:
+        check_clients_fit(experiment)
         client_data(experiment, {"partition-id": 0, "num-partitions": experiment.num_clients})
+
+
+def check_clients_fit(experiment: Experiment) -> None:
+    """``num_clients`` against the training images there are: refused above one image per client (with the
+    key the user typed, not the data layer's ``num_partitions``), and a warning when the average client would
+    train on less than one batch (the rounds would then measure noise)."""
+    dataset = experiment.dataset
+    n = len(load_dataset(dataset.name, dataset.root, "train", cache_dir=dataset.cache_dir).labels)
+    clients = experiment.num_clients
+    if clients > n:
+        raise ConfigError(
+            f"num_clients={clients} exceeds the {n} training images of {dataset.name}: set num_clients to at most "
+            f"{n} (a few hundred images per client, e.g. num_clients={max(1, n // 500)}, trains meaningfully)"
+        )
+    per_client = n * (1 - dataset.test_fraction) * dataset.data_fraction / clients
+    if per_client < experiment.batch_size:
+        logger.warning(
+            "num_clients=%d on %s (%d training images, dataset.data_fraction=%g, dataset.test_fraction=%g) leaves "
+            "each client about %.0f training image(s), less than one batch (batch_size=%d): its accuracy will "
+            "mostly measure noise; use fewer clients (num_clients=%d keeps a batch each)%s",
+            clients,
+            dataset.name,
+            n,
+            dataset.data_fraction,
+            dataset.test_fraction,
+            per_client,
+            experiment.batch_size,
+            max(1, int(n * (1 - dataset.test_fraction) * dataset.data_fraction // experiment.batch_size)),
+            " or a larger dataset.data_fraction" if dataset.data_fraction < 1 else "",
+        )
 
 
 def check_settings(experiment: Experiment) -> None:

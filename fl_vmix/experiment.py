@@ -229,6 +229,42 @@ class OptimizerSettings:
         return cls(name, float(value), g.number("weight_decay", 0.0), MappingProxyType(extra), schedule)
 
 
+_LITERAL = re.compile(r"^Literal\[(.*)\]$")
+
+
+def _check_param_type(method: str, name: str, value: Any, annotation: Any) -> None:
+    """Refuse a privacy parameter of the wrong type now, naming it and the fix, instead of a TypeError from
+    deep inside the method (``block_sizes=2``) or a bare ``int()`` failure (``region_size=eight``).
+
+    Reads the constructor's annotation text (``int``, ``float | None``, ``Sequence[int]``, ``Literal[...]``);
+    an annotation it does not know (an alias such as ``VFEMethod``) is left to the method's own checks."""
+    text = str(annotation).replace(" ", "")
+    optional = text.endswith("|None")
+    base = text.removesuffix("|None")
+    if value is None:
+        if not optional and base in ("int", "float", "bool", "Sequence[int]"):
+            raise ConfigError(f"privacy.{name}=null is invalid for {method!r}: give it a value ({base})")
+        return
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    literal = _LITERAL.match(base)
+    if base == "int":
+        ok, want = is_int, f"an integer, e.g. privacy.{name}=8"
+    elif base == "float":
+        ok, want = is_int or isinstance(value, float), f"a number, e.g. privacy.{name}=3.0"
+    elif base == "bool":
+        ok, want = isinstance(value, bool), f"true or false, e.g. privacy.{name}=true"
+    elif base == "Sequence[int]":
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        want = f"a list of integers, e.g. privacy.{name}=[2,1]"
+    elif literal is not None:
+        choices = [c.strip("'\"") for c in literal.group(1).split(",")]
+        ok, want = value in choices, f"one of {', '.join(choices)}"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"privacy.{name}={value!r} is invalid for {method!r}: set privacy.{name} to {want}")
+
+
 @dataclass(frozen=True)
 class PrivacySettings:
     method: str
@@ -252,6 +288,8 @@ class PrivacySettings:
             raise ConfigError(
                 f"privacy.{unknown[0]} is not a parameter of {method!r}: use {', '.join(valid) or 'none'}"
             )
+        for name, value in params.items():
+            _check_param_type(method, name, value, accepted[name].annotation)
         return cls(method, _frozen(params))
 
     @property

@@ -1,7 +1,7 @@
 """Round time of the same small experiment on Flower's simulation engine and on its Deployment Engine.
 
     python scripts/bench_engines.py --data ../shared/data [--rounds 3 --clients 3 --fraction 0.05]
-        [--out docs/figures/engines.png]
+        [--out docs/figures/engines.png --overwrite-tracked]
 
 Simulation: ``python -m fl_vmix`` (managed local SuperLink, Ray workers that live for the whole run).
 Deployment: a loopback federation (``fl_vmix.deploy.local.LocalFederation``: one SuperLink and one
@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tracked_outputs import FLAG, check_output  # noqa: E402 - scripts/, next to this file
 
 from fl_vmix.runtime.launcher import OFFLINE_ENV  # noqa: E402 - runs from a checkout without install
 from fl_vmix.runtime.processes import descendants, stop_processes  # noqa: E402
@@ -123,10 +125,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--fraction", type=float, default=0.05, help="dataset.data_fraction")
-    parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "engines.png")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/engines.png"), help="the bar chart, a .png (default: outputs/)"
+    )
+    parser.add_argument(FLAG, action="store_true", help="allow --out to replace a figure git tracks")
     parser.add_argument("--workdir", type=Path, default=None, help="keep runs here (default: a temporary folder)")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
+    check_output(args.out, args.overwrite_tracked, ".png")  # before minutes of runs, not after
 
     from fl_vmix.deploy.export import export_federation
     from fl_vmix.deploy.local import LocalFederation

@@ -52,6 +52,13 @@ def main(argv: list[str]) -> int:
     show = "--survivors" in argv
     wanted = [a for a in argv if not a.startswith("--")]
     equivalent = equivalent_mutants()
+    if not results():
+        print(
+            f"no mutation results in {ROOT / 'mutants'}: run scripts/mutation.sh first (it mutates the modules "
+            "configured in pyproject.toml and runs their tests; see docs/mutation_testing.md)",
+            file=sys.stderr,
+        )
+        return 1
     rows, unexplained = [], []
     for module, codes in results().items():
         if wanted and module not in wanted:

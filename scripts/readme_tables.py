@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"{len(names)} tables up to date: {', '.join(names)}")
         return 0
+    if new == text:
+        print(f"{len(names)} tables already up to date, nothing changed: {', '.join(names)}")
+        return 0
     args.readme.write_text(new)
     print(f"rewrote {len(names)} tables: {', '.join(names)}")
     return 0

@@ -1,6 +1,7 @@
 """Before/after grid: real images next to their VisualMixer obfuscations at several target VFEs.
 
-    python scripts/vmix_grid.py --root ../shared/data --out docs/figures/vmix_grid.png
+    python scripts/vmix_grid.py --root ../shared/data     # writes outputs/vmix_grid.png
+    python scripts/vmix_grid.py --root ../shared/data --out docs/figures/vmix_grid.png --overwrite-tracked
 
 One row per image (one per class by default); columns: the clear image, then one obfuscation per
 target ratio, each titled with its corrected VFE (window = region size) and the ratio reached.
@@ -18,6 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from tracked_outputs import FLAG, check_output  # scripts/, next to this file
 
 from fl_vmix.data import load_dataset
 from fl_vmix.privacy import VisualMixer, vfe
@@ -33,7 +35,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--root", default=None, help="data root (default: $FL_VMIX_DATA, then ~/.cache/fl_vmix/data)")
     parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--out", default="outputs/vmix_grid.png")
+    parser.add_argument("--out", type=Path, default=Path("outputs/vmix_grid.png"), help="a .png (default: outputs/)")
+    parser.add_argument(FLAG, action="store_true", help="allow --out to replace a figure git tracks")
     parser.add_argument(
         "--ratios",
         type=float,
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--block-sizes", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--key-hex", help="a 16-64 byte key in hex (default: a fresh random key each run)")
     args = parser.parse_args()
+    check_output(args.out, args.overwrite_tracked, ".png")
 
     key = bytes.fromhex(args.key_hex) if args.key_hex else secrets.token_bytes(32)
     data = load_dataset(args.dataset, args.root, "test", cache_dir=args.cache_dir)

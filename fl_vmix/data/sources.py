@@ -144,9 +144,10 @@ def _missing(name: str, root: Path, looked: list[str], how: str, download_note: 
     exists = "" if root.is_dir() else f" (the folder {root} does not exist)"
     return DataError(
         f"{name} not found under data root {root}{exists}. Looked for, in this order:\n{where}\n"
-        f"Download: {download_note}.\nFix: {how}; or pass root=/path/to/folder (or set $FL_VMIX_DATA) "
-        f"to the folder holding these files; or enable download on a machine with internet "
-        f"(download=True, unset $FL_VMIX_OFFLINE)."
+        f"Download: {download_note}.\nFix: {how}; or point the data root at the folder holding these files: "
+        f"export FL_VMIX_DATA=/path/to/folder, or dataset.root=/path/to/folder (python -m fl_vmix), "
+        f"--root /path/to/folder (python -m fl_vmix.data), root= (Python); or let it download on a machine "
+        f"with internet (unset $FL_VMIX_OFFLINE; download=True in Python)."
     )
 
 

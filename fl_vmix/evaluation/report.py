@@ -350,10 +350,12 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
         if math.isnan(loss_mean):
             parts.append("no clear run with the same settings")
         elif math.isnan(loss_std):
-            parts.append(f"{loss_mean:+.1f} pp against its clear run (one seed: no spread, not a finding by itself)")
+            parts.append(
+                f"{_loss_words(loss_mean)} pp against its clear run (one seed: no spread, not a finding by itself)"
+            )
         else:
             verdict = "exceeds" if abs(loss_mean) > loss_std else "within"
-            parts.append(f"{loss_mean:+.1f} ± {loss_std:.1f} pp against its clear run ({verdict} the spread)")
+            parts.append(f"{_loss_words(loss_mean)} ± {loss_std:.1f} pp against its clear run ({verdict} the spread)")
         if not math.isnan(row["vfe"]):
             base = clear_vfe.get(baseline_setting.get(row["baseline_run"], ""), math.nan)
             ratio = f" ({row['vfe'] / base:.1f}x clear)" if base > 0 else ""
@@ -378,6 +380,11 @@ def findings(rows: list[dict[str, Any]]) -> list[str]:
                     + ("larger than their spread: a difference." if differs else "within their spread: no difference.")
                 )
     return notes
+
+
+def _loss_words(loss_pp: float) -> str:
+    """An accuracy loss in words, so the sign cannot be read backwards: 'loss 3.2' or 'gain 1.0' (pp)."""
+    return f"{'gain' if loss_pp < 0 else 'loss'} {abs(loss_pp):.1f}"
 
 
 def privacy_section(rows: list[dict[str, Any]]) -> list[str]:
@@ -551,8 +558,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"hydra.sweep.dir={sweep}",
             ]
             print("running:", " ".join(command), flush=True)
-            subprocess.run(command, check=False)
-            runs = find_runs([sweep.parent, *args.include])
+            launched = subprocess.run(command, check=False)
+            try:
+                runs = find_runs([sweep.parent, *args.include])
+            except ReportError as err:
+                if launched.returncode == 0:
+                    raise
+                # The runs were refused or failed before writing anything: their own error is above.
+                raise ReportError(
+                    f"python -m fl_vmix exited with {launched.returncode} and no run finished: fix the error it "
+                    "printed above (a missing dataset: export FL_VMIX_DATA=/path/to/data) and run this again"
+                ) from err
         else:
             runs = find_runs(args.runs)
         rows = collect_rows(runs)

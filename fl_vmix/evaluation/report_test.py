@@ -175,6 +175,9 @@ def test_seeds_of_a_setting_are_aggregated_and_only_gaps_beyond_the_spread_are_f
     assert {r["baseline_run"] for r in default} == {f"runs/none_{seed}" for seed in range(3)}
     report = (out / "report.md").read_text()
     assert "| 3 | 0.420 ± 0.020 | 10.00 ± 0.00 |" in report
+    # A loss reads as a loss: a signed "+10.0 pp" read as a gain.
+    assert "accuracy 0.420 ± 0.020 (3 seed(s)), loss 10.0 ± 0.0 pp against its clear run" in report
+    assert "+10.0" not in report
     assert "target_ratio=3.0 vs" in report and "within their spread: no difference." in report  # 0.42 vs 0.43
     assert "larger than their spread: a difference." in report  # 0.42 vs 0.30
     # The report rebuilt from its committed copies is the same report.

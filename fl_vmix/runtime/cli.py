@@ -17,6 +17,7 @@ Examples::
 from __future__ import annotations
 
 import logging
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fl_vmix.checks import check_experiment
 from fl_vmix.experiment import RESUMABLE, ConfigError, Experiment, conf_dir, from_recorded
@@ -36,7 +38,8 @@ from fl_vmix.recording import CHECKPOINT_FILE, CheckpointError, load_checkpoint,
 from fl_vmix.runtime.launcher import launch
 from fl_vmix.tables import format_value
 
-console = Console(stderr=True)
+_failed_jobs: list[int] = []  # exit codes of the failed jobs of a --multirun (Hydra runs them in this process)
+console = Console(stderr=True, soft_wrap=True)  # messages keep paths and fixes on one line, to copy
 logging.getLogger("flwr").propagate = False  # Hydra and Flower would both print every line
 
 
@@ -64,11 +67,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ),
         ("client failures", str(summary.get("client_failures"))),
         ("wall time", f"{summary.get('wall_time_s', 0):.1f} s"),
-        ("outputs", str(cfg.get("output_dir"))),
-        ("client keys", str(summary.get("keys"))),
     ]
     for name, value in rows:
         table.add_row(name, value)
+    # The folder is what the user copies next: a row of its own that wraps rather than ending in an ellipsis.
+    table.add_row("outputs", Text(str(cfg.get("output_dir")), overflow="fold"))
+    table.add_row("client keys", str(summary.get("keys")))
     for warning in summary.get("warnings", []):  # randomness anyone who knows the seed can regenerate
         table.add_row("[bold red]warning[/]", f"[bold red]{escape(warning)}[/]")
     return table
@@ -126,7 +130,7 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         experiment = Experiment.from_dict(_absolute_paths(cfg)).replace(output_dir=str(output_dir))
         check_experiment(experiment)
     except (ConfigError, ValueError) as err:
-        console.print(f"[bold red]configuration error:[/] {err}")
+        console.print(f"[bold red]configuration error:[/] {escape(str(err))}", highlight=False)
         return 2
     total = experiment.num_rounds
     with Progress(
@@ -156,14 +160,14 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         failures = [f for r in (read_json(output_dir / "metrics.json") or []) for f in r.get("failures", [])]
         if failures:
             console.print(
-                f"[yellow]{len(failures)} client failure(s); first:[/] {failures[0]}", markup=True, highlight=False
+                f"[yellow]{len(failures)} client failure(s); first:[/] {escape(str(failures[0]))}", highlight=False
             )
     resumable = (output_dir / CHECKPOINT_FILE).exists()
     how_to_resume = f"; continue it with: python -m fl_vmix resume={output_dir}" if resumable else ""
     if result.interrupted:
         console.print(
             "[bold yellow]interrupted[/]: Flower's processes were stopped; per-round results so far are in "
-            f"{output_dir}{how_to_resume}",
+            f"{escape(str(output_dir) + how_to_resume)}",
             markup=True,
             highlight=False,
         )
@@ -172,10 +176,12 @@ def run_experiment(cfg: dict[str, Any], output_dir: Path) -> int:
         reason = "timed out (engine.timeout_s)" if result.timed_out else "did not complete"
         if result.summary and result.summary.get("error"):
             console.print(
-                f"[bold red]server error:[/] {result.summary['error']} (traceback: {output_dir / 'error.txt'})"
+                f"[bold red]server error:[/] {escape(str(result.summary['error']))} "
+                f"(traceback: {escape(str(output_dir / 'error.txt'))})",
+                highlight=False,
             )
         tail = result.log_file.read_text(errors="replace").splitlines()[-25:] if result.log_file.exists() else []
-        console.print(f"[bold red]run {reason}[/]; last lines of {result.log_file}:")
+        console.print(f"[bold red]run {reason}[/]; last lines of {escape(str(result.log_file))}:", highlight=False)
         console.print("\n".join(tail), markup=False, highlight=False)
         if resumable:
             console.print(how_to_resume.removeprefix("; "), markup=False, highlight=False)
@@ -193,16 +199,33 @@ def hydra_main(cfg: DictConfig) -> int:
                 raise ConfigError("resume= continues one run: leave out --multirun")
             container = resume_config(run_dir, cfg, list(HydraConfig.get().overrides.task))
         except (ConfigError, CheckpointError) as err:
-            console.print(f"[bold red]cannot resume:[/] {err}")
+            console.print(f"[bold red]cannot resume:[/] {escape(str(err))}", highlight=False)
             sys.exit(2)
         output_dir = run_dir
     else:
         output_dir = Path(container.get("output_dir") or HydraConfig.get().runtime.output_dir).resolve()
     container["output_dir"] = str(output_dir)
     code = run_experiment(container, output_dir)
+    if code == 2 and not container.get("resume"):
+        _discard_unused_run_dir(output_dir)
     if code != 0 and (mode is None or mode.name != "MULTIRUN"):
         sys.exit(code)
+    if code != 0:
+        _failed_jobs.append(code)  # a sweep runs its other jobs, then exits non-zero (main)
     return code
+
+
+def _discard_unused_run_dir(output_dir: Path) -> None:
+    """A refused configuration leaves no run folder behind: remove the one Hydra made for it when it holds only
+    Hydra's own files (``.hydra/`` and the job log), and its date folder once that is empty. A folder with
+    anything else in it (a chosen ``output_dir`` with earlier results) is kept as it is."""
+    hydra_files = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if not output_dir.is_dir() or not {p.name for p in output_dir.iterdir()} <= hydra_files:
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+    parent = output_dir.parent  # outputs/<date>/, Hydra's default layout; never a folder the user named
+    if parent.parent.name == "outputs" and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
 
 
 def _hydra_quote(text: str) -> str:
@@ -215,8 +238,18 @@ def main() -> None:
     resume = [arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("resume=")]
     if resume and not any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:]):
         folder = str(Path(resume[-1].strip("'\"")).expanduser().resolve())
+        if not Path(folder).is_dir():  # Hydra would create it for its log before the resume is refused
+            console.print(
+                f"[bold red]cannot resume:[/] {escape(folder)} is not a folder: name the folder of a run "
+                "started by fl_vmix (outputs/<date>/<time>)",
+                highlight=False,
+            )
+            sys.exit(2)
         sys.argv += [f"hydra.run.dir={_hydra_quote(folder)}", "hydra.output_subdir=null"]
     hydra_main()
+    if _failed_jobs:
+        console.print(f"[bold red]{len(_failed_jobs)} run(s) of the sweep failed[/] (their errors are above)")
+        sys.exit(_failed_jobs[0])
 
 
 if __name__ == "__main__":

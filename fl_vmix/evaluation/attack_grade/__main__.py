@@ -59,6 +59,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
     p.add_argument("--force", action="store_true", help="regrade finished settings")
     p.add_argument(
+        "--regrade", action="store_true",
+        help="allow regrading settings already graded in the output folder with other budgets (it overwrites "
+        "their grades, hours of attacks); without it such a call stops and names them",
+    )  # fmt: skip
+    p.add_argument(
         "--rerun", nargs="+", default=[], choices=list(STAGE_FIELDS), metavar="ATTACK",
         help=f"run these attacks again on the selected settings, keeping the others ({', '.join(STAGE_FIELDS)}); "
         "e.g. after a grading on a busy machine, whose time budgets bought fewer steps",
@@ -106,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{label}: training-level DP, no image attack (its images are never obfuscated)")
     if args.list:
         return 0
+    # Budgets other than those of the grades already there would silently overwrite them (the committed ones
+    # in experiments/results/ included): that needs saying so. --force and --rerun already say so.
+    overwritten = [s.stem for s in todo if s.stem in finished and s.stem in stale and stale[s.stem]]
+    if overwritten and not (args.regrade or args.force or args.rerun):
+        budgets = finished[overwritten[0]].get("command") or "other budgets"
+        print(
+            f"attack_grade: {len(overwritten)} setting(s) in {out} were graded with other budgets ({budgets}); "
+            f"these budgets would regrade and overwrite them ({', '.join(overwritten[:3])}"
+            f"{', ...' if len(overwritten) > 3 else ''}). Repeat their command to add settings with the same "
+            f"budgets, pass --out <folder> to grade elsewhere, or --regrade to overwrite them; --list shows "
+            "what would run",
+            file=sys.stderr,
+        )
+        return 2
     if todo:
         command = "python -m fl_vmix.evaluation.attack_grade " + " ".join(shlex.quote(a) for a in argv)
         grade_all(args, config, todo, out, command)

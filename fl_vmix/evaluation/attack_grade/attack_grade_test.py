@@ -49,7 +49,7 @@ def test_settings_collapse_seeds_and_leave_training_level_dp_out(experiment):
     assert len(training) == 1 and "dp_sgd" in training[0]
 
 
-def test_grading_writes_json_resumes_and_adds_the_columns(experiment, monkeypatch):
+def test_grading_writes_json_resumes_and_adds_the_columns(experiment, monkeypatch, capsys):
     calls: list[str] = []
     for name, stage in list(grade_module.STAGES.items()):
 
@@ -95,7 +95,12 @@ def test_grading_writes_json_resumes_and_adds_the_columns(experiment, monkeypatc
     calls.clear()
     longer = [*TINY[: TINY.index("--learned-budget-s") + 1], "4", *TINY[TINY.index("--learned-budget-s") + 2 :]]
     assert main(["--experiment", "tiny", "--results", str(experiment), *longer, "--list"]) == 0 and not calls
-    assert main(["--experiment", "tiny", "--results", str(experiment), *longer]) == 0
+    # Without saying so, other budgets stop before overwriting grades: hours of attacks, committed ones included.
+    before = {p: p.read_text() for p in graded}
+    assert main(["--experiment", "tiny", "--results", str(experiment), *longer]) == 2 and not calls
+    assert {p: p.read_text() for p in graded} == before
+    assert "graded with other budgets" in capsys.readouterr().err
+    assert main(["--experiment", "tiny", "--results", str(experiment), *longer, "--regrade"]) == 0
     assert calls == ["learned", "learned"], "both settings, the learned stage only"
     vm = json.loads(path.read_text())
     assert vm["complete"] and vm["config"]["learned_budget_s"] == 4 and vm["attacks"]["candidate_search"] == kept
