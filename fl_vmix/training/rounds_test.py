@@ -135,7 +135,8 @@ def test_visualmixer_rounds_train_on_the_keyed_shuffle_of_their_epoch(tiny_exper
     images, ids = clear(data.train_images), torch.from_numpy(data.train_ids)
     seen = [round_images for round_images, _ in recorder.rounds]
     for server_round, round_images in zip((1, 2, 3), seen, strict=True):
-        expected = mixer.mix(images, ids, epoch=server_round if mode == "dynamic" else None).images
+        epoch = server_round if mode == "dynamic" else None
+        expected = mixer.mix(images, ids, epoch=epoch, dataset=data.dataset.token).images
         assert torch.equal(round_images, expected), f"round {server_round}"
     if mode == "dynamic":
         assert (
