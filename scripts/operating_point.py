@@ -16,7 +16,7 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit(paths=("fl_vmix", "scripts")),
         "hardware": f"{hardware(torch.device('cpu'))}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "data": data.describe(),
-        "attack": None if attack is None else asdict(replace(attack, region_size=0)) | {"region_size": "per setting"},
+        "attack": None if attack is None else asdict(attack) | {"region_size": "per setting (its region on 32 px)"},
         "prototype": asdict(PROTOTYPE),
         "native": [asdict(s) for s in NATIVE],
         "rows": [row.as_dict() for row in rows],
