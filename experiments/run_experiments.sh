@@ -44,16 +44,17 @@ if [[ $which == paper ]]; then
   # before protection, cosine schedule (preset=full_cifar10), clear against the paper's operating point, region 4,
   # the default (region 8), region 16 with and without the shuffle-invariant model, an 8-px mosaic, and ST-Adam.
   E=cifar10_full
+  K=engine.simulation_keys=random  # secret per-machine client keys: a privacy report must not rest on derivable keys
   P=${PART:-}  # PART=<name>: only that part (a session runs one or two)
   part() { [[ -z $P || $P == "$1" ]]; }
-  part clear && report run --experiment $E --part clear -- preset=full_cifar10 privacy=none
-  part paper_point && report run --experiment $E --part paper_point -- preset=full_cifar10 privacy=visualmixer_paper_point
-  part region4 && report run --experiment $E --part region4 -- preset=full_cifar10 privacy=visualmixer privacy.region_size=4
-  part default && report run --experiment $E --part default -- preset=full_cifar10 privacy=visualmixer
-  part region16 && report run --experiment $E --part region16 -- preset=full_cifar10 privacy=visualmixer privacy.region_size=16
-  part invariant16 && report run --experiment $E --part invariant16 -- preset=full_cifar10 privacy=visualmixer privacy.region_size=16 model.invariant=true
-  part mosaic8 && report run --experiment $E --part mosaic8 -- preset=full_cifar10 privacy=mosaic privacy.cell_size=8
-  part st_adam && report run --experiment $E --part st_adam -- preset=full_cifar10 privacy=visualmixer optimizer=st_adam,adam '~optimizer.momentum' optimizer.lr=0.001  # ~: SGD's momentum is no Adam setting
+  part clear && report run --experiment $E --part clear -- preset=full_cifar10 $K privacy=none
+  part paper_point && report run --experiment $E --part paper_point -- preset=full_cifar10 $K privacy=visualmixer_paper_point
+  part region4 && report run --experiment $E --part region4 -- preset=full_cifar10 $K privacy=visualmixer privacy.region_size=4
+  part default && report run --experiment $E --part default -- preset=full_cifar10 $K privacy=visualmixer
+  part region16 && report run --experiment $E --part region16 -- preset=full_cifar10 $K privacy=visualmixer privacy.region_size=16
+  part invariant16 && report run --experiment $E --part invariant16 -- preset=full_cifar10 $K privacy=visualmixer privacy.region_size=16 model.invariant=true
+  part mosaic8 && report run --experiment $E --part mosaic8 -- preset=full_cifar10 $K privacy=mosaic privacy.cell_size=8
+  part st_adam && report run --experiment $E --part st_adam -- preset=full_cifar10 $K privacy=visualmixer optimizer=st_adam,adam '~optimizer.momentum' optimizer.lr=0.001  # ~: SGD's momentum is no Adam setting
   true
 fi
 
@@ -61,7 +62,7 @@ if [[ $which == pneumonia ]]; then
   # The same settings on PneumoniaMNIST at full size (4,708 grey 28-px chest X-rays, 2 classes; the recipe of
   # preset=full_cifar10, 3 seeds). On one channel the chromatic shuffle is a plain spatial shuffle.
   E=pneumoniamnist_full
-  M="preset=full_cifar10 dataset=pneumoniamnist experiment=pneumoniamnist_full"
+  M="preset=full_cifar10 dataset=pneumoniamnist engine.simulation_keys=random"
   report run --experiment $E --part clear -- $M privacy=none
   report run --experiment $E --part paper_point -- $M privacy=visualmixer_paper_point
   report run --experiment $E --part shuffles -- $M privacy=visualmixer privacy.region_size=4,8,16
