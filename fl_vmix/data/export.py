@@ -33,7 +33,7 @@ def export_client(data: ClientData, folder: Path, extra: dict[str, Any] | None =
         "num_partitions": data.num_partitions,
         "classes": list(data.classes),
         # What the sample ids index: keyed methods bind it into their randomness, so a node must keep it.
-        "dataset": None if data.dataset is None else dataclasses.asdict(data.dataset),
+        "dataset_identity": None if data.dataset is None else dataclasses.asdict(data.dataset),
         **(extra or {}),
     }
     (folder / META_FILE).write_text(json.dumps(meta, indent=2))
@@ -56,7 +56,7 @@ def load_exported_client(folder: Path) -> ClientData:
             values = {name: arrays[name] for name in _ARRAYS}
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"exported client data in {folder} is unreadable ({err}): export it again") from err
-    identity = meta.get("dataset")  # absent from folders exported before datasets were bound into the randomness
+    identity = meta.get("dataset_identity")  # absent from folders exported before datasets were bound into the randomness
     return ClientData(
         partition_id=int(meta["partition_id"]),
         num_partitions=int(meta["num_partitions"]),

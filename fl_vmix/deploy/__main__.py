@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(soft_wrap=True)
@@ -155,7 +156,8 @@ def _export(args: argparse.Namespace) -> None:
     if stale:
         err_console.print(
             f"[yellow]warning:[/] {len(stale)} folder(s) still hold a client.key from an earlier export, which this "
-            f"machine generated ({stale[0]} ...): delete them before copying, and let each owner run keygen",
+            f"machine generated ({escape(str(stale[0]))} ...): delete them before copying, and let each owner run "
+            "keygen",
             highlight=False,
         )
     console.print(
@@ -230,9 +232,11 @@ def _check_node(args: argparse.Namespace) -> None:
         try:
             latency = probe_superlink(args.superlink, args.ca_cert, args.insecure)
         except SuperLinkUnreachable as err:  # start order is free: flower-supernode keeps retrying
-            err_console.print(f"[yellow]warning:[/] {err}; the SuperNode will keep trying to connect", highlight=False)
+            err_console.print(
+                f"[yellow]warning:[/] {escape(str(err))}; the SuperNode will keep trying to connect", highlight=False
+            )
     for warning in report.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/] {escape(str(warning))}", highlight=False)
     if args.print_node_config:
         print(node_config_string(args.data_path, key_file))
         return
@@ -290,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         COMMANDS[args.command](args)
     except ValueError as err:  # every setup error of fl_vmix is a ValueError naming its fix
-        err_console.print(f"[bold red]{args.command}:[/] {err}", highlight=False)
+        err_console.print(f"[bold red]{args.command}:[/] {escape(str(err))}", highlight=False)
         return 2
     return 0
 

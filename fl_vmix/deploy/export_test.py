@@ -31,6 +31,8 @@ def test_folders_match_the_simulation_partitions(tmp_path: Path) -> None:
         exported = load_exported_client(client.folder)
         simulated = client_data(cfg, {"partition-id": client.partition_id, "num-partitions": 3})
         assert exported.partition_id == client.partition_id
+        # A deployed node binds the same data identity into its randomness as the simulated client would.
+        assert exported.dataset is not None and exported.dataset == simulated.dataset
         np.testing.assert_array_equal(exported.train_ids, simulated.train_ids)
         np.testing.assert_array_equal(exported.test_images, simulated.test_images)
         seen_ids.append(exported.train_ids)
