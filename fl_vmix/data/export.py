@@ -56,7 +56,7 @@ def load_exported_client(folder: Path) -> ClientData:
             values = {name: arrays[name] for name in _ARRAYS}
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"exported client data in {folder} is unreadable ({err}): export it again") from err
-    identity = meta.get("dataset_identity")  # absent from folders exported before datasets were bound into the randomness
+    identity = meta.get("dataset_identity")  # absent from folders exported before the randomness was bound to data
     return ClientData(
         partition_id=int(meta["partition_id"]),
         num_partitions=int(meta["num_partitions"]),
