@@ -4,8 +4,10 @@
   noise ``noise_multiplier * max_grad_norm``, Poisson sampling; the loop is
   :mod:`fl_vmix.training.dp_sgd`). Epsilon is per training example of one client, cumulative over the
   run, at ``delta``. It holds against the server only if the server cannot reproduce the noise or the
-  sampling: both are drawn from generators seeded by the client's keyed PRF (:meth:`DPSGD.secret_seeds`),
-  so only the key holder can regenerate them (Opacus' ``secure_mode`` would need ``torchcsprng``).
+  sampling: by default both are drawn from generators seeded from OS entropy every round, so nobody can
+  regenerate them; with the experiment's ``reproducible_noise=true`` they come from the client's keyed PRF
+  (:meth:`DPSGD.secret_seeds`), which the key holder can replay (and anyone who knows the seed, when keys are
+  derived from it). Opacus' ``secure_mode`` would need ``torchcsprng``.
 * ``central_dp``: each client clips its update to ``clipping_norm`` and the server adds Gaussian noise
   ``noise_multiplier * clipping_norm / n`` to the mean (Flower's client-side fixed clipping, wired in
   :mod:`fl_vmix.apps.dp`). Epsilon is the server accountant's, per client (add or remove one client's
