@@ -41,32 +41,25 @@ def _cnn(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return SmallCNN(num_classes=num_classes, in_channels=in_channels)
 
 
-def _resnet18(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    import torchvision
+def _torchvision_resnet(name: str) -> ModelFactory:
+    """torchvision's ResNet ``name`` with a CIFAR stem for small images (and a stem for other channel counts)."""
 
-    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
-    if image_size <= SMALL_INPUT_MAX:
-        model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
-        model.maxpool = nn.Identity()
-    elif in_channels != 3:
-        model.conv1 = _stem_conv(in_channels, 64, kernel_size=7, stride=2)
-    return model
+    def build(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+        import torchvision
+
+        model = getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+        if image_size <= SMALL_INPUT_MAX:
+            model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
+            model.maxpool = nn.Identity()
+        elif in_channels != 3:
+            model.conv1 = _stem_conv(in_channels, 64, kernel_size=7, stride=2)
+        return model
+
+    return build
 
 
 def _resnet20(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
     return CifarResNet(num_classes, in_channels, blocks=3)
-
-
-def _resnet50(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-    import torchvision
-
-    model = torchvision.models.resnet50(weights=None, num_classes=num_classes)
-    if image_size <= SMALL_INPUT_MAX:
-        model.conv1 = _stem_conv(in_channels, 64, kernel_size=3, stride=1)
-        model.maxpool = nn.Identity()
-    elif in_channels != 3:
-        model.conv1 = _stem_conv(in_channels, 64, kernel_size=7, stride=2)
-    return model
 
 
 def _shufflenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
@@ -96,9 +89,9 @@ def _mobilenet_v2(num_classes: int, in_channels: int, image_size: int) -> nn.Mod
 #: name -> factory(num_classes, in_channels, image_size)
 MODELS: dict[str, ModelFactory] = {
     "cnn": _cnn,
-    "resnet18": _resnet18,
+    "resnet18": _torchvision_resnet("resnet18"),
     "resnet20": _resnet20,
-    "resnet50": _resnet50,
+    "resnet50": _torchvision_resnet("resnet50"),
     "shufflenet_v2": _shufflenet_v2,
     "mobilenet_v2": _mobilenet_v2,
 }
