@@ -115,6 +115,7 @@ def test_model_saw_images_obfuscated_with_this_clients_key(experiment):
             data.train_ids,
             0,
             vfe_window=8,
+            dataset=data.dataset,  # the client binds its data's identity into the shuffle
         )
         model = build_model(experiment, 3, 3, 32)
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
