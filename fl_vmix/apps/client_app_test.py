@@ -86,7 +86,9 @@ def test_reply_holds_only_model_arrays_and_metrics(experiment):
     data = client_data(experiment, dict(ctx.node_config))
     key = key_of(experiment, ctx)
     method = build_privacy(experiment.privacy, key)
-    obfuscated = obfuscate(method, data.train_images, data.train_labels, data.train_ids, 0, vfe_window=8).images
+    obfuscated = obfuscate(
+        method, data.train_images, data.train_labels, data.train_ids, 0, vfe_window=8, dataset=data.dataset
+    ).images
     clear = torch.from_numpy(data.train_images).float().flatten(1)
     image_vectors = [clear, clear / 255, obfuscated.flatten(1)]
     size = image_vectors[0].shape[1]
