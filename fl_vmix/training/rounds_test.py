@@ -70,7 +70,8 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     "overrides",
     [
         ["privacy.mode=dynamic", "optimizer=sgd"],  # VisualMixer, a new shuffle in round 2, SGD with momentum
-        ["privacy=dp_sgd", "privacy.noise_multiplier=0.8"],  # DP-SGD: keyed Poisson sampling and noise
+        # DP-SGD: keyed Poisson sampling and noise, reproducible only on request (by default they come from OS entropy)
+        ["privacy=dp_sgd", "privacy.noise_multiplier=0.8", "reproducible_noise=true"],
     ],
     ids=["visualmixer-dynamic", "dp_sgd"],
 )
@@ -151,7 +152,8 @@ def test_visualmixer_rounds_train_on_the_keyed_shuffle_of_their_epoch(tiny_exper
     assert len(set(seeds)) == 3
     # The test split is shuffled once, at epoch 0, whatever the mode: accuracies stay comparable across rounds.
     test_images = clear(data.test_images)
-    expected_test = mixer.mix(test_images, torch.from_numpy(data.test_ids), epoch=0 if mode == "dynamic" else None)
+    test_ids, token = torch.from_numpy(data.test_ids), data.dataset.token
+    expected_test = mixer.mix(test_images, test_ids, epoch=0 if mode == "dynamic" else None, dataset=token)
     assert torch.equal(client.test_split().images, expected_test.images)
     assert client.test_split() is client.test_split()
 
