@@ -302,8 +302,12 @@ def test_a_supernode_with_trusted_entities_refuses_an_unsigned_app(federation, t
         federation.start_supernode(0)
         federation.wait_online(NUM_NODES, wait_s=180)
     assert "App verification is not supported by the connected SuperLink" in log, log[-3000:]
-    assert failures and all("The FAB could not be verified" in f for f in failures), failures
-    assert len(failures) == 2, "the node refused both the train and the evaluate message"
+    # Both of the node's messages failed and at least one with the refusal. Under load the restarted node can also
+    # miss a heartbeat while it refuses (seen in CI: "Node Unavailable" for train, the refusal for evaluate); the
+    # other nodes ran the round.
+    assert len(failures) == 2 and {f.split(":")[0] for f in failures} == {"train", "eval"}, failures
+    assert len({f.split(": ")[1] for f in failures}) == 1, f"only the node with trusted entities fails: {failures}"
+    assert any("The FAB could not be verified" in f for f in failures), failures
     print(f"\n[deployment] SuperNode with --trusted-entities: {failures}")
 
 
