@@ -4,7 +4,7 @@
 # (with each run's summary.json, metrics.csv and config.json under runs/). Every setting runs with SEEDS
 # seeds (default 3): tables show mean ± std. Then `python scripts/readme_tables.py` rewrites the README's tables.
 # Usage: FL_VMIX_DATA=../shared/data [SEEDS=3] bash experiments/run_experiments.sh [a|c|paper|pneumonia|all]
-# (paper: the full-data curve of README "The paper's claim, tested"; about two hours per run on 2 CPU cores, so
+# (paper: the full-data curve of README "The paper's claim, tested"; aimed at two hours a run on 2 CPU cores, not yet timed, so
 # it is not part of `all`: run one part a session, SEEDS=2, and commit each finished part)
 set -euo pipefail
 cd "$(dirname "$0")/.."
