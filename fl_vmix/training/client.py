@@ -155,9 +155,17 @@ class LocalClient:
         return None if device.type == "cpu" else device
 
     # ------------------------------------------------------------------------------------ splits
+    @functools.cached_property
+    def _resized_train_images(self) -> np.ndarray:
+        # Without augmentation the resized clear images are the same every round: resize once (a dynamic shuffle
+        # at 224 px would otherwise resize the whole split again each round).
+        return resize_images(self.data.train_images, self.settings.image_size)
+
     def _clear_train_images(self, server_round: int) -> np.ndarray:
         """The clear training images of ``server_round`` as the method receives them: augmented, then resized."""
         s = self.settings
+        if s.augment == "none":
+            return self._resized_train_images
         images = augment(self.data.train_images, s.augment, seed_for(s.seed, self.partition_id, server_round, 2))
         return resize_images(images, s.image_size)
 
